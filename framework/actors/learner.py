@@ -1,0 +1,127 @@
+"""Ray actors for the DeepSpeed learner: one actor per rank, and the group the controller talks to."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from framework.actors.stats import BusyClock
+from framework.types import MappedSample
+
+
+def batch_statistics(samples: list[MappedSample], trained_version: int) -> dict[str, float]:
+    """What the batch says before training: teacher–student reverse KL, rewards, mapping, staleness."""
+    mask = np.concatenate([s.mask for s in samples])
+    tokens = max(float(mask.sum()), 1.0)
+    behaviour = np.concatenate([s.behaviour_logprobs for s in samples])
+    teacher = np.concatenate([s.teacher_logprobs for s in samples])
+    out = {
+        "batch/samples": float(len(samples)),
+        "batch/response_tokens": tokens,
+        "batch/reverse_kl": float(((behaviour - teacher) * mask).sum() / tokens),
+        "batch/teacher_logprob_per_token": float((teacher * mask).sum() / tokens),
+        "batch/student_logprob_per_token": float((behaviour * mask).sum() / tokens),
+        "batch/staleness": float(np.mean([trained_version - s.weight_version for s in samples])),
+    }
+    rewards = [s.reward for s in samples if s.reward is not None]
+    if rewards:
+        out["batch/reward"] = float(np.mean(rewards))
+    for key in {k for s in samples for k in s.diagnostics}:
+        vals = [s.diagnostics[key] for s in samples if key in s.diagnostics]
+        out[f"mapping/{key}"] = float(np.mean(vals))
+    return out
+
+
+@ray.remote
+class LearnerWorker:
+    """One DeepSpeed rank."""
+
+    def __init__(self, model_path: str, rank: int, world_size: int, learner_kwargs: dict):
+        self.model_path, self.rank, self.world_size = model_path, rank, world_size
+        self.learner_kwargs = learner_kwargs
+        self.learner = None
+        self.clock = BusyClock()
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port for the process group's rendezvous (asked of rank 0)."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def init(self, master_addr: str, master_port: int) -> bool:
+        from framework.learner import LearnerRank
+
+        os.environ.setdefault("DS_ACCELERATOR", "cpu" if self.learner_kwargs.get("backend") == "gloo" else "cuda")
+        self.learner = LearnerRank(
+            self.model_path, rank=self.rank, world_size=self.world_size,
+            master_addr=master_addr, master_port=master_port, **self.learner_kwargs,
+        )  # fmt: skip
+        return True
+
+    def ping(self) -> bool:
+        return True
+
+    def train_step(self, sample_refs: list, version: int) -> dict[str, float]:
+        with self.clock:
+            samples = [s for part in ray.get(sample_refs) for s in part]
+            stats = batch_statistics(samples, version) if self.rank == 0 else {}
+            num_tokens = int(sum(float(s.mask.sum()) for s in samples))
+            metrics = self.learner.train_step(samples, num_tokens_global=num_tokens)
+            self.clock.items += num_tokens
+            return {**stats, **metrics}
+
+    def export_weights(self) -> bytes:
+        with self.clock:
+            return self.learner.export_state_dict_blob()
+
+    def save(self, folder: str) -> bool:
+        with self.clock:
+            self.learner.save_state(str(Path(folder) / "learner"))
+            if self.rank == 0:
+                self.learner.save_hf(str(Path(folder) / "student"))
+            else:
+                self.learner.save_hf(None)  # ZeRO-3 gathers are collective: every rank joins
+            return True
+
+    def load(self, folder: str) -> bool:
+        self.learner.load_state(str(Path(folder) / "learner"))
+        return True
+
+    def logprobs(self, input_ids_list: list[np.ndarray], response_starts: list[int]) -> list[np.ndarray]:
+        return self.learner.compute_logprobs(input_ids_list, response_starts)
+
+    def stats(self) -> dict[str, float]:
+        return self.clock.snapshot()
+
+
+class LearnerGroup:
+    """The R ranks of the learner, driven in lockstep (every call goes to every rank)."""
+
+    def __init__(self, ranks: list):
+        self.ranks = ranks
+        addr, port = ray.get(ranks[0].address.remote())
+        ray.get([r.init.remote(addr, port) for r in ranks])
+
+    def train_step(self, sample_refs: list, version: int, timeout_s: float) -> dict[str, float]:
+        results = ray.get([r.train_step.remote(sample_refs, version) for r in self.ranks], timeout=timeout_s)
+        return results[0]
+
+    def export_refs(self) -> list:
+        """Rank 0's ref holds the safetensors blob; the others' are empty but must be awaited."""
+        return [r.export_weights.remote() for r in self.ranks]
+
+    def save(self, folder: Path, timeout_s: float) -> None:
+        ray.get([r.save.remote(str(folder)) for r in self.ranks], timeout=timeout_s)
+
+    def load(self, folder: Path, timeout_s: float) -> None:
+        ray.get([r.load.remote(str(folder)) for r in self.ranks], timeout=timeout_s)
+
+    def logprobs(self, input_ids_list, response_starts, timeout_s: float = 300) -> list[np.ndarray]:
+        """The learner's logprobs of fixed response tokens (every rank joins: ZeRO-3 gathers are collective)."""
+        refs = [r.logprobs.remote(input_ids_list, response_starts) for r in self.ranks]
+        return ray.get(refs, timeout=timeout_s)[0]

@@ -1,0 +1,88 @@
+"""Ray actor around the vLLM student engine: renders prompts, samples, streams Rollouts, syncs weights."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import ray
+
+from framework.actors.stats import BusyClock
+from framework.data.chat import PromptTooLong, render_prompt_ids, stop_token_ids
+from framework.types import Prompt, Rollout
+
+
+@ray.remote
+class RolloutWorker:
+    """One vLLM engine. Calls run one at a time, so a sample's weight version is well defined."""
+
+    def __init__(self, model_path: str, engine_kwargs: dict, max_prompt_tokens: int, trust_remote_code: bool = False):
+        from transformers import AutoTokenizer
+
+        from framework.rollout import StudentEngine
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.stop_ids = stop_token_ids(self.tokenizer, model_path)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.engine = StudentEngine(model_path, trust_remote_code=trust_remote_code, **engine_kwargs)
+        self.version = 0
+        self.clock = BusyClock()
+
+    def ping(self) -> bool:
+        return True
+
+    def _render(self, prompts: list[Prompt]) -> tuple[list[Prompt], list[np.ndarray]]:
+        kept, ids = [], []
+        for p in prompts:
+            try:
+                ids.append(render_prompt_ids(self.tokenizer, p.messages, self.max_prompt_tokens))
+                kept.append(p)
+            except PromptTooLong:
+                self.clock.counters["skipped_prompt_too_long"] += 1
+        return kept, ids
+
+    def _rollout(self, prompt: Prompt, prompt_ids: np.ndarray, index: int, sample) -> Rollout:
+        return Rollout(
+            sample_id=prompt.sample_id(index),
+            prompt=prompt,
+            prompt_ids=prompt_ids,
+            response_ids=sample.response_ids,
+            logprobs=sample.logprobs,
+            weight_version=self.version,
+            finish_reason=sample.finish_reason,
+            response_text=self.tokenizer.decode(sample.response_ids, skip_special_tokens=True),
+        )
+
+    def generate_stream(self, prompts: list[Prompt], sampling: dict) -> Iterator[Rollout]:
+        """Yield each sample as soon as vLLM finishes it (``sampling``: n, temperature, top_p, max_tokens, seed)."""
+        kept, ids = self._render(prompts)
+        start = time.perf_counter()
+        for p_idx, s_idx, sample in self.engine.generate_stream(
+            [x.tolist() for x in ids], stop_token_ids=self.stop_ids, **sampling
+        ):
+            self.clock.items += 1
+            yield self._rollout(kept[p_idx], ids[p_idx], s_idx, sample)
+        self.clock.busy_s += time.perf_counter() - start
+        self.clock.calls += 1
+
+    def generate(self, prompts: list[Prompt], sampling: dict) -> list[Rollout]:
+        """All samples at once (evaluation)."""
+        with self.clock:
+            kept, ids = self._render(prompts)
+            groups = self.engine.generate([x.tolist() for x in ids], stop_token_ids=self.stop_ids, **sampling)
+            return [self._rollout(p, pid, i, s) for p, pid, g in zip(kept, ids, groups) for i, s in enumerate(g)]
+
+    def load_weights(self, blob: bytes, version: int) -> float:
+        """In-place weight reload (CPU path); returns the seconds it took."""
+        start = time.perf_counter()
+        with self.clock:
+            self.engine.load_weights(blob, version)
+            self.version = version
+        return time.perf_counter() - start
+
+    def score(self, prompt_ids: list[int], continuation_ids: list[int]) -> np.ndarray:
+        return self.engine.score(prompt_ids, continuation_ids)
+
+    def stats(self) -> dict[str, float]:
+        return self.clock.snapshot()

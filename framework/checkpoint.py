@@ -1,0 +1,79 @@
+"""Checkpoint folders: atomic commit, latest-complete lookup, pruning, controller state as JSON.
+
+Layout: ``OUTPUT/checkpoints/step_000040/{student/, learner/, controller.json, COMPLETE}``. A
+checkpoint is written under a ``.tmp-`` name and renamed only after every part (student weights,
+learner state, controller state) is on disk, then marked ``COMPLETE``; a half-written folder is never
+picked by :func:`latest_complete`. Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+COMPLETE = "COMPLETE"
+
+
+def checkpoints_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def begin(output_dir: str | Path, step: int) -> Path:
+    """A fresh temporary folder to write the checkpoint of ``step`` into."""
+    tmp = checkpoints_root(output_dir) / f".tmp-step_{step:06d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit(tmp: Path, controller_state: dict[str, Any]) -> Path:
+    """Write the controller state, rename the folder into place, then mark it complete."""
+    (tmp / "controller.json").write_text(json.dumps(controller_state, indent=1))
+    final = tmp.parent / tmp.name.removeprefix(".tmp-")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    (final / COMPLETE).write_text(str(controller_state.get("step", "")))
+    _fsync_dir(final.parent)
+    return final
+
+
+def latest_complete(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint folder that carries the COMPLETE marker, if any."""
+    root = checkpoints_root(output_dir)
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if p.name.startswith("step_") and (p / COMPLETE).exists()]
+    return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
+
+
+def load_controller_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / "controller.json").read_text())
+
+
+def prune(output_dir: str | Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest complete checkpoints, and any stale temporary folders."""
+    root = checkpoints_root(output_dir)
+    if not root.is_dir():
+        return
+    done = sorted(
+        (p for p in root.iterdir() if p.name.startswith("step_") and (p / COMPLETE).exists()),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
+    for old in done[: max(0, len(done) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

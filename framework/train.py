@@ -1,0 +1,109 @@
+"""Entry point: ``tokenbridge-train [hydra overrides]`` / ``python -m framework.train``.
+
+Hydra composes ``recipes/config.yaml`` (+ overrides) → a validated typed :class:`Config` → Ray
+(local on loopback, or the cluster named by ``cluster.address`` / ``RAY_ADDRESS``) → the actors →
+:class:`~framework.controller.Controller`. With no arguments it runs the CPU demo: a cross-family
+zoo pair (Qwen-style teacher → Llama-3-style student) on the built-in arithmetic task.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from framework.config import Config, ConfigError, register_configs, to_config
+
+RECIPES = str(Path(__file__).resolve().parent.parent / "recipes")
+
+
+def _output_dir(cfg: Config) -> Path:
+    if cfg.trainer.output_dir != "auto":
+        return Path(cfg.trainer.output_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # called outside @hydra.main (tests, notebooks)
+        return Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def _init_ray(cfg: Config) -> None:
+    import ray
+
+    env = {
+        k: os.environ[k]
+        for k in ("WANDB_MODE", "DS_ACCELERATOR", "OMP_NUM_THREADS", "TOKENBRIDGE_HOME", "HF_HUB_OFFLINE")
+        if k in os.environ
+    }
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    else:
+        # a private, loopback-only Ray for one machine (no dashboard, nothing listening outside)
+        ray.init(
+            _node_ip_address="127.0.0.1", include_dashboard=False, runtime_env={"env_vars": env},
+            num_cpus=max(4, os.cpu_count() or 1), log_to_driver=True,
+        )  # fmt: skip
+
+
+def run(cfg: Config) -> dict[str, float]:
+    """Resolve models and data, start the actors, run the controller, shut down."""
+    import ray
+
+    from framework.actors.cluster import start_stages
+    from framework.controller import Controller
+    from framework.data import load_prompts
+    from framework.zoo import resolve_model
+
+    os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode if cfg.logging.wandb_mode != "disabled" else "offline")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if cfg.cluster.device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    student, teacher = resolve_model(cfg.pair.student), resolve_model(cfg.pair.teacher)
+    for key, path in (("pair.student", student), ("pair.teacher", teacher)):
+        if cfg.teacher.backend == "http" and key == "pair.teacher":
+            continue
+        if not Path(path).is_dir():
+            raise ConfigError(key, f"{path!r} is not a local model folder", "give a downloaded HF model dir or zoo:NAME")
+    train, train_report = load_prompts(
+        cfg.data.train, n=cfg.data.num_train, seed=cfg.trainer.seed, split="train", max_bad_lines=cfg.data.max_bad_lines
+    )
+    evals, _ = load_prompts(
+        cfg.data.eval, n=cfg.data.num_eval, seed=cfg.trainer.seed + 1, split="eval", max_bad_lines=cfg.data.max_bad_lines
+    )
+    if train_report.skipped:
+        print(f"[tokenbridge] skipped {train_report.skipped} bad records: {train_report.reasons}", flush=True)
+    output_dir = _output_dir(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[tokenbridge] student={student}\n[tokenbridge] teacher={teacher}\n[tokenbridge] output={output_dir}", flush=True)
+    _init_ray(cfg)
+    try:
+        stages = start_stages(cfg, student, teacher)
+        return Controller(cfg, stages, train, evals, output_dir).run()
+    finally:
+        ray.shutdown()
+
+
+@hydra.main(config_path=RECIPES, config_name="config", version_base=None)
+def _hydra_main(raw: DictConfig) -> None:
+    try:
+        cfg = to_config(raw)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(2)
+    final = run(cfg)
+    print("[tokenbridge] done: " + "  ".join(f"{k}={v}" for k, v in final.items()), flush=True)
+
+
+def main() -> None:
+    register_configs()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

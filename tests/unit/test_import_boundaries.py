@@ -1,0 +1,56 @@
+"""DESIGN.md §2: only actors/, controller.py and train.py import Ray; algo/ and mapping/ stay pure."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+FRAMEWORK = Path(__file__).resolve().parents[2] / "framework"
+RAY_ALLOWED = {"actors", "controller.py", "train.py"}
+PURE = {"algo", "mapping"}
+HEAVY = {"ray", "vllm", "deepspeed"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _top(path: Path) -> str:
+    return path.relative_to(FRAMEWORK).parts[0]
+
+
+def test_only_the_ray_layer_imports_ray():
+    offenders = [
+        str(p.relative_to(FRAMEWORK))
+        for p in FRAMEWORK.rglob("*.py")
+        if "ray" in _imports(p) and _top(p) not in RAY_ALLOWED
+    ]
+    assert not offenders, f"these modules import ray outside actors/controller/train: {offenders}"
+
+
+def test_algo_and_mapping_import_no_distributed_or_engine_code():
+    offenders = {
+        str(p.relative_to(FRAMEWORK)): sorted(_imports(p) & HEAVY)
+        for p in FRAMEWORK.rglob("*.py")
+        if _top(p) in PURE and _imports(p) & HEAVY
+    }
+    assert not offenders, offenders
+
+
+def test_the_boundary_check_sees_real_files():
+    # guards against the checks above passing vacuously on an empty tree
+    files = {_top(p) for p in FRAMEWORK.rglob("*.py")}
+    assert {"algo", "mapping", "actors"} <= files
+    assert "ray" in _imports(FRAMEWORK / "controller.py")
+
+
+def test_no_file_over_600_lines():
+    big = {str(p.relative_to(FRAMEWORK)): n for p in FRAMEWORK.rglob("*.py") if (n := len(p.read_text().splitlines())) > 600}
+    assert not big, big
