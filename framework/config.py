@@ -105,7 +105,7 @@ class AlgoConfig:
     clip_eps: float = 0.2
     adv_clamp: float = 5.0
     topk_weight: float = 1.0  # opd_topk: weight of the dense KL term
-    sampled_weight: float = 1.0  # opd_topk: weight of the sampled-path opd term (0 = dense only)
+    with_sampled: bool = True  # opd_topk: add the sampled-path opd term (false = dense KL only)
     kl_direction: str = "forward"  # forward | reverse
     beta: float = 0.1  # dpo / ctpd temperature
 
@@ -255,7 +255,6 @@ def validate(cfg: Config) -> None:
         ("algo.clip_eps", cfg.algo.clip_eps),
         ("algo.adv_clamp", cfg.algo.adv_clamp),
         ("algo.topk_weight", cfg.algo.topk_weight),
-        ("algo.sampled_weight", cfg.algo.sampled_weight),
         ("trainer.max_staleness", cfg.trainer.max_staleness),
         ("trainer.eval_every", cfg.trainer.eval_every),
         ("trainer.checkpoint_every", cfg.trainer.checkpoint_every),
@@ -288,8 +287,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "mapping.dense_topk", "algo=opd_topk trains on projected top-k targets", "set mapping.dense_topk=true"
         )
-    if cfg.algo.name == "opd_topk" and cfg.algo.topk_weight == 0 and cfg.algo.sampled_weight == 0:
-        raise ConfigError("algo.topk_weight", "both loss weights are 0: nothing to train", "set algo.topk_weight=1.0")
+    if cfg.algo.name == "opd_topk" and cfg.algo.topk_weight == 0 and not cfg.algo.with_sampled:
+        raise ConfigError("algo.topk_weight", "dense weight 0 and no sampled term: nothing to train", "set algo.topk_weight=1.0")
     if cfg.teacher.backend == "http" and not cfg.teacher.url:
         raise ConfigError(
             "teacher.url", "teacher.backend=http needs a server URL", "set teacher.url=https://host:port/v1"

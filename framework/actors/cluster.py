@@ -137,8 +137,15 @@ def _learner_kwargs(cfg: Config) -> dict:
 
 
 def _objective(cfg: Config) -> dict:
+    """``{"name", "options"}`` for ``framework.algo.make_objective`` (only the keys that algo takes)."""
     a = cfg.algo
-    return {
-        "name": a.name, "clip_eps": a.clip_eps, "adv_clamp": a.adv_clamp, "topk_weight": a.topk_weight,
-        "sampled_weight": a.sampled_weight, "kl_direction": a.kl_direction, "beta": a.beta,
-    }  # fmt: skip
+    opd = {"clip_eps": a.clip_eps, "adv_clamp": a.adv_clamp}
+    options: dict = {
+        "opd": opd,
+        "opd_topk": {"topk_weight": a.topk_weight, "kl_direction": a.kl_direction, "with_sampled": a.with_sampled,
+                     **(opd if a.with_sampled else {})},
+        "sft_teacher": {},
+        "dpo": {"beta": a.beta},
+        "ctpd": {"beta": a.beta},
+    }[a.name]  # fmt: skip
+    return {"name": a.name, "options": options}

@@ -1,0 +1,260 @@
+"""What every objective consumes: the batch (`LossInputs`), the global normalisers (`LossCounts`),
+the student's per-token outputs (`TokenLogprobs`) and what it returns (`LossOutput`).
+
+Layout. Token-level tensors live in *response coordinates* ``[B, T]``: row ``b`` is one sequence,
+column ``t`` is its ``t``-th response token (right-padded, ``mask_B_T == 0`` on padding). The learner
+computes the student's logprob of ``target_ids_B_T[b, t]`` from the hidden state that predicts it (the
+one at absolute position ``response_start + t - 1``) with `framework.algo.logprobs`.
+
+Normalisation. A loss computed on one micro-batch of one data-parallel rank is divided by a GLOBAL
+count (all tokens / dense positions / pairs of the optimizer step, over all micro-batches and ranks),
+so summing the per-micro-batch losses over micro-batches and ranks gives exactly the token-mean loss
+of the full batch. Metrics follow the same rule: every metric value is a contribution whose sum over
+micro-batches and ranks is the global mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import torch
+
+from framework.types import MappedSample
+
+Metrics = dict[str, torch.Tensor]  # name -> 0-dim detached tensor (sum over shards = global mean)
+
+
+class LossOutput(NamedTuple):
+    loss: torch.Tensor  # 0-dim, differentiable
+    metrics: Metrics
+
+
+@dataclass
+class TokenLogprobs:
+    """The student's outputs at the batch's token positions (see `logprobs.chunked_token_logprobs`)."""
+
+    logprobs_B_T: torch.Tensor  # float [B, T], log pi_theta(target token)
+    entropy_B_T: torch.Tensor | None = None  # float [B, T], entropy of pi_theta(. | prefix)
+    support_logprobs_B_T_S: torch.Tensor | None = (
+        None  # float [B, T, S], log pi_theta(support id); 0 where id == -1
+    )
+
+
+@dataclass
+class LossInputs:
+    """One micro-batch. Only ``mask_B_T`` is always required; each objective checks the fields it needs.
+
+    Sampled path (opd, sft_teacher): ``behaviour_logprobs_B_T``, ``advantages_B_T``, ``teacher_logprobs_B_T``.
+    Dense top-k (opd_topk): ``dense_mask_B_T`` marks the positions carrying a projected teacher target;
+    ``support_ids_B_T_S`` is -1 everywhere else (and on padded support slots).
+    Preference (dpo, ctpd): rows are responses; pair ``n`` is (row ``chosen_index_N[n]``, row
+    ``rejected_index_N[n]``). Spans (ctpd) are numbered per row ``0..K-1``; ``span_index_B_T`` gives each
+    token's span (-1 = none).
+    """
+
+    mask_B_T: torch.Tensor  # float [B, T], 1 = train on this token (0 on prompt padding / masked tail)
+    target_ids_B_T: torch.Tensor | None = None  # long [B, T], student token ids (0 on padding)
+    behaviour_logprobs_B_T: torch.Tensor | None = None  # float [B, T], logprob under the sampling policy
+    advantages_B_T: torch.Tensor | None = None  # float [B, T], credited (log p_T - log p_S)
+    teacher_logprobs_B_T: torch.Tensor | None = None  # float [B, T], credited chunk teacher logprob
+    # dense top-k targets
+    dense_mask_B_T: torch.Tensor | None = None  # float [B, T], 1 = a dense target exists here
+    support_ids_B_T_S: torch.Tensor | None = None  # long [B, T, S], student ids, -1 padded
+    support_probs_B_T_S: torch.Tensor | None = None  # float [B, T, S], target prob (0 where padded)
+    other_prob_B_T: torch.Tensor | None = None  # float [B, T], target mass outside the support
+    # preference pairs
+    chosen_index_N: torch.Tensor | None = None  # long [N], row of the chosen response
+    rejected_index_N: torch.Tensor | None = None  # long [N], row of the rejected response
+    reference_logprobs_B_T: torch.Tensor | None = None  # float [B, T], frozen reference model (dpo)
+    span_index_B_T: torch.Tensor | None = None  # long [B, T], span of each token, -1 = none (ctpd)
+    teacher_span_logprobs_B_K: torch.Tensor | None = None  # float [B, K], teacher logprob of each span
+    span_mask_B_K: torch.Tensor | None = None  # float [B, K], 1 = real span
+    reference_span_logprobs_B_K: torch.Tensor | None = None  # float [B, K], reference (weights only)
+
+    def require(self, objective: str, *names: str) -> None:
+        """Raise a clear error when a field an objective needs is missing."""
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(
+                f"objective {objective!r} needs LossInputs fields {missing}; build the batch with them "
+                f"(see framework.algo.inputs.LossInputs)"
+            )
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.mask_B_T.shape[0])
+
+    def effective_dense_mask(self) -> torch.Tensor:
+        """float [B, T]: dense positions that are also trained tokens."""
+        if self.dense_mask_B_T is None:
+            return torch.zeros_like(self.mask_B_T)
+        return self.dense_mask_B_T * self.mask_B_T
+
+    def select_rows(self, rows: Sequence[int] | torch.Tensor) -> LossInputs:
+        """A shard holding the given rows (e.g. one data-parallel rank's or one micro-batch's share).
+
+        Preference pairs are kept when both their rows are selected and re-indexed; selecting only one
+        row of a pair is an error (a pair must live on one shard).
+        """
+        rows_R = torch.as_tensor(rows, dtype=torch.long, device=self.mask_B_T.device)
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or f.name in ("chosen_index_N", "rejected_index_N"):
+                continue
+            out[f.name] = value.index_select(0, rows_R)
+        shard = replace(self, **out)
+        if self.chosen_index_N is not None and self.rejected_index_N is not None:
+            new_of_old = torch.full((self.num_rows,), -1, dtype=torch.long, device=rows_R.device)
+            new_of_old[rows_R] = torch.arange(rows_R.numel(), device=rows_R.device)
+            chosen, rejected = new_of_old[self.chosen_index_N], new_of_old[self.rejected_index_N]
+            keep = (chosen >= 0) & (rejected >= 0)
+            if bool(((chosen >= 0) ^ (rejected >= 0)).any()):
+                raise ValueError("select_rows split a preference pair across shards; select both rows")
+            shard.chosen_index_N, shard.rejected_index_N = chosen[keep], rejected[keep]
+        return shard
+
+
+@dataclass
+class LossCounts:
+    """Global normalisers of one optimizer step (sums over all micro-batches and all ranks)."""
+
+    tokens: float  # sum of mask_B_T
+    dense_positions: float = 0.0  # sum of dense_mask_B_T * mask_B_T
+    pairs: float = 0.0  # number of preference pairs
+
+    @staticmethod
+    def of(batch: LossInputs) -> LossCounts:
+        """Local counts of one batch (the learner sums these over micro-batches and all-reduces them)."""
+        pairs = 0 if batch.chosen_index_N is None else int(batch.chosen_index_N.numel())
+        return LossCounts(
+            tokens=float(batch.mask_B_T.sum()),
+            dense_positions=float(batch.effective_dense_mask().sum()),
+            pairs=float(pairs),
+        )
+
+    def __add__(self, other: LossCounts) -> LossCounts:
+        return LossCounts(
+            self.tokens + other.tokens,
+            self.dense_positions + other.dense_positions,
+            self.pairs + other.pairs,
+        )
+
+    def to_tensor(self) -> torch.Tensor:
+        """float64 [3], for one all-reduce (sum) across ranks."""
+        return torch.tensor([self.tokens, self.dense_positions, self.pairs], dtype=torch.float64)
+
+    @staticmethod
+    def from_tensor(t: torch.Tensor) -> LossCounts:
+        tokens, dense, pairs = (float(x) for x in t.tolist())
+        return LossCounts(tokens, dense, pairs)
+
+
+class Objective(Protocol):
+    """What the learner calls per micro-batch: ``loss, metrics = objective(student, batch, counts)``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_support(self) -> bool:
+        """Compute TokenLogprobs.support_logprobs_B_T_S from batch.support_ids_B_T_S first."""
+        ...
+
+    @property
+    def needs_reference(self) -> bool:
+        """Fill batch.reference_logprobs_B_T with a frozen reference (student-init) model first."""
+        ...
+
+    def __call__(
+        self, student: TokenLogprobs | torch.Tensor, batch: LossInputs, counts: LossCounts | None = None
+    ) -> LossOutput: ...
+
+
+def as_token_logprobs(student: TokenLogprobs | torch.Tensor) -> TokenLogprobs:
+    return student if isinstance(student, TokenLogprobs) else TokenLogprobs(logprobs_B_T=student)
+
+
+def denominator(count: float | torch.Tensor) -> float | torch.Tensor:
+    """A global count as a divisor; an empty batch (count 0) contributes 0 rather than NaN."""
+    if isinstance(count, torch.Tensor):
+        return torch.where(count > 0, count, torch.ones_like(count))
+    return count if count > 0 else 1.0
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(x * mask) where masked-out entries of ``x`` may hold garbage (even inf/NaN)."""
+    return torch.where(mask > 0, x * mask, torch.zeros_like(x)).sum()
+
+
+def distillation_metrics(
+    student: TokenLogprobs | torch.Tensor, batch: LossInputs, counts: LossCounts | None = None
+) -> Metrics:
+    """Teacher-student diagnostics, summable over shards like every metric.
+
+    ``distill/reverse_kl`` = (1/N) Σ_t m_t (log π_behaviour(y_t) − log p_T(y_t)): a per-token Monte-Carlo
+    estimate of KL(π_S || p_T) on the student's own samples (with credited chunk logprobs the per-sequence
+    sum is exact chunk by chunk, §3.5). ``distill/student_entropy`` = (1/N) Σ_t m_t H_t.
+    """
+    student = as_token_logprobs(student)
+    n = denominator((counts or LossCounts.of(batch)).tokens)
+    out: Metrics = {}
+    if batch.behaviour_logprobs_B_T is not None and batch.teacher_logprobs_B_T is not None:
+        gap_B_T = batch.behaviour_logprobs_B_T - batch.teacher_logprobs_B_T
+        out["distill/reverse_kl"] = (masked_sum(gap_B_T, batch.mask_B_T) / n).detach()
+    if student.entropy_B_T is not None:
+        out["distill/student_entropy"] = (masked_sum(student.entropy_B_T, batch.mask_B_T) / n).detach()
+    return out
+
+
+def _pad_stack(arrays: Sequence[np.ndarray], width: int, fill: float, dtype: torch.dtype) -> torch.Tensor:
+    out = torch.full((len(arrays), width, *arrays[0].shape[1:]), fill, dtype=dtype)
+    for b, a in enumerate(arrays):
+        out[b, : a.shape[0]] = torch.as_tensor(np.asarray(a), dtype=dtype)
+    return out
+
+
+def collate_mapped_samples(samples: Sequence[MappedSample], pad_to: int | None = None) -> LossInputs:
+    """Stack `MappedSample`s into a response-coordinate `LossInputs` (right padding, mask 0 there).
+
+    Dense targets (`DenseTarget` at P positions) are scattered into ``[B, T, S]`` with -1 / 0 padding.
+    """
+    if not samples:
+        raise ValueError("collate_mapped_samples got no samples")
+    responses = [s.input_ids[s.response_start :] for s in samples]
+    lengths = [len(r) for r in responses]
+    for s, n in zip(samples, lengths):
+        if s.mask.shape[0] != n:
+            raise ValueError(f"sample {s.sample_id}: mask has {s.mask.shape[0]} entries, response has {n}")
+    width = max(lengths) if pad_to is None else pad_to
+    if width < max(lengths):
+        raise ValueError(f"pad_to={pad_to} is shorter than the longest response ({max(lengths)})")
+    f32 = torch.float32
+    batch = LossInputs(
+        mask_B_T=_pad_stack([s.mask for s in samples], width, 0.0, f32),
+        target_ids_B_T=_pad_stack(responses, width, 0, torch.long),
+        behaviour_logprobs_B_T=_pad_stack([s.behaviour_logprobs for s in samples], width, 0.0, f32),
+        advantages_B_T=_pad_stack([s.advantages for s in samples], width, 0.0, f32),
+        teacher_logprobs_B_T=_pad_stack([s.teacher_logprobs for s in samples], width, 0.0, f32),
+    )
+    dense = [s.dense for s in samples]
+    if any(d is not None for d in dense):
+        S = max(d.support_ids.shape[1] for d in dense if d is not None)
+        B = len(samples)
+        batch.dense_mask_B_T = torch.zeros(B, width, dtype=f32)
+        batch.support_ids_B_T_S = torch.full((B, width, S), -1, dtype=torch.long)
+        batch.support_probs_B_T_S = torch.zeros(B, width, S, dtype=f32)
+        batch.other_prob_B_T = torch.zeros(B, width, dtype=f32)
+        for b, d in enumerate(dense):
+            if d is None or len(d.positions) == 0:
+                continue
+            pos = torch.as_tensor(np.asarray(d.positions), dtype=torch.long)
+            s = d.support_ids.shape[1]
+            batch.dense_mask_B_T[b, pos] = 1.0
+            batch.support_ids_B_T_S[b, pos, :s] = torch.as_tensor(np.asarray(d.support_ids), dtype=torch.long)
+            batch.support_probs_B_T_S[b, pos, :s] = torch.as_tensor(np.asarray(d.support_probs), dtype=f32)
+            batch.other_prob_B_T[b, pos] = torch.as_tensor(np.asarray(d.other_prob), dtype=f32)
+    return batch
