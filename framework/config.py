@@ -143,6 +143,8 @@ class TrainerConfig:
     mapping_timeout_s: float = 120.0
     learner_timeout_s: float = 600.0
     sync_timeout_s: float = 300.0
+    health_timeout_s: float = 10.0  # a ping unanswered this long marks an actor hung
+    max_restarts: int = 20  # actor replacements allowed per run before giving up
 
 
 @dataclass
@@ -202,7 +204,9 @@ def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(key, f"{value!r} is not one of {list(allowed)}", f"set {key}=<one of {'|'.join(allowed)}>")
+        raise ConfigError(
+            key, f"{value!r} is not one of {list(allowed)}", f"set {key}=<one of {'|'.join(allowed)}>"
+        )
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -224,7 +228,9 @@ def validate(cfg: Config) -> None:
     _choice("learner.backend", cfg.learner.backend, ("auto", "gloo", "nccl"))
     _choice("learner.dtype", cfg.learner.dtype, ("float32", "bfloat16", "float16"))
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError("learner.zero_stage", f"{cfg.learner.zero_stage} is not a ZeRO stage", "use 0, 1, 2 or 3")
+        raise ConfigError(
+            "learner.zero_stage", f"{cfg.learner.zero_stage} is not a ZeRO stage", "use 0, 1, 2 or 3"
+        )
     for key, value in [
         ("rollout.num_engines", cfg.rollout.num_engines),
         ("rollout.samples_per_prompt", cfg.rollout.samples_per_prompt),
@@ -245,6 +251,12 @@ def validate(cfg: Config) -> None:
         ("trainer.steps", cfg.trainer.steps),
         ("trainer.sync_every", cfg.trainer.sync_every),
         ("trainer.max_inflight_batches", cfg.trainer.max_inflight_batches),
+        ("trainer.health_timeout_s", cfg.trainer.health_timeout_s),
+        ("trainer.rollout_timeout_s", cfg.trainer.rollout_timeout_s),
+        ("trainer.teacher_timeout_s", cfg.trainer.teacher_timeout_s),
+        ("trainer.mapping_timeout_s", cfg.trainer.mapping_timeout_s),
+        ("trainer.learner_timeout_s", cfg.trainer.learner_timeout_s),
+        ("trainer.sync_timeout_s", cfg.trainer.sync_timeout_s),
         ("algo.beta", cfg.algo.beta),
     ]:
         _positive(key, value)
@@ -256,6 +268,7 @@ def validate(cfg: Config) -> None:
         ("algo.adv_clamp", cfg.algo.adv_clamp),
         ("algo.topk_weight", cfg.algo.topk_weight),
         ("trainer.max_staleness", cfg.trainer.max_staleness),
+        ("trainer.max_restarts", cfg.trainer.max_restarts),
         ("trainer.eval_every", cfg.trainer.eval_every),
         ("trainer.checkpoint_every", cfg.trainer.checkpoint_every),
         ("data.num_eval", cfg.data.num_eval),
@@ -263,7 +276,9 @@ def validate(cfg: Config) -> None:
     ]:
         _positive(key, value, allow_zero=True)
     if not 0.0 < cfg.rollout.top_p <= 1.0:
-        raise ConfigError("rollout.top_p", f"must be in (0, 1], got {cfg.rollout.top_p}", "set rollout.top_p=1.0")
+        raise ConfigError(
+            "rollout.top_p", f"must be in (0, 1], got {cfg.rollout.top_p}", "set rollout.top_p=1.0"
+        )
     if cfg.rollout.temperature == 0.0:
         raise ConfigError(
             "rollout.temperature",
@@ -285,10 +300,16 @@ def validate(cfg: Config) -> None:
         )
     if cfg.algo.name == "opd_topk" and not cfg.mapping.dense_topk:
         raise ConfigError(
-            "mapping.dense_topk", "algo=opd_topk trains on projected top-k targets", "set mapping.dense_topk=true"
+            "mapping.dense_topk",
+            "algo=opd_topk trains on projected top-k targets",
+            "set mapping.dense_topk=true",
         )
     if cfg.algo.name == "opd_topk" and cfg.algo.topk_weight == 0 and not cfg.algo.with_sampled:
-        raise ConfigError("algo.topk_weight", "dense weight 0 and no sampled term: nothing to train", "set algo.topk_weight=1.0")
+        raise ConfigError(
+            "algo.topk_weight",
+            "dense weight 0 and no sampled term: nothing to train",
+            "set algo.topk_weight=1.0",
+        )
     if cfg.teacher.backend == "http" and not cfg.teacher.url:
         raise ConfigError(
             "teacher.url", "teacher.backend=http needs a server URL", "set teacher.url=https://host:port/v1"
@@ -303,7 +324,9 @@ def validate(cfg: Config) -> None:
         for key in ("gpus_per_rollout_engine", "gpus_per_teacher_replica", "gpus_per_learner_rank"):
             if getattr(cfg.cluster, key) > 0:
                 raise ConfigError(
-                    f"cluster.{key}", "GPUs requested with cluster.device=cpu", "set cluster.device=cuda or the GPUs to 0"
+                    f"cluster.{key}",
+                    "GPUs requested with cluster.device=cpu",
+                    "set cluster.device=cuda or the GPUs to 0",
                 )
         if cfg.learner.backend == "nccl":
             raise ConfigError("learner.backend", "nccl needs GPUs", "set learner.backend=auto (gloo on CPU)")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group
@@ -18,25 +21,68 @@ from framework.config import Config
 
 @dataclass
 class Stages:
+    """The actor pools of one run, and how to replace a failed member of each."""
+
     rollout: list
     teacher: list
     mapping: list
     learner: LearnerGroup
     identity_mapping: bool = False
+    teacher_generators: list = field(default_factory=list)  # sft_teacher: vLLM engines on the teacher model
+    factories: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # role -> make actor i
+    restarts: Counter[str] = field(default_factory=Counter)
 
-    def sync_weights(self, version: int, timeout_s: float) -> None:
-        """Learner → every rollout engine. The driver only passes the blob's ObjectRef along."""
+    def sync_weights(self, version: int, timeout_s: float, engines: list | None = None) -> None:
+        """Learner → rollout engines. The driver only passes the blob's ObjectRef along."""
         blob_refs = self.learner.export_refs()
-        loads = [engine.load_weights.remote(blob_refs[0], version) for engine in self.rollout]
+        loads = [engine.load_weights.remote(blob_refs[0], version) for engine in (engines or self.rollout)]
         ray.get(loads + blob_refs[1:], timeout=timeout_s)
 
+    def pool(self, role: str) -> list:
+        return {"rollout": self.rollout, "teacher": self.teacher, "mapping": self.mapping,
+                "generator": self.teacher_generators}[role]  # fmt: skip
+
+    def alive(self, actor, timeout_s: float) -> bool:
+        """Liveness: ``ping`` runs in its own concurrency group, so a busy actor still answers."""
+        try:
+            return bool(ray.get(actor.ping.remote(), timeout=timeout_s))
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
+            return False
+
+    def restart(self, role: str, index: int, version: int, timeout_s: float) -> None:
+        """Kill member ``index`` of ``role`` (dead or hung) and start a replacement in its place.
+
+        A new rollout engine starts from the model folder, so it is re-synced to the current weights.
+        """
+        members = self.pool(role)
+        ray.kill(members[index], no_restart=True)
+        members[index] = self.factories[role](index)
+        ray.get(members[index].ping.remote(), timeout=timeout_s)
+        if role == "rollout" and version > 0:
+            self.sync_weights(version, timeout_s, engines=[members[index]])
+        self.restarts[role] += 1
+
+    def restart_learner(self, timeout_s: float) -> None:
+        """Replace every rank (a process group cannot lose one member) with fresh ranks at the initial weights."""
+        for rank in self.learner.ranks:
+            ray.kill(rank, no_restart=True)
+        self.learner = LearnerGroup([self.factories["learner"](r) for r in range(len(self.learner.ranks))])
+        self.restarts["learner"] += 1
+
     def stats(self) -> dict[str, list[dict[str, float]]]:
-        groups = {"rollout": self.rollout, "teacher": self.teacher, "mapping": self.mapping, "learner": self.learner.ranks}
-        refs = {k: [a.stats.remote() for a in v] for k, v in groups.items()}
-        return {k: ray.get(v, timeout=60) for k, v in refs.items()}
+        groups = {
+            "rollout": self.rollout, "teacher": self.teacher + self.teacher_generators,
+            "mapping": self.mapping, "learner": self.learner.ranks,
+        }  # fmt: skip
+        out = {}
+        for role, actors in groups.items():
+            refs = [a.stats.remote() for a in actors]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=10)
+            out[role] = [ray.get(r) for r in ready if r in ready]  # a hung actor is left out, not waited for
+        return out
 
     def actors(self) -> list:
-        return [*self.rollout, *self.teacher, *self.mapping, *self.learner.ranks]
+        return [*self.rollout, *self.teacher, *self.teacher_generators, *self.mapping, *self.learner.ranks]
 
 
 def _role_options(cfg: Config, gpus: float, bundle_group=None, index: int = 0) -> dict:
@@ -61,51 +107,81 @@ def _pack(count: int, cpus: float, gpus: float):
 def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     """Create the rollout pool, teacher pool, mapping pool and learner group for one run."""
     c = cfg.cluster
-    env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.rollout.kv_cache_gib)))}}
     t0 = time.time()
-    rollout_pg = _pack(cfg.rollout.num_engines, c.cpus_per_actor, c.gpus_per_rollout_engine)
-    rollout = [
-        RolloutWorker.options(runtime_env=env, **_role_options(cfg, c.gpus_per_rollout_engine, rollout_pg, i)).remote(
-            student_path,
-            dict(
-                seed=cfg.trainer.seed + i, max_model_len=cfg.rollout.max_model_len,
-                kv_cache_gib=cfg.rollout.kv_cache_gib, enforce_eager=cfg.rollout.enforce_eager,
-                tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-                gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, dtype=cfg.rollout.dtype,
-            ),
-            cfg.data.max_prompt_tokens,
-            cfg.pair.trust_remote_code,
-        )
-        for i in range(cfg.rollout.num_engines)
-    ]  # fmt: skip
-    teacher_kwargs = _teacher_kwargs(cfg, teacher_path)
-    teacher_env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.teacher.kv_cache_gib)))}}
-    teacher_pg = _pack(cfg.teacher.num_replicas, c.cpus_per_actor, c.gpus_per_teacher_replica)
-    teacher = [
-        TeacherWorker.options(runtime_env=teacher_env, **_role_options(cfg, c.gpus_per_teacher_replica, teacher_pg, i)).remote(
-            cfg.teacher.backend, teacher_kwargs, cfg.teacher.top_k, cfg.teacher.max_tokens_per_batch
-        )
-        for i in range(cfg.teacher.num_replicas)
-    ]
-    verifier = cfg.data.train if cfg.data.train.startswith("zoo:") else None
-    mapping = [
-        MappingWorker.options(num_cpus=c.cpus_per_actor).remote(
-            student_path, teacher_path, cfg.mapping.credit, cfg.mapping.dense_topk, verifier
-        )
-        for _ in range(cfg.mapping.num_workers)
-    ]
+    factories = {
+        "rollout": _engine_factory(cfg, student_path, cfg.rollout.num_engines),
+        "teacher": _teacher_factory(cfg, teacher_path),
+        "mapping": _mapping_factory(cfg, student_path, teacher_path),
+    }
+    if cfg.algo.name == "sft_teacher":  # the teacher WRITES the training responses: vLLM engines on it
+        factories["generator"] = _engine_factory(cfg, teacher_path, cfg.rollout.num_engines)
+    sizes = {"rollout": cfg.rollout.num_engines, "teacher": cfg.teacher.num_replicas,
+             "mapping": cfg.mapping.num_workers, "generator": cfg.rollout.num_engines}  # fmt: skip
+    pools = {role: [make(i) for i in range(sizes[role])] for role, make in factories.items()}
     learner_pg = _pack(cfg.learner.num_ranks, c.cpus_per_actor, c.gpus_per_learner_rank)
-    ranks = [
-        LearnerWorker.options(**_role_options(cfg, c.gpus_per_learner_rank, learner_pg, r)).remote(
+
+    def make_rank(r: int):
+        return LearnerWorker.options(**_role_options(cfg, c.gpus_per_learner_rank, learner_pg, r)).remote(
             student_path, r, cfg.learner.num_ranks, _learner_kwargs(cfg)
         )
-        for r in range(cfg.learner.num_ranks)
-    ]
-    learner = LearnerGroup(ranks)
-    ray.get([a.ping.remote() for a in [*rollout, *teacher, *mapping]], timeout=900)
-    identity = ray.get(mapping[0].is_identity.remote())
+
+    learner = LearnerGroup([make_rank(r) for r in range(cfg.learner.num_ranks)])
+    ray.get([a.ping.remote() for members in pools.values() for a in members], timeout=900)
+    identity = ray.get(pools["mapping"][0].is_identity.remote())
     print(f"[tokenbridge] actors up in {time.time() - t0:.0f}s (identity mapping: {identity})", flush=True)
-    return Stages(rollout, teacher, mapping, learner, identity_mapping=identity)
+    return Stages(
+        pools["rollout"], pools["teacher"], pools["mapping"], learner, identity_mapping=identity,
+        teacher_generators=pools.get("generator", []), factories={**factories, "learner": make_rank},
+    )  # fmt: skip
+
+
+def _engine_factory(cfg: Config, model_path: str, count: int) -> Callable[[int], Any]:
+    c = cfg.cluster
+    env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.rollout.kv_cache_gib)))}}
+    group = _pack(count, c.cpus_per_actor, c.gpus_per_rollout_engine)
+    engine_kwargs = dict(
+        max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
+        enforce_eager=cfg.rollout.enforce_eager, tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, dtype=cfg.rollout.dtype,
+    )  # fmt: skip
+
+    def make(i: int):
+        return RolloutWorker.options(runtime_env=env, **_role_options(cfg, c.gpus_per_rollout_engine, group, i)).remote(
+            model_path, dict(engine_kwargs, seed=cfg.trainer.seed + i), cfg.data.max_prompt_tokens,
+            cfg.pair.trust_remote_code,
+        )  # fmt: skip
+
+    return make
+
+
+def _teacher_factory(cfg: Config, teacher_path: str) -> Callable[[int], Any]:
+    c = cfg.cluster
+    env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.teacher.kv_cache_gib)))}}
+    group = _pack(cfg.teacher.num_replicas, c.cpus_per_actor, c.gpus_per_teacher_replica)
+    kwargs = _teacher_kwargs(cfg, teacher_path)
+
+    def make(i: int):
+        return TeacherWorker.options(
+            runtime_env=env, **_role_options(cfg, c.gpus_per_teacher_replica, group, i)
+        ).remote(cfg.teacher.backend, kwargs, cfg.teacher.top_k, cfg.teacher.max_tokens_per_batch)
+
+    return make
+
+
+def _mapping_factory(cfg: Config, student_path: str, teacher_path: str) -> Callable[[int], Any]:
+    verifier = cfg.data.train if cfg.data.train.startswith("zoo:") else None
+
+    def make(i: int):
+        return MappingWorker.options(num_cpus=cfg.cluster.cpus_per_actor).remote(
+            student_path,
+            teacher_path,
+            cfg.mapping.credit,
+            cfg.mapping.dense_topk,
+            verifier,
+            cfg.data.max_prompt_tokens,
+        )
+
+    return make
 
 
 def _teacher_kwargs(cfg: Config, teacher_path: str) -> dict:
@@ -118,7 +194,9 @@ def _teacher_kwargs(cfg: Config, teacher_path: str) -> dict:
             trust_remote_code=cfg.pair.trust_remote_code,
         )  # fmt: skip
     if t.backend == "hf":
-        return dict(model_path=teacher_path, device=cfg.cluster.device, trust_remote_code=cfg.pair.trust_remote_code)
+        return dict(
+            model_path=teacher_path, device=cfg.cluster.device, trust_remote_code=cfg.pair.trust_remote_code
+        )
     return dict(
         base_url=t.url, model=t.http_model or teacher_path, api_key_env=t.api_key_env,
         verify_tls=t.verify_tls, ca_cert=t.ca_cert,

@@ -36,7 +36,7 @@ def batch_statistics(samples: list[MappedSample], trained_version: int) -> dict[
     return out
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"health": 1})
 class LearnerWorker:
     """One DeepSpeed rank."""
 
@@ -56,15 +56,23 @@ class LearnerWorker:
     def init(self, master_addr: str, master_port: int) -> bool:
         from framework.learner import LearnerRank
 
-        os.environ.setdefault("DS_ACCELERATOR", "cpu" if self.learner_kwargs.get("backend") == "gloo" else "cuda")
+        os.environ.setdefault(
+            "DS_ACCELERATOR", "cpu" if self.learner_kwargs.get("backend") == "gloo" else "cuda"
+        )
         self.learner = LearnerRank(
             self.model_path, rank=self.rank, world_size=self.world_size,
             master_addr=master_addr, master_port=master_port, **self.learner_kwargs,
         )  # fmt: skip
         return True
 
+    @ray.method(concurrency_group="health")
     def ping(self) -> bool:
+        """Answers even while a work call runs (own concurrency group): hung ≠ busy."""
         return True
+
+    @ray.method(concurrency_group="health")
+    def pid(self) -> int:
+        return os.getpid()
 
     def train_step(self, sample_refs: list, version: int) -> dict[str, float]:
         with self.clock:
@@ -73,7 +81,8 @@ class LearnerWorker:
             num_tokens = int(sum(float(s.mask.sum()) for s in samples))
             metrics = self.learner.train_step(samples, num_tokens_global=num_tokens)
             self.clock.items += num_tokens
-            return {**stats, **metrics}
+            ids = [s.sample_id for s in samples] if self.rank == 0 else []
+            return {**stats, **metrics, "sample_ids": ids}
 
     def export_weights(self) -> bytes:
         with self.clock:

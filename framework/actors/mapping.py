@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import ray
 
@@ -9,29 +11,46 @@ from framework.actors.stats import BusyClock
 from framework.types import MappedSample, Rollout, TeacherRequest, TeacherScores
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"health": 1})
 class MappingWorker:
-    def __init__(self, student_path: str, teacher_path: str, credit: str, dense_topk: bool, verifier: str | None):
+    def __init__(
+        self, student_path: str, teacher_path: str, credit: str, dense_topk: bool, verifier: str | None,
+        max_prompt_tokens: int = 1 << 30,
+    ):  # fmt: skip
+        from transformers import AutoTokenizer
+
+        from framework.data.chat import stop_token_ids
         from framework.data.verifiers import get_verifier
         from framework.mapping import TokenMapper
 
         self.mapper = TokenMapper.from_paths(student_path, teacher_path, credit=credit, topk=dense_topk)
+        self.student_tokenizer = AutoTokenizer.from_pretrained(student_path)
+        self.student_stop = stop_token_ids(self.student_tokenizer, student_path)
+        self.max_prompt_tokens = max_prompt_tokens
         self.verify = get_verifier(verifier)
         self.clock = BusyClock()
 
+    @ray.method(concurrency_group="health")
     def ping(self) -> bool:
+        """Answers even while a work call runs (own concurrency group): hung ≠ busy."""
         return True
+
+    @ray.method(concurrency_group="health")
+    def pid(self) -> int:
+        return os.getpid()
 
     def is_identity(self) -> bool:
         return bool(self.mapper.is_identity)
 
-    def prepare(self, rollouts: list[Rollout]) -> list[TeacherRequest]:
+    def prepare(self, *rollouts: Rollout) -> list[TeacherRequest]:
+        """Teacher inputs for rollouts (passed as separate args so Ray resolves each ObjectRef)."""
         with self.clock:
             return [self.mapper.teacher_request(r) for r in rollouts]
 
     def finish(
-        self, rollouts: list[Rollout], requests: list[TeacherRequest], scores: list[TeacherScores]
-    ) -> list[MappedSample]:
+        self, requests: list[TeacherRequest], scores: list[TeacherScores], *rollouts: Rollout
+    ) -> tuple[list[MappedSample], int]:
+        """Per-token targets; returns (samples, count) so the driver can check success reading only the count."""
         with self.clock:
             out = []
             for r, q, s in zip(rollouts, requests, scores):
@@ -44,7 +63,41 @@ class MappingWorker:
                     reward = float(self.verify(r.response_text, r.prompt.answer))
                 out.append(self.mapper.map_sample(r, q, s, reward=reward))
             self.clock.items += len(out)
-            return out
+            return out, len(out)
+
+    def sft_samples(self, *teacher_rollouts: Rollout) -> tuple[list[MappedSample], int]:
+        """sft_teacher baseline: the teacher's response text, re-tokenized by the STUDENT, as a CE target.
+
+        The student prompt is rendered with the student's chat template; the response ids are the
+        student tokenization of the teacher's text, plus the student stop token when the teacher stopped.
+        """
+        from framework.data.chat import render_prompt_ids
+
+        with self.clock:
+            out = []
+            for r in teacher_rollouts:
+                prompt_ids = render_prompt_ids(
+                    self.student_tokenizer, r.prompt.messages, self.max_prompt_tokens
+                )
+                response = self.student_tokenizer.encode(r.response_text, add_special_tokens=False)
+                if r.finish_reason == "stop":
+                    response.append(self.student_stop[0] if self.student_tokenizer.eos_token_id is None
+                                    else int(self.student_tokenizer.eos_token_id))  # fmt: skip
+                resp = np.asarray(response, dtype=np.int32)
+                zeros = np.zeros(len(resp), dtype=np.float32)
+                reward = None
+                if self.verify is not None and r.prompt.answer is not None:
+                    reward = float(self.verify(r.response_text, r.prompt.answer))
+                out.append(
+                    MappedSample(
+                        sample_id=r.sample_id, input_ids=np.concatenate([prompt_ids, resp]),
+                        response_start=len(prompt_ids), behaviour_logprobs=zeros, teacher_logprobs=zeros.copy(),
+                        advantages=zeros.copy(), mask=np.ones(len(resp), dtype=np.float32),
+                        weight_version=r.weight_version, reward=reward,
+                    )
+                )  # fmt: skip
+            self.clock.items += len(out)
+            return out, len(out)
 
     def stats(self) -> dict[str, float]:
         return self.clock.snapshot()

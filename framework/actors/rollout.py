@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -13,11 +14,13 @@ from framework.data.chat import PromptTooLong, render_prompt_ids, stop_token_ids
 from framework.types import Prompt, Rollout
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"health": 1})
 class RolloutWorker:
     """One vLLM engine. Calls run one at a time, so a sample's weight version is well defined."""
 
-    def __init__(self, model_path: str, engine_kwargs: dict, max_prompt_tokens: int, trust_remote_code: bool = False):
+    def __init__(
+        self, model_path: str, engine_kwargs: dict, max_prompt_tokens: int, trust_remote_code: bool = False
+    ):
         from transformers import AutoTokenizer
 
         from framework.rollout import StudentEngine
@@ -29,8 +32,14 @@ class RolloutWorker:
         self.version = 0
         self.clock = BusyClock()
 
+    @ray.method(concurrency_group="health")
     def ping(self) -> bool:
+        """Answers even while a work call runs (own concurrency group): hung ≠ busy."""
         return True
+
+    @ray.method(concurrency_group="health")
+    def pid(self) -> int:
+        return os.getpid()
 
     def _render(self, prompts: list[Prompt]) -> tuple[list[Prompt], list[np.ndarray]]:
         kept, ids = [], []
@@ -71,7 +80,9 @@ class RolloutWorker:
         with self.clock:
             kept, ids = self._render(prompts)
             groups = self.engine.generate([x.tolist() for x in ids], stop_token_ids=self.stop_ids, **sampling)
-            return [self._rollout(p, pid, i, s) for p, pid, g in zip(kept, ids, groups) for i, s in enumerate(g)]
+            return [
+                self._rollout(p, pid, i, s) for p, pid, g in zip(kept, ids, groups) for i, s in enumerate(g)
+            ]
 
     def load_weights(self, blob: bytes, version: int) -> float:
         """In-place weight reload (CPU path); returns the seconds it took."""

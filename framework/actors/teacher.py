@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import ray
 
 from framework.actors.stats import BusyClock
 from framework.types import TeacherRequest, TeacherScores
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"health": 1})
 class TeacherWorker:
     def __init__(self, backend: str, backend_kwargs: dict, top_k: int, max_tokens_per_batch: int):
         from framework.teacher import TokenBudgetBatcher, make_teacher
@@ -18,8 +20,14 @@ class TeacherWorker:
         self.top_k = top_k
         self.clock = BusyClock()
 
+    @ray.method(concurrency_group="health")
     def ping(self) -> bool:
+        """Answers even while a work call runs (own concurrency group): hung ≠ busy."""
         return True
+
+    @ray.method(concurrency_group="health")
+    def pid(self) -> int:
+        return os.getpid()
 
     def score(self, requests: list[TeacherRequest]) -> list[TeacherScores]:
         with self.clock:

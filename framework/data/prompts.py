@@ -65,7 +65,11 @@ def _check_record(record: Any) -> Prompt:
     pid = record.get("id")
     if pid is not None and not isinstance(pid, str | int):
         raise DataError("field 'id' must be a string or an integer")
-    return Prompt(prompt_id=str(pid) if pid is not None else "", messages=clean, answer=None if answer is None else str(answer))
+    return Prompt(
+        prompt_id=str(pid) if pid is not None else "",
+        messages=clean,
+        answer=None if answer is None else str(answer),
+    )
 
 
 def _records_jsonl(path: Path):
@@ -87,15 +91,16 @@ def _records_jsonl(path: Path):
 def _records_parquet(path: Path):
     import pyarrow.parquet as pq
 
-    for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-        yield i, row
+    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
 
 
 def load_prompt_file(path: str | Path, *, max_bad_lines: int = 0) -> tuple[list[Prompt], LoadReport]:
     """Load and validate a JSONL or Parquet prompt file."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no such file. Fix: point data.train / data.eval at an existing JSONL or Parquet file")
+        raise DataError(
+            f"{path}: no such file. Fix: point data.train / data.eval at an existing JSONL or Parquet file"
+        )
     reader = _records_parquet if path.suffix == ".parquet" else _records_jsonl
     report = LoadReport(source=str(path))
     prompts: list[Prompt] = []
@@ -122,11 +127,15 @@ def load_prompt_file(path: str | Path, *, max_bad_lines: int = 0) -> tuple[list[
                 ) from None
     report.loaded = len(prompts)
     if not prompts:
-        raise DataError(f"{path}: no usable records. Fix: give at least one record with 'messages' or 'prompt'")
+        raise DataError(
+            f"{path}: no usable records. Fix: give at least one record with 'messages' or 'prompt'"
+        )
     return prompts, report
 
 
-def load_prompts(source: str, *, n: int, seed: int, split: str, max_bad_lines: int = 0) -> tuple[list[Prompt], LoadReport]:
+def load_prompts(
+    source: str, *, n: int, seed: int, split: str, max_bad_lines: int = 0
+) -> tuple[list[Prompt], LoadReport]:
     """Prompts for ``split`` ("train" / "eval") from the zoo task or a file (at most ``n`` of them)."""
     if source == ZOO_TASK:
         from framework.zoo.task import make_problems
