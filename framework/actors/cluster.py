@@ -15,6 +15,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from framework.actors.learner import LearnerGroup, LearnerWorker
 from framework.actors.mapping import MappingWorker
 from framework.actors.rollout import RolloutWorker
+from framework.actors.stats import kill_local_tree
 from framework.actors.teacher import TeacherWorker
 from framework.config import Config
 
@@ -31,6 +32,13 @@ class Stages:
     teacher_generators: list = field(default_factory=list)  # sft_teacher: vLLM engines on the teacher model
     factories: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # role -> make actor i
     restarts: Counter[str] = field(default_factory=Counter)
+    trees: dict[tuple[str, int], tuple[str, list[int]]] = field(default_factory=dict)  # for orphan cleanup
+
+    def record_trees(self) -> None:
+        """Remember each engine's process tree while it answers, to clean up orphans if it dies."""
+        for role in ("rollout", "teacher", "generator"):
+            for i, actor in enumerate(self.pool(role)):
+                self.trees[(role, i)] = ray.get(actor.process_tree.remote(), timeout=60)
 
     def sync_weights(self, version: int, timeout_s: float, engines: list | None = None) -> None:
         """Learner → rollout engines. The driver only passes the blob's ObjectRef along."""
@@ -56,8 +64,12 @@ class Stages:
         """
         members = self.pool(role)
         ray.kill(members[index], no_restart=True)
+        if (role, index) in self.trees:  # vLLM's engine-core child would outlive a killed actor
+            kill_local_tree(*self.trees.pop((role, index)))
         members[index] = self.factories[role](index)
         ray.get(members[index].ping.remote(), timeout=timeout_s)
+        if role != "mapping":
+            self.trees[(role, index)] = ray.get(members[index].process_tree.remote(), timeout=60)
         if role == "rollout" and version > 0:
             self.sync_weights(version, timeout_s, engines=[members[index]])
         self.restarts[role] += 1
@@ -129,10 +141,12 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     ray.get([a.ping.remote() for members in pools.values() for a in members], timeout=900)
     identity = ray.get(pools["mapping"][0].is_identity.remote())
     print(f"[tokenbridge] actors up in {time.time() - t0:.0f}s (identity mapping: {identity})", flush=True)
-    return Stages(
+    stages = Stages(
         pools["rollout"], pools["teacher"], pools["mapping"], learner, identity_mapping=identity,
         teacher_generators=pools.get("generator", []), factories={**factories, "learner": make_rank},
     )  # fmt: skip
+    stages.record_trees()
+    return stages
 
 
 def _engine_factory(cfg: Config, model_path: str, count: int) -> Callable[[int], Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from framework.actors.stats import BusyClock
+from framework.actors.stats import BusyClock, process_tree
 from framework.types import MappedSample
 
 
@@ -73,6 +73,11 @@ class LearnerWorker:
     @ray.method(concurrency_group="health")
     def pid(self) -> int:
         return os.getpid()
+
+    @ray.method(concurrency_group="health")
+    def process_tree(self) -> tuple[str, list[int]]:
+        """(node IP, pids of this actor and its children, e.g. vLLM's engine-core process)."""
+        return process_tree()
 
     def train_step(self, sample_refs: list, version: int) -> dict[str, float]:
         with self.clock:

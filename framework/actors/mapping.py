@@ -7,7 +7,7 @@ import os
 import numpy as np
 import ray
 
-from framework.actors.stats import BusyClock
+from framework.actors.stats import BusyClock, process_tree
 from framework.types import MappedSample, Rollout, TeacherRequest, TeacherScores
 
 
@@ -38,6 +38,11 @@ class MappingWorker:
     @ray.method(concurrency_group="health")
     def pid(self) -> int:
         return os.getpid()
+
+    @ray.method(concurrency_group="health")
+    def process_tree(self) -> tuple[str, list[int]]:
+        """(node IP, pids of this actor and its children, e.g. vLLM's engine-core process)."""
+        return process_tree()
 
     def is_identity(self) -> bool:
         return bool(self.mapper.is_identity)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import ray
 
-from framework.actors.stats import BusyClock
+from framework.actors.stats import BusyClock, process_tree
 from framework.data.chat import PromptTooLong, render_prompt_ids, stop_token_ids
 from framework.types import Prompt, Rollout
 
@@ -40,6 +40,11 @@ class RolloutWorker:
     @ray.method(concurrency_group="health")
     def pid(self) -> int:
         return os.getpid()
+
+    @ray.method(concurrency_group="health")
+    def process_tree(self) -> tuple[str, list[int]]:
+        """(node IP, pids of this actor and its children, e.g. vLLM's engine-core process)."""
+        return process_tree()
 
     def _render(self, prompts: list[Prompt]) -> tuple[list[Prompt], list[np.ndarray]]:
         kept, ids = [], []

@@ -28,3 +28,31 @@ class BusyClock:
         out = {"busy_s": self.busy_s, "calls": float(self.calls), "items": float(self.items)}
         out.update({k: float(v) for k, v in self.counters.items()})
         return out
+
+
+def process_tree() -> tuple[str, list[int]]:
+    """This process's node IP and the pids of it and all its descendants."""
+    import os
+
+    import psutil
+    import ray
+
+    me = psutil.Process(os.getpid())
+    return ray.util.get_node_ip_address(), [me.pid] + [c.pid for c in me.children(recursive=True)]
+
+
+def kill_local_tree(node_ip: str, pids: list[int]) -> int:
+    """SIGKILL recorded processes if they run on this node (orphans of a killed actor); returns how many."""
+    import psutil
+    import ray
+
+    if node_ip != ray.util.get_node_ip_address():
+        return 0
+    killed = 0
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+            killed += 1
+        except psutil.Error:
+            pass
+    return killed

@@ -6,7 +6,7 @@ import os
 
 import ray
 
-from framework.actors.stats import BusyClock
+from framework.actors.stats import BusyClock, process_tree
 from framework.types import TeacherRequest, TeacherScores
 
 
@@ -28,6 +28,11 @@ class TeacherWorker:
     @ray.method(concurrency_group="health")
     def pid(self) -> int:
         return os.getpid()
+
+    @ray.method(concurrency_group="health")
+    def process_tree(self) -> tuple[str, list[int]]:
+        """(node IP, pids of this actor and its children, e.g. vLLM's engine-core process)."""
+        return process_tree()
 
     def score(self, requests: list[TeacherRequest]) -> list[TeacherScores]:
         with self.clock:
