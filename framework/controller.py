@@ -78,6 +78,7 @@ class Controller:
         self.pending: deque[InflightBatch] = deque()
         self.requeued: deque[list[Prompt]] = deque()  # prompts of batches in flight at a checkpoint
         self.faults: Counter[str] = Counter()
+        self.fault_log: list[tuple[float, str]] = []  # (time detected, what) for detection-latency checks
         self.busy_prev: dict[str, float] = {}
         self.ledger = Ledger(output_dir / "ledger.jsonl")
         self.sampling = dict(n=cfg.rollout.samples_per_prompt, temperature=cfg.rollout.temperature,
@@ -212,6 +213,7 @@ class Controller:
 
     def _count_fault(self, what: str) -> None:
         self.faults[what] += 1
+        self.fault_log.append((time.time(), what))
         if sum(self.stages.restarts.values()) >= self.cfg.trainer.max_restarts:
             raise StageFailure(
                 f"{what}: {self.cfg.trainer.max_restarts} actor restarts (trainer.max_restarts) used up"

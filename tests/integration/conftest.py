@@ -35,7 +35,9 @@ def ray_local():
         _node_ip_address="127.0.0.1",
         include_dashboard=False,
         num_cpus=8,
-        runtime_env={"env_vars": {k: os.environ[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "DS_ACCELERATOR", "WANDB_MODE")}},
+        runtime_env={
+            "env_vars": {k: os.environ[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "DS_ACCELERATOR", "WANDB_MODE")}
+        },
     )
     yield ray
     ray.shutdown()

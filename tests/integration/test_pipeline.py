@@ -73,10 +73,12 @@ def test_cross_tokenizer_run_trains_and_teacher_kl_goes_down(cross):
 def test_weight_sync_vllm_matches_learner_and_noop_sync_changes_nothing(cross):
     import ray
 
-    cfg, stages, train, _ = cross
+    _cfg, stages, train, _ = cross
     engine = stages.rollout[0]
     # fixed token sequences: greedy rollouts of a few prompts under the current weights
-    rollouts = ray.get(engine.generate.remote(train[:4], dict(n=1, temperature=0.0, top_p=1.0, max_tokens=24, seed=0)))
+    rollouts = ray.get(
+        engine.generate.remote(train[:4], dict(n=1, temperature=0.0, top_p=1.0, max_tokens=24, seed=0))
+    )
     ids = [np.concatenate([r.prompt_ids, r.response_ids]) for r in rollouts]
     starts = [len(r.prompt_ids) for r in rollouts]
     learner_lp = stages.learner.logprobs(ids, starts)
@@ -101,7 +103,11 @@ def test_teacher_equal_to_student_is_identity_with_zero_advantage(ray_local):
     try:
         assert stages.identity_mapping
         prompts, _ = load_prompts("zoo:arith", n=4, seed=5, split="eval")
-        rollouts = ray.get(stages.rollout[0].generate.remote(prompts, dict(n=2, temperature=1.0, top_p=1.0, max_tokens=32, seed=3)))
+        rollouts = ray.get(
+            stages.rollout[0].generate.remote(
+                prompts, dict(n=2, temperature=1.0, top_p=1.0, max_tokens=32, seed=3)
+            )
+        )
         mapper, teacher = stages.mapping[0], stages.teacher[0]
         requests = mapper.prepare.remote(*rollouts)
         mapped = ray.get(mapper.finish.remote(requests, teacher.score.remote(requests), *rollouts))
