@@ -41,7 +41,11 @@ def _init_ray(cfg: Config) -> None:
         if k in os.environ
     }
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # inside `ray job submit` / KubeRay: the job's runtime_env already carries the env; a second
+        # one would make Ray refuse to merge them
+        ray.init(address=address or "auto", log_to_driver=True)
+    elif address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
         # a private, loopback-only Ray for one machine (no dashboard, nothing listening outside)
@@ -60,7 +64,9 @@ def run(cfg: Config) -> dict[str, float]:
     from framework.data import load_prompts
     from framework.zoo import resolve_model
 
-    os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode if cfg.logging.wandb_mode != "disabled" else "offline")
+    os.environ.setdefault(
+        "WANDB_MODE", cfg.logging.wandb_mode if cfg.logging.wandb_mode != "disabled" else "offline"
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if cfg.cluster.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -69,20 +75,37 @@ def run(cfg: Config) -> dict[str, float]:
         if cfg.teacher.backend == "http" and key == "pair.teacher":
             continue
         if not Path(path).is_dir():
-            raise ConfigError(key, f"{path!r} is not a local model folder", "give a downloaded HF model dir or zoo:NAME")
+            raise ConfigError(
+                key, f"{path!r} is not a local model folder", "give a downloaded HF model dir or zoo:NAME"
+            )
     train, train_report = load_prompts(
-        cfg.data.train, n=cfg.data.num_train, seed=cfg.trainer.seed, split="train", max_bad_lines=cfg.data.max_bad_lines
+        cfg.data.train,
+        n=cfg.data.num_train,
+        seed=cfg.trainer.seed,
+        split="train",
+        max_bad_lines=cfg.data.max_bad_lines,
     )
     evals, _ = load_prompts(
-        cfg.data.eval, n=cfg.data.num_eval, seed=cfg.trainer.seed + 1, split="eval", max_bad_lines=cfg.data.max_bad_lines
+        cfg.data.eval,
+        n=cfg.data.num_eval,
+        seed=cfg.trainer.seed + 1,
+        split="eval",
+        max_bad_lines=cfg.data.max_bad_lines,
     )
     if train_report.skipped:
         print(f"[tokenbridge] skipped {train_report.skipped} bad records: {train_report.reasons}", flush=True)
     output_dir = _output_dir(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[tokenbridge] student={student}\n[tokenbridge] teacher={teacher}\n[tokenbridge] output={output_dir}", flush=True)
+    print(
+        f"[tokenbridge] student={student}\n[tokenbridge] teacher={teacher}\n[tokenbridge] output={output_dir}",
+        flush=True,
+    )
     _init_ray(cfg)
     try:
+        from framework.resources import alive_node_resources, check_resources
+
+        plan = check_resources(cfg, ray.cluster_resources(), alive_node_resources(ray.nodes()))
+        print("[tokenbridge] " + plan.summary(), flush=True)
         stages = start_stages(cfg, student, teacher)
         return Controller(cfg, stages, train, evals, output_dir).run()
     finally:
@@ -93,10 +116,10 @@ def run(cfg: Config) -> dict[str, float]:
 def _hydra_main(raw: DictConfig) -> None:
     try:
         cfg = to_config(raw)
-    except ConfigError as e:
+        final = run(cfg)
+    except ConfigError as e:  # also raised by resource checks and model resolution at start-up
         print(str(e), file=sys.stderr)
         sys.exit(2)
-    final = run(cfg)
     print("[tokenbridge] done: " + "  ".join(f"{k}={v}" for k, v in final.items()), flush=True)
 
 
