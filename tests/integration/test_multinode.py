@@ -1,0 +1,118 @@
+"""A real two-node Ray cluster on this machine: `ray start --head` + a second `ray start --address=…`
+with its own custom resources, the demo recipe submitted with `launch/ray_job.sh`, actors checked
+to have run on both nodes. The cluster is torn down by the test (only the processes it started).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], env: dict) -> subprocess.Popen:
+    # --block keeps every process of the node under this session, so the teardown kills only ours
+    return subprocess.Popen(
+        [RAY, "start", "--block", *args], env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def two_node_cluster():
+    gcs, dash = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="tbray-")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=3", "--num-gpus=0"]
+    head = _start(
+        ["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
+         "--resources={\"node_head\": 1}", *common],
+        env,
+    )  # fmt: skip
+    procs = [head]
+    try:
+        deadline = time.time() + 120
+        while subprocess.run(
+            [RAY, "status", f"--address=127.0.0.1:{gcs}"], env=env, capture_output=True
+        ).returncode:
+            assert time.time() < deadline, "head node did not start"
+            time.sleep(1)
+        procs.append(_start([f"--address=127.0.0.1:{gcs}", '--resources={"node_worker": 1}', *common], env))
+        while True:
+            out = subprocess.run(
+                [RAY, "status", f"--address=127.0.0.1:{gcs}"], env=env, capture_output=True, text=True
+            )
+            if out.stdout.count("node_") >= 2 and "node_worker" in out.stdout:
+                break
+            assert time.time() < deadline, f"worker node did not join:\n{out.stdout}"
+            time.sleep(1)
+        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        for p in reversed(procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        time.sleep(3)
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_demo_recipe_runs_as_a_ray_job_across_two_nodes(two_node_cluster, tmp_path):
+    from ray.util.state import list_actors, list_nodes
+
+    env = dict(two_node_cluster["env"], RAY_ADDRESS=two_node_cluster["dashboard"], TOKENBRIDGE_PYTHON=sys.executable,
+               TOKENBRIDGE_REMOTE_PYTHON=sys.executable, WANDB_MODE="offline")  # fmt: skip
+    overrides = [
+        "trainer.steps=2", "trainer.eval_every=0", "data.num_eval=4", "data.prompts_per_step=2",
+        "rollout.samples_per_prompt=2", "logging.progress_bar=false", "logging.wandb_mode=disabled",
+        # one CPU per actor, three per node: the four actors cannot fit on one node
+        "cluster.cpus_per_actor=1", f"trainer.output_dir={tmp_path}",
+    ]  # fmt: skip
+    job = subprocess.run(
+        ["bash", str(ROOT / "launch" / "ray_job.sh"), "--submission-id", "tb-multinode", "--", *overrides],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "[tokenbridge] done" in job.stdout + job.stderr
+    address = two_node_cluster["gcs"]
+    nodes = {n.node_id: n for n in list_nodes(address=address)}
+    assert len(nodes) == 2
+    actors = [
+        a for a in list_actors(address=address, detail=True, limit=1000) if a.class_name.endswith("Worker")
+    ]
+    used = {a.node_id for a in actors}
+    assert {a.class_name for a in actors} >= {
+        "RolloutWorker",
+        "TeacherWorker",
+        "MappingWorker",
+        "LearnerWorker",
+    }
+    assert used == set(nodes), f"actors ran on {len(used)} of {len(nodes)} nodes"
+    assert (tmp_path / "ledger.jsonl").exists() and len(
+        (tmp_path / "ledger.jsonl").read_text().splitlines()
+    ) == 2
