@@ -61,7 +61,7 @@ class TeacherConfig:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.3
     kv_cache_gib: float = 1.0
-    max_model_len: int = 1024
+    max_model_len: int = 512  # the zoo models have 512 positions; raise for real teachers
     dtype: str = "auto"
     url: str | None = None  # http backend: base URL of an OpenAI-compatible server
     http_model: str | None = None  # http backend: model name on that server

@@ -1,0 +1,84 @@
+"""Building a vLLM ``LLM`` the way tokenbridge uses it (shared by the student engine and the vLLM teacher).
+
+Our engines speak token ids only: the caller renders and tokenizes (with the right chat template),
+so vLLM's tokenizer is never initialised (``skip_tokenizer_init=True``) and prompts are
+``TokensPrompt``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+GIB = 1 << 30
+
+
+def validate_model_path(model_path: str) -> None:
+    """Fail early with a clear message (vLLM's own error for a bad path is far down a stack trace)."""
+    if not os.path.isdir(model_path):
+        raise FileNotFoundError(
+            f"model_path={model_path!r} is not a directory; pass a local Hugging Face model folder "
+            "(config.json + safetensors), e.g. framework.zoo.model_path('student-llama3')"
+        )
+    if not os.path.isfile(os.path.join(model_path, "config.json")):
+        raise FileNotFoundError(f"model_path={model_path!r} has no config.json; is it a HF model folder?")
+
+
+def build_llm(
+    model_path: str,
+    *,
+    seed: int,
+    max_model_len: int,
+    kv_cache_gib: float | None,
+    enforce_eager: bool,
+    tensor_parallel_size: int,
+    gpu_memory_utilization: float,
+    dtype: str,
+    trust_remote_code: bool,
+    **extra: Any,
+):
+    """Create a token-id-only ``vllm.LLM``.
+
+    ``kv_cache_gib`` sets the KV cache size explicitly (``kv_cache_memory_bytes``; on CPU this is
+    the only sizing knob, and the legacy env ``VLLM_CPU_KVCACHE_SPACE`` overrides it when set). On
+    GPU pass ``kv_cache_gib=None`` to let vLLM size the cache from ``gpu_memory_utilization``.
+    """
+    validate_model_path(model_path)
+    if kv_cache_gib is not None and kv_cache_gib <= 0:
+        raise ValueError(f"kv_cache_gib must be > 0 or None (got {kv_cache_gib})")
+    from vllm import LLM  # imported lazily: importing vLLM costs seconds
+
+    kwargs: dict[str, Any] = dict(
+        skip_tokenizer_init=True,
+        seed=seed,
+        max_model_len=max_model_len,
+        enforce_eager=enforce_eager,
+        tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    if kv_cache_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * GIB)
+    kwargs.update(extra)
+    return LLM(model_path, **kwargs)
+
+
+def drive_to_completion(llm, request_ids: set[str]):
+    """Step the engine until every id in ``request_ids`` finished; yield each final ``RequestOutput``
+    as soon as it is done. Requests left unfinished (the consumer stopped early, or an error) are
+    aborted so they do not leak into the next call.
+    """
+    engine = llm.llm_engine
+    pending = set(request_ids)
+    try:
+        while pending:
+            if not engine.has_unfinished_requests():
+                raise RuntimeError(f"vLLM engine went idle with {len(pending)} requests unfinished")
+            for out in engine.step():
+                if out.finished and out.request_id in pending:
+                    pending.discard(out.request_id)
+                    yield out
+    finally:
+        if pending:
+            engine.abort_request(sorted(pending), internal=False)
