@@ -224,12 +224,14 @@ def _learner_kwargs(cfg: Config) -> dict:
         zero_stage=lc.zero_stage, lr=lc.lr, weight_decay=lc.weight_decay, betas=tuple(lc.betas),
         grad_clip=lc.grad_clip, warmup_steps=lc.warmup_steps, micro_batch_tokens=lc.micro_batch_tokens,
         logprob_chunk_size=lc.logprob_chunk_size, backend=backend, dtype=lc.dtype, seed=cfg.trainer.seed,
-        objective=_objective(cfg), gradient_checkpointing=lc.gradient_checkpointing,
+        objective=cfg.algo.name, objective_options=_objective_options(cfg),
+        gradient_checkpointing=lc.gradient_checkpointing, temperature=cfg.rollout.temperature,
+        trust_remote_code=cfg.pair.trust_remote_code,
     )  # fmt: skip
 
 
-def _objective(cfg: Config) -> dict:
-    """``{"name", "options"}`` for ``framework.algo.make_objective`` (only the keys that algo takes)."""
+def _objective_options(cfg: Config) -> dict:
+    """Options for ``framework.algo.make_objective(cfg.algo.name, **options)`` (only the keys it takes)."""
     a = cfg.algo
     opd = {"clip_eps": a.clip_eps, "adv_clamp": a.adv_clamp}
     options: dict = {
@@ -240,4 +242,4 @@ def _objective(cfg: Config) -> dict:
         "dpo": {"beta": a.beta},
         "ctpd": {"beta": a.beta},
     }[a.name]  # fmt: skip
-    return {"name": a.name, "options": options}
+    return options

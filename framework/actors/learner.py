@@ -54,7 +54,7 @@ class LearnerWorker:
         return ray.util.get_node_ip_address(), port
 
     def init(self, master_addr: str, master_port: int) -> bool:
-        from framework.learner import LearnerRank
+        from framework.learner.engine import LearnerRank
 
         os.environ.setdefault(
             "DS_ACCELERATOR", "cpu" if self.learner_kwargs.get("backend") == "gloo" else "cuda"
@@ -81,10 +81,16 @@ class LearnerWorker:
 
     def train_step(self, sample_refs: list, version: int) -> dict[str, float]:
         with self.clock:
+            from framework.learner import shard_samples
+
             samples = [s for part in ray.get(sample_refs) for s in part]
             stats = batch_statistics(samples, version) if self.rank == 0 else {}
             num_tokens = int(sum(float(s.mask.sum()) for s in samples))
-            metrics = self.learner.train_step(samples, num_tokens_global=num_tokens)
+            # every rank reads the same refs and takes its own deterministic share
+            mine = shard_samples(samples, self.world_size, self.learner.settings.micro_batch_tokens)[
+                self.rank
+            ]
+            metrics = self.learner.train_step(mine, num_tokens_global=num_tokens)
             self.clock.items += num_tokens
             ids = [s.sample_id for s in samples] if self.rank == 0 else []
             return {**stats, **metrics, "sample_ids": ids}
@@ -96,10 +102,7 @@ class LearnerWorker:
     def save(self, folder: str) -> bool:
         with self.clock:
             self.learner.save_state(str(Path(folder) / "learner"))
-            if self.rank == 0:
-                self.learner.save_hf(str(Path(folder) / "student"))
-            else:
-                self.learner.save_hf(None)  # ZeRO-3 gathers are collective: every rank joins
+            self.learner.save_hf(str(Path(folder) / "student"))  # collective; rank 0 writes
             return True
 
     def load(self, folder: str) -> bool:
@@ -107,6 +110,9 @@ class LearnerWorker:
         return True
 
     def logprobs(self, input_ids_list: list[np.ndarray], response_starts: list[int]) -> list[np.ndarray]:
+        """Rank 0 scores the sequences; the other ranks join with nothing (ZeRO-3 gathers are collective)."""
+        if self.rank != 0:
+            input_ids_list, response_starts = [], []
         return self.learner.compute_logprobs(input_ids_list, response_starts)
 
     def stats(self) -> dict[str, float]:
