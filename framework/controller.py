@@ -330,11 +330,10 @@ class Controller:
 
     def _restore(self, ckpt: Path | None = None) -> None:
         resume = self.cfg.trainer.resume
-        if ckpt is None and resume == "none":
-            return
-        if ckpt is None:
+        if ckpt is None and resume != "none":
             ckpt = checkpoint.latest_complete(self.output_dir) if resume == "auto" else Path(resume)
         if ckpt is None:
+            self.ledger.truncate_after(0)  # a fresh run: nothing trained yet, whatever the folder held
             return
         state = checkpoint.load_controller_state(ckpt)
         self.stages.learner.load(ckpt, timeout_s=self.cfg.trainer.learner_timeout_s)

@@ -35,6 +35,7 @@ class Ledger:
     def truncate_after(self, step: int) -> None:
         """Keep only steps < ``step`` (0-based step index of the line = controller step before training)."""
         kept = [e for e in self.entries() if e["step"] < step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
         tmp.replace(self.path)
