@@ -50,23 +50,26 @@ class MappingWorker:
     def prepare(self, *rollouts: Rollout) -> list[TeacherRequest]:
         """Teacher inputs for rollouts (passed as separate args so Ray resolves each ObjectRef)."""
         with self.clock:
-            return [self.mapper.teacher_request(r) for r in rollouts]
+            return self.mapper.teacher_requests(list(rollouts))
 
     def finish(
         self, requests: list[TeacherRequest], scores: list[TeacherScores], *rollouts: Rollout
     ) -> tuple[list[MappedSample], int]:
         """Per-token targets; returns (samples, count) so the driver can check success reading only the count."""
         with self.clock:
-            out = []
-            for r, q, s in zip(rollouts, requests, scores):
-                if not (np.all(np.isfinite(s.token_logprobs))):
-                    # never train on a corrupt teacher signal; counted and dropped from the batch
-                    self.clock.counters["skipped_nonfinite_teacher"] += 1
-                    continue
-                reward = None
-                if self.verify is not None and r.prompt.answer is not None:
-                    reward = float(self.verify(r.response_text, r.prompt.answer))
-                out.append(self.mapper.map_sample(r, q, s, reward=reward))
+            keep = [k for k, sc in enumerate(scores) if np.all(np.isfinite(sc.token_logprobs))]
+            # never train on a corrupt teacher signal (NaN/inf): counted and dropped from the batch
+            self.clock.counters["skipped_nonfinite_teacher"] += len(scores) - len(keep)
+            kept = [rollouts[k] for k in keep]
+            rewards = None
+            if self.verify is not None:
+                rewards = [
+                    None if r.prompt.answer is None else float(self.verify(r.response_text, r.prompt.answer))
+                    for r in kept
+                ]
+            out = self.mapper.map_samples(
+                kept, [requests[k] for k in keep], [scores[k] for k in keep], rewards=rewards
+            )
             self.clock.items += len(out)
             return out, len(out)
 

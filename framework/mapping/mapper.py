@@ -1,0 +1,397 @@
+"""`TokenMapper`: the student↔teacher token mapping of one tokenizer pair (DESIGN.md §3).
+
+Two calls per sample, both batched for throughput (Python overhead is paid per batch, not per token):
+
+1. ``teacher_requests(rollouts)`` — the teacher's input: the conversation in the teacher's chat
+   template, then the student response re-tokenized by the teacher (+ the teacher's end-of-turn token
+   if the student stopped). See :mod:`framework.mapping.render`.
+2. ``map_samples(rollouts, requests, scores)`` — align both tokenizations by byte offsets
+   (:mod:`align`), credit chunk advantages to student tokens (:mod:`credit`), project the teacher's
+   top-k rows at shared boundaries onto the student vocabulary (:mod:`topk`).
+
+Identical tokenizers (same vocabulary, merges, normalizer, pre-tokenizer and added tokens) take an exact
+identity fast path: the teacher scores the student's own ids and every target is passed through, so
+results equal same-tokenizer on-policy distillation bit for bit.
+
+A mapper pickles as its constructor arguments (paths) and is rebuilt, once per process, on arrival.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from framework.mapping.align import align_flat, boundary_pairs
+from framework.mapping.credit import CREDIT_MODES, bridged_stop_logprob, chunk_credit
+from framework.mapping.render import (
+    StudentResponse,
+    TokenizerInfo,
+    check_ids,
+    load_tokenizer_info,
+    split_student_responses,
+)
+from framework.mapping.topk import ProjectionMap, build_projection_map, identity_projection, project_topk
+from framework.types import DenseTarget, MappedSample, Rollout, TeacherRequest, TeacherScores
+
+_MAPPER_CACHE: dict[tuple, TokenMapper] = {}
+
+
+def _common_prefix_len(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.frombuffer(a, np.uint8, n) != np.frombuffer(b, np.uint8, n)
+    return int(np.argmax(diff)) if diff.any() else n
+
+
+@dataclass
+class _TeacherSide:
+    """How one sample's teacher response tokens line up with the student bytes."""
+
+    ids: np.ndarray  # int32[Rt] teacher response ids (incl. the appended stop token)
+    covered: int  # bytes aligned (valid student prefix on which the teacher bytes agree)
+    phantom: int  # 1 if the first teacher token carries a phantom leading space
+    bridged: bool  # the student stop token is scored against the appended teacher stop token
+    mismatch: bool  # teacher bytes disagree with the student bytes before the end of the valid prefix
+
+
+class TokenMapper:
+    """Maps student rollouts to teacher requests, and teacher scores back to student training targets."""
+
+    def __init__(
+        self,
+        student: TokenizerInfo,
+        teacher: TokenizerInfo,
+        credit: str = "proportional",
+        topk: bool = True,
+    ) -> None:
+        if credit not in CREDIT_MODES:
+            raise ValueError(f"credit={credit!r}: choose one of {CREDIT_MODES}")
+        self.student, self.teacher = student, teacher
+        self.credit, self.topk = credit, topk
+        self.is_identity = student.fingerprint == teacher.fingerprint
+        self.same_template = self.is_identity and student.chat_template == teacher.chat_template
+        self.teacher_stop_array = np.array(sorted(teacher.stop_ids), dtype=np.int64)
+        self._projection: ProjectionMap | None = None
+
+    @classmethod
+    def from_paths(
+        cls, student_path: str, teacher_path: str, credit: str = "proportional", topk: bool = True
+    ) -> TokenMapper:
+        """Build (or reuse, within this process) the mapper of a tokenizer pair."""
+        key = (str(student_path), str(teacher_path), credit, topk)
+        if key not in _MAPPER_CACHE:
+            student = load_tokenizer_info(str(student_path))
+            teacher = student if student_path == teacher_path else load_tokenizer_info(str(teacher_path))
+            _MAPPER_CACHE[key] = cls(student, teacher, credit=credit, topk=topk)
+        return _MAPPER_CACHE[key]
+
+    def __reduce__(self):
+        return (_rebuild_mapper, (self.student.path, self.teacher.path, self.credit, self.topk))
+
+    @property
+    def projection(self) -> ProjectionMap:
+        """teacher id → student id map for the top-k projection (built on first use)."""
+        if self._projection is None:
+            if self.is_identity:
+                self._projection = identity_projection(self.teacher.table.vocab_size)
+            else:
+                self._projection = build_projection_map(
+                    self.student.table,
+                    self.teacher.table,
+                    self.teacher.stop_ids,
+                    self.student.stop_token_to_append,
+                )
+        return self._projection
+
+    # ------------------------------------------------------------------ teacher input (§3.2-3.3)
+    def _splits(self, rollouts: Sequence[Rollout]) -> tuple[list[StudentResponse], np.ndarray]:
+        """Student response bytes of each rollout, and all response ids concatenated (int[Ns])."""
+        ids = [np.asarray(r.response_ids) for r in rollouts]
+        flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+        check_ids(flat, self.student.table.vocab_size, "response_ids")
+        splits = split_student_responses(
+            self.student.table, self.student.stop_ids, ids, [r.finish_reason for r in rollouts]
+        )
+        return splits, flat
+
+    def teacher_requests(self, rollouts: Sequence[Rollout]) -> list[TeacherRequest]:
+        """Teacher inputs for a batch of rollouts (one batched teacher tokenization)."""
+        if self.is_identity:
+            return [self._identity_request(r) for r in rollouts]
+        splits, _ = self._splits(rollouts)
+        responses = self.teacher.encode_continuations([s.text for s in splits])
+        stop_id = self.teacher.stop_token_to_append
+        requests = []
+        for rollout, split, response in zip(rollouts, splits, responses):
+            prompt = self.teacher.render_prompt_ids(rollout.prompt.messages)
+            parts = [prompt, response]
+            if split.bridge_stop and stop_id is not None:
+                parts.append(np.array([stop_id], dtype=np.int32))
+            requests.append(TeacherRequest(rollout.sample_id, np.concatenate(parts), int(prompt.shape[0])))
+        return requests
+
+    def teacher_request(self, rollout: Rollout) -> TeacherRequest:
+        return self.teacher_requests([rollout])[0]
+
+    def _identity_request(self, rollout: Rollout) -> TeacherRequest:
+        if self.same_template:
+            prompt = np.asarray(rollout.prompt_ids, dtype=np.int32)
+        else:
+            prompt = self.teacher.render_prompt_ids(rollout.prompt.messages)
+        ids = np.concatenate([prompt, np.asarray(rollout.response_ids, dtype=np.int32)])
+        return TeacherRequest(rollout.sample_id, ids, int(prompt.shape[0]))
+
+    # ------------------------------------------------------------------ targets (§3.4-3.6)
+    def map_sample(
+        self, rollout: Rollout, request: TeacherRequest, scores: TeacherScores, reward: float | None = None
+    ) -> MappedSample:
+        return self.map_samples([rollout], [request], [scores], None if reward is None else [reward])[0]
+
+    def map_samples(
+        self,
+        rollouts: Sequence[Rollout],
+        requests: Sequence[TeacherRequest],
+        scores: Sequence[TeacherScores],
+        rewards: Sequence[float | None] | None = None,
+    ) -> list[MappedSample]:
+        """Per-student-token targets for a batch (see module docstring)."""
+        if not (len(rollouts) == len(requests) == len(scores)):
+            raise ValueError(
+                f"map_samples got {len(rollouts)} rollouts, {len(requests)} requests, {len(scores)} scores"
+            )
+        rewards = list(rewards) if rewards is not None else [None] * len(rollouts)
+        for rollout, request, score in zip(rollouts, requests, scores):
+            if not (rollout.sample_id == request.sample_id == score.sample_id):
+                raise ValueError(
+                    f"sample ids disagree: rollout {rollout.sample_id!r}, request {request.sample_id!r}, "
+                    f"scores {score.sample_id!r}"
+                )
+            n_resp = request.input_ids.shape[0] - request.response_start
+            if score.token_logprobs.shape[0] != n_resp:
+                raise ValueError(
+                    f"{score.sample_id}: teacher scores have {score.token_logprobs.shape[0]} positions but "
+                    f"the request has {n_resp} response tokens"
+                )
+        if not rollouts:
+            return []
+        if self.is_identity:
+            return [self._map_identity(r, s, w) for r, s, w in zip(rollouts, scores, rewards)]
+        return self._map_cross(rollouts, requests, scores, rewards)
+
+    def _teacher_side(self, split: StudentResponse, ids: np.ndarray, t_bytes: bytes) -> _TeacherSide:
+        """Compare the teacher response bytes (``t_bytes``, of ``ids``) with the student bytes."""
+        stop_id = self.teacher.stop_token_to_append
+        appended = split.bridge_stop and stop_id is not None
+        if appended and (ids.shape[0] == 0 or int(ids[-1]) != stop_id):
+            raise ValueError(
+                "teacher request does not end with the teacher stop token although the student stopped: "
+                "was it built by this mapper (teacher_requests) for this rollout?"
+            )
+        s_bytes = split.content[: split.valid_len]
+        phantom, covered = 0, split.valid_len
+        if t_bytes != s_bytes:
+            if t_bytes[:1] == b" " and t_bytes[1:] == s_bytes:
+                phantom = 1
+            else:
+                covered = _common_prefix_len(t_bytes, s_bytes)
+        mismatch = covered < split.valid_len
+        return _TeacherSide(ids, covered, phantom, appended and not mismatch, mismatch)
+
+    def _map_cross(self, rollouts, requests, scores, rewards) -> list[MappedSample]:
+        B = len(rollouts)
+        splits, s_flat = self._splits(rollouts)
+        t_ids = [np.asarray(q.input_ids[q.response_start :]) for q in requests]
+        s_off = np.concatenate(([0], np.cumsum([r.response_ids.shape[0] for r in rollouts])))
+        t_off = np.concatenate(([0], np.cumsum([t.shape[0] for t in t_ids])))
+        t_flat = np.concatenate(t_ids)
+        check_ids(t_flat, self.teacher.table.vocab_size, "teacher request ids")
+        t_buf, t_lens = self.teacher.table.gather(t_flat)
+        t_byte_off = np.concatenate(([0], np.cumsum(t_lens)))[t_off]
+        sides = [
+            self._teacher_side(splits[b], t_ids[b], t_buf[t_byte_off[b] : t_byte_off[b + 1]].tobytes())
+            for b in range(B)
+        ]
+        s_lens = self.student.table.byte_lengths[s_flat].astype(np.int64)
+        # Tokens after the content (the student stop token) must not be aligned; stop tokens have
+        # zero bytes already, so only the phantom space needs an adjustment.
+        phantom_rows = np.array(
+            [
+                t_off[b] + int(np.argmax(t_lens[t_off[b] : t_off[b + 1]] > 0))
+                for b in range(B)
+                if sides[b].phantom
+            ],
+            dtype=np.int64,
+        )
+        t_lens[phantom_rows] -= 1  # the first teacher token with bytes carries the phantom space
+        covered = np.array([t.covered for t in sides], dtype=np.int64)
+        alignment = align_flat(s_lens, s_off, t_lens, t_off, covered)
+        lp_s = np.concatenate([np.asarray(r.logprobs, dtype=np.float64) for r in rollouts])
+        lp_t = np.concatenate([np.asarray(s.token_logprobs, dtype=np.float64) for s in scores])
+        credit = chunk_credit(
+            alignment.student_chunk, lp_s, alignment.teacher_chunk, lp_t, alignment.num_chunks, self.credit
+        )
+        teacher_lp = credit.teacher_logprobs
+        advantages = credit.advantages
+        mask = (alignment.student_chunk >= 0).astype(np.float32)
+
+        # Stop-token bridging: student stop token ↔ appended teacher stop token (its own 1:1 chunk).
+        bridged = np.array([b for b in range(B) if sides[b].bridged], dtype=np.int64)
+        s_stop, t_stop = s_off[bridged + 1] - 1, t_off[bridged + 1] - 1
+        if bridged.shape[0]:
+            has_topk = all(scores[b].topk_ids is not None for b in bridged)
+            stop_lp = bridged_stop_logprob(
+                lp_t[t_stop],
+                t_flat[t_stop],
+                self.teacher_stop_array,
+                np.stack([scores[b].topk_ids[-1] for b in bridged]) if has_topk else None,
+                np.stack([scores[b].topk_logprobs[-1] for b in bridged]) if has_topk else None,
+            )
+            teacher_lp[s_stop] = stop_lp
+            advantages[s_stop] = stop_lp - lp_s[s_stop]
+            mask[s_stop] = 1.0
+
+        dense_rows = self._dense_rows(alignment, s_lens, t_lens, phantom_rows, s_stop, t_stop, scores)
+        return self._assemble(
+            rollouts,
+            splits,
+            sides,
+            s_off,
+            alignment,
+            credit,
+            mask,
+            teacher_lp,
+            advantages,
+            dense_rows,
+            bridged,
+            rewards,
+        )
+
+    def _dense_rows(self, alignment, s_lens, t_lens, phantom_rows, s_stop, t_stop, scores):
+        """(student flat idx int64[P], support ids, support probs, other) sorted by student index."""
+        if not self.topk or any(s.topk_ids is None or s.topk_logprobs is None for s in scores):
+            return None
+        teacher_ok = np.ones(t_lens.shape[0], dtype=bool)
+        teacher_ok[phantom_rows] = False  # that row scores "▁x", not "x"
+        s_idx, t_idx = boundary_pairs(alignment, s_lens, t_lens, teacher_ok)
+        s_idx, t_idx = np.concatenate([s_idx, s_stop]), np.concatenate([t_idx, t_stop])
+        order = np.argsort(s_idx, kind="stable")
+        s_idx, t_idx = s_idx[order], t_idx[order]
+        topk_ids = np.concatenate([np.asarray(s.topk_ids) for s in scores])
+        topk_lp = np.concatenate([np.asarray(s.topk_logprobs) for s in scores])
+        ids, probs, other = project_topk(topk_ids[t_idx], topk_lp[t_idx], self.projection.teacher_to_student)
+        return s_idx, ids, probs, other
+
+    def _assemble(
+        self,
+        rollouts,
+        splits,
+        sides,
+        s_off,
+        alignment,
+        credit,
+        mask,
+        teacher_lp,
+        advantages,
+        dense_rows,
+        bridged,
+        rewards,
+    ) -> list[MappedSample]:
+        B = len(rollouts)
+
+        def per_sample(weights: np.ndarray | None = None) -> np.ndarray:  # float64[B] sums over chunks
+            return np.bincount(alignment.chunk_sample, weights=weights, minlength=B).astype(np.float64)
+
+        is_bridged = np.zeros(B, dtype=np.float64)
+        is_bridged[bridged] = 1.0  # the stop token is a 1:1 chunk of its own
+        one_to_one = (credit.chunk_num_student == 1) & (credit.chunk_num_teacher == 1)
+        n_chunks = per_sample() + is_bridged
+        chunks = np.maximum(n_chunks, 1.0)
+        R_B = np.diff(s_off)
+        mask_cum = np.concatenate(([0.0], np.cumsum(mask, dtype=np.float64)))
+        aligned_B = mask_cum[s_off[1:]] - mask_cum[s_off[:-1]]
+        columns = {
+            "map/chunks": n_chunks,
+            "map/one_to_one_frac": (per_sample(one_to_one) + is_bridged) / chunks,
+            "map/chunk_student_tokens": (per_sample(credit.chunk_num_student) + is_bridged) / chunks,
+            "map/chunk_teacher_tokens": (per_sample(credit.chunk_num_teacher) + is_bridged) / chunks,
+            "map/masked_frac": 1.0 - aligned_B / np.maximum(R_B, 1),
+            "map/dense_frac": np.zeros(B),
+            "map/stop_bridged": is_bridged,
+            "map/cut_bytes": np.array([len(s.content) - s.valid_len for s in splits], dtype=np.float64),
+            "map/teacher_mismatch": np.array([t.mismatch for t in sides], dtype=np.float64),
+            "map/phantom_space": np.array([t.phantom for t in sides], dtype=np.float64),
+        }
+        if dense_rows is not None:
+            dense_cuts = np.searchsorted(dense_rows[0], s_off)
+            columns["map/dense_frac"] = np.diff(dense_cuts) / np.maximum(R_B, 1)
+        rows = [dict(zip(columns, values)) for values in zip(*(c.tolist() for c in columns.values()))]
+        teacher_lp32, advantages32 = teacher_lp.astype(np.float32), advantages.astype(np.float32)
+        samples = []
+        for b, rollout in enumerate(rollouts):
+            lo, hi = s_off[b], s_off[b + 1]
+            dense = None
+            if dense_rows is not None:
+                d0, d1 = dense_cuts[b], dense_cuts[b + 1]
+                dense = DenseTarget(
+                    positions=(dense_rows[0][d0:d1] - lo).astype(np.int32),
+                    support_ids=dense_rows[1][d0:d1],
+                    support_probs=dense_rows[2][d0:d1],
+                    other_prob=dense_rows[3][d0:d1],
+                )
+            samples.append(
+                self._sample(
+                    rollout, teacher_lp32[lo:hi], advantages32[lo:hi], mask[lo:hi], dense, rewards[b], rows[b]
+                )
+            )
+        return samples
+
+    @staticmethod
+    def _sample(rollout, teacher_lp, advantages, mask, dense, reward, diagnostics) -> MappedSample:
+        prompt = np.asarray(rollout.prompt_ids, dtype=np.int32)
+        return MappedSample(
+            sample_id=rollout.sample_id,
+            input_ids=np.concatenate([prompt, np.asarray(rollout.response_ids, dtype=np.int32)]),
+            response_start=int(prompt.shape[0]),
+            behaviour_logprobs=np.asarray(rollout.logprobs, dtype=np.float32),
+            teacher_logprobs=np.asarray(teacher_lp, dtype=np.float32),
+            advantages=np.asarray(advantages, dtype=np.float32),
+            mask=np.asarray(mask, dtype=np.float32),
+            weight_version=rollout.weight_version,
+            dense=dense,
+            reward=reward,
+            diagnostics=diagnostics,
+        )
+
+    def _map_identity(self, rollout: Rollout, scores: TeacherScores, reward: float | None) -> MappedSample:
+        """Same tokenizer: every token is its own chunk and every target passes through unchanged."""
+        behaviour = np.asarray(rollout.logprobs, dtype=np.float32)
+        teacher_lp = np.asarray(scores.token_logprobs, dtype=np.float32)
+        R = behaviour.shape[0]
+        dense = None
+        if self.topk and scores.topk_ids is not None and scores.topk_logprobs is not None:
+            probs = np.exp(np.asarray(scores.topk_logprobs, dtype=np.float64))
+            probs /= np.maximum(probs.sum(axis=1, keepdims=True), 1.0)
+            dense = DenseTarget(
+                positions=np.arange(R, dtype=np.int32),
+                support_ids=np.asarray(scores.topk_ids, dtype=np.int32),
+                support_probs=probs.astype(np.float32),
+                other_prob=np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0).astype(np.float32),
+            )
+        diagnostics = {
+            "map/chunks": float(R),
+            "map/one_to_one_frac": 1.0,
+            "map/chunk_student_tokens": 1.0,
+            "map/chunk_teacher_tokens": 1.0,
+            "map/masked_frac": 0.0,
+            "map/dense_frac": 1.0 if dense is not None else 0.0,
+        }
+        return self._sample(
+            rollout, teacher_lp, teacher_lp - behaviour, np.ones(R, np.float32), dense, reward, diagnostics
+        )
+
+
+def _rebuild_mapper(student_path: str, teacher_path: str, credit: str, topk: bool) -> TokenMapper:
+    return TokenMapper.from_paths(student_path, teacher_path, credit=credit, topk=topk)
