@@ -44,7 +44,7 @@ def main() -> None:
     from framework.data import load_prompts
     from framework.zoo import resolve_model
 
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=8, log_to_driver=False)
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=8, log_to_driver=False)
     cfg = compose_config([
         *FAST, f"trainer.steps={args.steps}", f"trainer.rollout_timeout_s={TIMEOUTS['rollout']}",
         f"trainer.teacher_timeout_s={TIMEOUTS['teacher']}", f"trainer.mapping_timeout_s={TIMEOUTS['mapping']}",

@@ -50,7 +50,7 @@ def _init_ray(cfg: Config) -> None:
     else:
         # a private, loopback-only Ray for one machine (no dashboard, nothing listening outside)
         ray.init(
-            _node_ip_address="127.0.0.1", include_dashboard=False, runtime_env={"env_vars": env},
+            address="local", _node_ip_address="127.0.0.1", include_dashboard=False, runtime_env={"env_vars": env},
             num_cpus=max(4, os.cpu_count() or 1), log_to_driver=True,
         )  # fmt: skip
 

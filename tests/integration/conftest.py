@@ -32,6 +32,7 @@ def ray_local():
     import ray
 
     ray.init(
+        address="local",
         _node_ip_address="127.0.0.1",
         include_dashboard=False,
         num_cpus=8,
