@@ -44,7 +44,13 @@ def main() -> None:
     from framework.data import load_prompts
     from framework.zoo import resolve_model
 
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=8, log_to_driver=False)
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=8,
+        log_to_driver=False,
+    )
     cfg = compose_config([
         *FAST, f"trainer.steps={args.steps}", f"trainer.rollout_timeout_s={TIMEOUTS['rollout']}",
         f"trainer.teacher_timeout_s={TIMEOUTS['teacher']}", f"trainer.mapping_timeout_s={TIMEOUTS['mapping']}",
@@ -85,8 +91,8 @@ def main() -> None:
         wall = time.time() - t0
         trained = [s for ids in _ledger_ids(out) for s in ids]
         results[name] = dict(
-            wall=wall, injected=injected, detected=sum(v for k, v in controller.faults.items() if k != "requeued_samples"),
-            recovered=sum(stages.restarts.values()), requeued=controller.faults["requeued_samples"],
+            wall=wall, injected=injected, detected=sum(v for k, v in controller.faults.counts.items() if k != "requeued_samples"),
+            recovered=sum(stages.restarts.values()), requeued=controller.faults.counts["requeued_samples"],
             lost=len(set(expected) - set(trained)), duplicated=len(trained) - len(set(trained)),
         )  # fmt: skip
         stages.restarts.clear()

@@ -107,7 +107,7 @@ def test_actor_kill_and_hang_are_detected_recovered_and_nothing_is_lost(ray_loca
     trained = [s for ids in _ledger_ids(tmp_path) for s in ids]
     assert len(trained) == len(set(trained)), "a sample was trained twice"
     assert sorted(trained) == sorted(expected_schedule(cfg, steps)), "a sample was lost"
-    faults = controller.faults
+    faults = controller.faults.counts
     assert faults["rollout_died"] + faults["rollout_hung"] >= 2
     assert faults["teacher_failed"] >= 2 and faults["mapping_failed"] >= 2
     assert (
@@ -117,7 +117,7 @@ def test_actor_kill_and_hang_are_detected_recovered_and_nothing_is_lost(ray_loca
     )
     # every injected fault was detected within its stage's timeout (+ health ping + polling slack)
     for t_inj, role, sig in injected:
-        detected = [t for t, what in controller.fault_log if what.startswith(role) and t >= t_inj]
+        detected = [t for t, what in controller.faults.log if what.startswith(role) and t >= t_inj]
         assert detected, f"{sig} of {role} never detected"
         budget = TIMEOUTS["rollout"] if role == "rollout" else TIMEOUTS["teacher"] + TIMEOUTS["mapping"]
         assert detected[0] - t_inj <= budget + TIMEOUTS["health"] + 10, f"{role} {sig} detected late"
