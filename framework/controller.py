@@ -114,10 +114,14 @@ class Controller:
         out = {}
         for stage, stats in self.stages.stats().items():
             busy = sum(s.get("busy_s", 0.0) for s in stats) / max(1, len(stats))
+            items = sum(s.get("items", 0.0) for s in stats)  # tokens generated / scored / mapped / trained
             delta = max(0.0, busy - self.busy_prev.get(stage, 0.0))
             out[f"stage_s/{stage}"] = delta  # seconds of work per actor of this stage during the step
             out[f"busy/{stage}"] = min(1.0, delta / max(step_s, 1e-9))
-            self.busy_prev[stage] = busy
+            out[f"tokens_per_s/{stage}"] = (items - self.busy_prev.get(f"{stage}#items", 0.0)) / max(
+                step_s, 1e-9
+            )
+            self.busy_prev[stage], self.busy_prev[f"{stage}#items"] = busy, items
             for key in {k for s in stats for k in s if k.startswith("skipped_")}:
                 out[f"counts/{stage}/{key}"] = sum(s.get(key, 0.0) for s in stats)
         return out

@@ -70,7 +70,7 @@ class MappingWorker:
             out = self.mapper.map_samples(
                 kept, [requests[k] for k in keep], [scores[k] for k in keep], rewards=rewards
             )
-            self.clock.items += len(out)
+            self.clock.items += sum(len(m.mask) for m in out)  # student tokens mapped
             return out, len(out)
 
     def sft_samples(self, *teacher_rollouts: Rollout) -> tuple[list[MappedSample], int]:
@@ -104,7 +104,7 @@ class MappingWorker:
                         weight_version=r.weight_version, reward=reward,
                     )
                 )  # fmt: skip
-            self.clock.items += len(out)
+            self.clock.items += sum(len(m.mask) for m in out)  # student tokens mapped
             return out, len(out)
 
     def stats(self) -> dict[str, float]:

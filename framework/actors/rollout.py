@@ -75,7 +75,7 @@ class RolloutWorker:
         for p_idx, s_idx, sample in self.engine.generate_stream(
             [x.tolist() for x in ids], stop_token_ids=self.stop_ids, **sampling
         ):
-            self.clock.items += 1
+            self.clock.items += len(sample.response_ids)  # tokens generated
             yield self._rollout(kept[p_idx], ids[p_idx], s_idx, sample)
         self.clock.busy_s += time.perf_counter() - start
         self.clock.calls += 1
