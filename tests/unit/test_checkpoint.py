@@ -34,7 +34,15 @@ def test_prune_keeps_newest(tmp_path):
 
 
 def test_redact_masks_secrets_but_keeps_env_var_names():
-    tree = {"teacher": {"api_key": "sk-123", "api_key_env": "MY_KEY", "url": "https://x"}, "token": "abc", "n": [{"password": "p"}]}
+    tree = {
+        "teacher": {"api_key": "sk-123", "api_key_env": "MY_KEY", "url": "https://x"},
+        "token": "abc",
+        "n": [{"password": "p"}],
+    }
     clean = redact(tree)
-    assert clean["teacher"]["api_key"] == "***" and clean["token"] == "***" and clean["n"][0]["password"] == "***"
+    assert (
+        clean["teacher"]["api_key"] == "***"
+        and clean["token"] == "***"
+        and clean["n"][0]["password"] == "***"
+    )
     assert clean["teacher"]["api_key_env"] == "MY_KEY" and clean["teacher"]["url"] == "https://x"

@@ -28,7 +28,9 @@ def test_bad_input_fails_with_its_message_naming_file_and_fix(name):
     assert name in message and "Fix:" in message
 
 
-@pytest.mark.parametrize("name", sorted(n for n in EXPECTED if n not in {"empty_file.jsonl", "duplicate_ids.jsonl"}))
+@pytest.mark.parametrize(
+    "name", sorted(n for n in EXPECTED if n not in {"empty_file.jsonl", "duplicate_ids.jsonl"})
+)
 def test_bad_record_is_skipped_and_counted_when_allowed(tmp_path, name):
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(GOOD + (CORPUS / name).read_bytes())
