@@ -80,7 +80,13 @@ def main() -> None:
     from framework.actors.cluster import start_stages
     from framework.zoo import resolve_model
 
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=8, log_to_driver=False)
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=8,
+        log_to_driver=False,
+    )
     results: dict[str, dict[str, float]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="tb-bench-"))
     runs = [

@@ -60,7 +60,9 @@ class RunLogger:
         if cfg.logging.progress_bar:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="distil", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total_steps, initial=start_step, desc="distil", unit="step", dynamic_ncols=True
+            )
         self._t0 = time.time()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
