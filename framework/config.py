@@ -143,6 +143,7 @@ class TrainerConfig:
     mapping_timeout_s: float = 120.0
     learner_timeout_s: float = 600.0
     sync_timeout_s: float = 300.0
+    actor_start_timeout_s: float = 900.0  # a replacement vLLM engine may take minutes on a busy node
     health_timeout_s: float = 10.0  # a ping unanswered this long marks an actor hung
     max_restarts: int = 20  # actor replacements allowed per run before giving up
 
@@ -252,6 +253,7 @@ def validate(cfg: Config) -> None:
         ("trainer.sync_every", cfg.trainer.sync_every),
         ("trainer.max_inflight_batches", cfg.trainer.max_inflight_batches),
         ("trainer.health_timeout_s", cfg.trainer.health_timeout_s),
+        ("trainer.actor_start_timeout_s", cfg.trainer.actor_start_timeout_s),
         ("trainer.rollout_timeout_s", cfg.trainer.rollout_timeout_s),
         ("trainer.teacher_timeout_s", cfg.trainer.teacher_timeout_s),
         ("trainer.mapping_timeout_s", cfg.trainer.mapping_timeout_s),

@@ -107,7 +107,12 @@ class Controller:
 
     def _sync(self) -> float:
         start = time.perf_counter()
-        self.stages.sync_weights(self.version, timeout_s=self.cfg.trainer.sync_timeout_s)
+        for index in self.stages.sync_weights(self.version, timeout_s=self.cfg.trainer.sync_timeout_s):
+            # sync_weights only reports rollout engines (the sft_teacher generators never sync)
+            if not self.stages.teacher_generators:
+                self.stream.replace_engine(index, "lost_in_sync")
+            else:
+                self.stages.restart("rollout", index, self.version, self.cfg.trainer.actor_start_timeout_s)
         return time.perf_counter() - start
 
     def _busy(self, step_s: float) -> dict[str, float]:
@@ -186,7 +191,7 @@ class Controller:
     def _recover_learner(self) -> None:
         """A learner rank died or hung: new ranks, back to the last checkpoint, batches regenerated."""
         self.faults.record("learner_failed", sum(self.stages.restarts.values()))
-        self.stages.restart_learner(self.cfg.trainer.learner_timeout_s)
+        self.stages.restart_learner(self.cfg.trainer.actor_start_timeout_s)
         self.stream.pending.clear()
         ckpt = checkpoint.latest_complete(self.output_dir)
         if ckpt is not None:

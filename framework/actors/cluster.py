@@ -40,11 +40,28 @@ class Stages:
             for i, actor in enumerate(self.pool(role)):
                 self.trees[(role, i)] = ray.get(actor.process_tree.remote(), timeout=60)
 
-    def sync_weights(self, version: int, timeout_s: float, engines: list | None = None) -> None:
-        """Learner → rollout engines. The driver only passes the blob's ObjectRef along."""
+    def sync_weights(self, version: int, timeout_s: float, engines: list | None = None) -> list[int]:
+        """Learner → rollout engines (the driver only passes the blob's ObjectRef along).
+
+        Returns the indexes of engines that died or hung during the sync (the caller replaces them);
+        a learner failure raises.
+        """
+        targets = self.rollout if engines is None else engines
         blob_refs = self.learner.export_refs()
-        loads = [engine.load_weights.remote(blob_refs[0], version) for engine in (engines or self.rollout)]
-        ray.get(loads + blob_refs[1:], timeout=timeout_s)
+        loads = [engine.load_weights.remote(blob_refs[0], version) for engine in targets]
+        ray.get(blob_refs, timeout=timeout_s)
+        ready, _ = ray.wait(loads, num_returns=len(loads), timeout=timeout_s)
+        failed = []
+        for i, ref in enumerate(loads):
+            try:
+                if ref not in ready:
+                    raise ray.exceptions.GetTimeoutError(f"engine {i} did not load weights in {timeout_s}s")
+                ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                failed.append(i)
+        if engines is not None and failed:
+            raise RuntimeError(f"a freshly started engine failed its first weight sync: {failed}")
+        return failed
 
     def pool(self, role: str) -> list:
         return {"rollout": self.rollout, "teacher": self.teacher, "mapping": self.mapping,
@@ -86,11 +103,16 @@ class Stages:
             "rollout": self.rollout, "teacher": self.teacher + self.teacher_generators,
             "mapping": self.mapping, "learner": self.learner.ranks,
         }  # fmt: skip
-        out = {}
+        out: dict[str, list[dict[str, float]]] = {}
         for role, actors in groups.items():
             refs = [a.stats.remote() for a in actors]
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=10)
-            out[role] = [ray.get(r) for r in ready if r in ready]  # a hung actor is left out, not waited for
+            out[role] = []
+            for ref in ready:  # a hung actor is left out (not waited for), a dead one skipped
+                try:
+                    out[role].append(ray.get(ref))
+                except ray.exceptions.RayActorError:
+                    pass
         return out
 
     def actors(self) -> list:

@@ -152,15 +152,18 @@ class SampleStream:
 
     def _restart(self, role: str, index: int, what: str) -> None:
         self.faults.record(what, sum(self.stages.restarts.values()))
-        self.stages.restart(role, index, self.version(), self.cfg.trainer.sync_timeout_s)
+        self.stages.restart(role, index, self.version(), self.cfg.trainer.actor_start_timeout_s)
 
     def _engine_failed(self, chunk: EngineChunk, how: str) -> None:
-        """Replace the engine, drop its partial output, regenerate its prompts of every in-flight batch."""
+        self.replace_engine(chunk.engine, how, also=chunk)
+
+    def replace_engine(self, index: int, how: str, also: EngineChunk | None = None) -> None:
+        """Replace engine ``index``, drop its partial output, regenerate its prompts of every in-flight batch."""
         role, _ = self._engines()
-        self._restart(role, chunk.engine, f"{role}_{how}")
+        self._restart(role, index, f"{role}_{how}")
         for batch in self.pending:  # every stream of that engine is gone
             for other in batch.chunks:
-                if other.engine == chunk.engine and (other.generator is not None or other is chunk):
+                if other.engine == index and (other.generator is not None or other is also):
                     self.faults.counts["requeued_samples"] += (
                         len(other.prompts) * self.cfg.rollout.samples_per_prompt
                     )
