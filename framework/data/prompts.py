@@ -140,7 +140,7 @@ def load_prompts(
     if source == ZOO_TASK:
         from framework.zoo.task import make_problems
 
-        prompts = make_problems(n, seed=seed, split=split)
+        prompts = make_problems(n, seed=seed, split={"eval": "test"}.get(split, split))
         return prompts, LoadReport(source=source, loaded=len(prompts))
     if source.startswith("zoo:"):
         raise DataError(f"unknown built-in dataset {source!r}. Fix: use {ZOO_TASK!r} or a file path")
