@@ -1,0 +1,321 @@
+"""Build and cache the zoo under ``$TOKENBRIDGE_HOME/zoo/<settings digest>/``.
+
+Layout::
+
+    <root>/tokenizers/<family>/   tokenizer.json, tokenizer_config.json, generation_config.json, ...
+    <root>/models/<name>/         config.json, model.safetensors, generation_config.json, tokenizer files,
+                                  zoo_info.json (this model's manifest record)
+    <root>/manifest.json          every built entry with its measured accuracy
+
+Every entry is built in a temporary folder next to its final place and renamed into place when
+complete, so a half-built entry is never used; a per-entry file lock lets concurrent processes wait
+for one build instead of racing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from framework.zoo.families import FAMILIES, style
+from framework.zoo.settings import ModelSpec, ZooSettings, tokenbridge_home
+
+DEFAULT_SETTINGS = ZooSettings()
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+_INFO_FILE = "zoo_info.json"
+
+
+def zoo_root(settings: ZooSettings | None = None) -> Path:
+    """``$TOKENBRIDGE_HOME/zoo/<settings digest>`` (default home: ``~/.cache/tokenbridge``)."""
+    settings = settings or DEFAULT_SETTINGS
+    return tokenbridge_home() / "zoo" / settings.digest()
+
+
+@contextlib.contextmanager
+def _locked(root: Path, name: str) -> Iterator[None]:
+    lock_dir = root / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success it becomes ``final`` (one rename)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():  # someone else finished first (only possible without the lock)
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _is_complete(path: Path, marker: str) -> bool:
+    return (path / marker).is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenizers
+
+
+def tokenizer_path(family: str, settings: ZooSettings | None = None) -> Path:
+    """Folder of the ``family`` tokenizer (Hugging Face format); trains it first if missing (~seconds)."""
+    settings = settings or DEFAULT_SETTINGS
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tokenizer family {family!r}; use one of {FAMILIES}")
+    root = zoo_root(settings)
+    final = root / "tokenizers" / family
+    if _is_complete(final, _INFO_FILE):
+        return final
+    with _locked(root, f"tokenizer-{family}"):
+        if not _is_complete(final, _INFO_FILE):
+            _build_tokenizer(family, settings, final)
+    return final
+
+
+def _build_tokenizer(family: str, settings: ZooSettings, final: Path) -> None:
+    from framework.zoo.corpus import generate_corpus
+    from framework.zoo.tokenizer_build import save_hf_tokenizer, train_tokenizer
+
+    start = time.perf_counter()
+    spec = settings.tokenizer(family)
+    family_style = style(family)
+    corpus = generate_corpus(settings.corpus_lines, settings.corpus_seed)
+    tokenizer = train_tokenizer(family_style, corpus, spec.vocab_size)
+    with _atomic_dir(final) as tmp:
+        save_hf_tokenizer(family_style, tokenizer, tmp, settings.max_position_embeddings)
+        info = {
+            "family": family,
+            "kind": family_style.kind,
+            "vocab_size": tokenizer.get_vocab_size(),
+            "build_seconds": round(time.perf_counter() - start, 2),
+        }
+        _write_json(tmp / _INFO_FILE, info)
+
+
+def _tokenizer_info(family: str, settings: ZooSettings) -> dict[str, Any]:
+    path = tokenizer_path(family, settings)
+    info = json.loads((path / _INFO_FILE).read_text())
+    return {**info, "path": str(path)}
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+
+
+def model_path(name: str, settings: ZooSettings | None = None, progress: bool = False) -> Path:
+    """Folder of zoo model ``name`` (e.g. ``"teacher-qwen"``); trains it first if missing (minutes)."""
+    settings = settings or DEFAULT_SETTINGS
+    try:
+        spec = settings.model(name)
+    except KeyError as error:
+        raise ValueError(str(error.args[0])) from None
+    root = zoo_root(settings)
+    final = root / "models" / name
+    if _is_complete(final, _INFO_FILE):
+        return final
+    tok_dir = tokenizer_path(spec.family, settings)
+    with _locked(root, f"model-{name}"):
+        if not _is_complete(final, _INFO_FILE):
+            _build_model(spec, settings, tok_dir, final, progress)
+    return final
+
+
+def _build_model(spec: ModelSpec, settings: ZooSettings, tok_dir: Path, final: Path, progress: bool) -> None:
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from framework.zoo.models import create_model, make_config, num_parameters
+    from framework.zoo.task import make_problems, split_size
+    from framework.zoo.training import accuracy, train_sft
+
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.torch_threads)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        generation_config = GenerationConfig.from_pretrained(str(tok_dir))
+        stop_ids = list(generation_config.eos_token_id)
+        special_ids = {
+            "bos_token_id": generation_config.bos_token_id,
+            "eos_token_id": stop_ids,
+            "pad_token_id": generation_config.pad_token_id,
+        }
+        config = make_config(spec, len(tokenizer), special_ids, settings.max_position_embeddings)
+        model = create_model(config, seed=spec.seed)
+        model.generation_config = generation_config
+        num_train = settings.train_problems if settings.train_problems is not None else split_size("train")
+        train_prompts = make_problems(num_train, seed=spec.seed, split="train")
+        val_prompts = make_problems(settings.val_problems, seed=spec.seed, split="val")
+        test_prompts = make_problems(settings.eval_problems, seed=0, split="test")
+        bar = _progress_bar(spec, progress)
+        result = train_sft(
+            model,
+            tokenizer,
+            train_prompts,
+            val_prompts,
+            stop_ids,
+            lr=spec.lr,
+            batch_size=spec.batch_size,
+            warmup_steps=spec.warmup_steps,
+            min_steps=spec.min_steps,
+            max_steps=spec.max_steps,
+            eval_every=spec.eval_every,
+            stop_at_val_accuracy=spec.stop_at_val_accuracy,
+            max_new_tokens=settings.eval_max_new_tokens,
+            seed=spec.seed,
+            on_step=bar.update if bar is not None else None,
+            on_eval=bar.on_eval if bar is not None else None,
+        )
+        test_accuracy = accuracy(model, tokenizer, test_prompts, stop_ids, settings.eval_max_new_tokens)
+        if bar is not None:
+            bar.finish(result.steps, test_accuracy)
+        with _atomic_dir(final) as tmp:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            for file_name in _TOKENIZER_FILES:
+                if (tok_dir / file_name).exists():
+                    shutil.copy2(tok_dir / file_name, tmp / file_name)
+            info = {
+                "name": spec.name,
+                "family": spec.family,
+                "role": spec.role,
+                "arch": config.architectures[0] if config.architectures else type(model).__name__,
+                "params": num_parameters(model),
+                "hidden_size": spec.hidden_size,
+                "num_layers": spec.num_layers,
+                "vocab_size": len(tokenizer),
+                "accuracy": round(test_accuracy, 4),
+                "accuracy_problems": len(test_prompts),
+                "val_accuracy": round(result.val_accuracy, 4),
+                "train_steps": result.steps,
+                "train_loss": round(result.final_loss, 4),
+                "build_seconds": round(time.perf_counter() - start, 2),
+            }
+            _write_json(tmp / _INFO_FILE, info)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+class _StepBar:
+    """tqdm bar advanced by the training loop's ``on_step(step, loss)`` callback."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=spec.max_steps, desc=f"zoo {spec.name}", unit="step", leave=True)
+
+        self._postfix: dict[str, str] = {}
+
+    def update(self, step: int, loss: float) -> None:
+        self._bar.update(1)
+        if step % 10 == 0:
+            self._postfix["loss"] = f"{loss:.3f}"
+            self._bar.set_postfix(self._postfix)
+
+    def on_eval(self, step: int, val_accuracy: float) -> None:
+        self._postfix["val_acc"] = f"{val_accuracy:.2f}"
+        self._bar.set_postfix(self._postfix)
+
+    def finish(self, steps: int, test_accuracy: float) -> None:
+        """Early stopping ends the bar at ``steps``; show the held-out accuracy."""
+        self._bar.total = steps
+        self._postfix["test_acc"] = f"{test_accuracy:.2f}"
+        self._bar.set_postfix(self._postfix)
+        self._bar.close()
+
+
+def _progress_bar(spec: ModelSpec, progress: bool) -> _StepBar | None:
+    return _StepBar(spec) if progress else None
+
+
+# --------------------------------------------------------------------------------------------------
+# whole zoo
+
+
+def read_manifest(settings: ZooSettings | None = None) -> dict[str, Any]:
+    """What is built now (nothing is built): ``{"root", "settings_digest", "tokenizers": [record],
+    "models": [record]}``; a model record has name, path, family, role, arch, params, accuracy
+    (greedy, held-out test problems), train_steps and build_seconds.
+    """
+    settings = settings or DEFAULT_SETTINGS
+    root = zoo_root(settings)
+    tokenizers, models = [], []
+    for family in FAMILIES:
+        path = root / "tokenizers" / family
+        if _is_complete(path, _INFO_FILE):
+            tokenizers.append({**json.loads((path / _INFO_FILE).read_text()), "path": str(path)})
+    for spec in settings.models:
+        path = root / "models" / spec.name
+        if _is_complete(path, _INFO_FILE):
+            models.append({**json.loads((path / _INFO_FILE).read_text()), "path": str(path)})
+    return {
+        "root": str(root),
+        "settings_digest": settings.digest(),
+        "tokenizers": tokenizers,
+        "models": models,
+    }
+
+
+def build_zoo(progress: bool = True, settings: ZooSettings | None = None) -> dict[str, Any]:
+    """Build every missing tokenizer and model, write ``manifest.json`` and return it."""
+    settings = settings or DEFAULT_SETTINGS
+    root = zoo_root(settings)
+    for family in FAMILIES:
+        tokenizer_path(family, settings)
+    for spec in settings.models:
+        model_path(spec.name, settings, progress=progress)
+    manifest = read_manifest(settings)
+    with _locked(root, "manifest"):
+        _write_json(root / "manifest.json", manifest)
+    return manifest
+
+
+def remove_zoo(settings: ZooSettings | None = None) -> None:
+    """Delete this settings' zoo folder (the next use rebuilds it)."""
+    root = zoo_root(settings)
+    if root.exists():
+        shutil.rmtree(root)
+
+
+def resolve_model(spec: str) -> str:
+    """``"zoo:NAME"`` → the path of zoo model NAME (built if missing); any other string unchanged."""
+    if spec.startswith("zoo:"):
+        return str(model_path(spec[len("zoo:") :]))
+    return spec
+
+
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "FAMILIES",
+    "build_zoo",
+    "model_path",
+    "read_manifest",
+    "remove_zoo",
+    "resolve_model",
+    "tokenizer_path",
+    "zoo_root",
+]

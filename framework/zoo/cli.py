@@ -1,0 +1,38 @@
+"""``tokenbridge-zoo``: build the tiny local model zoo (what is missing) and show where and what it is."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def _print_manifest(manifest: dict) -> None:
+    print(f"{'model':<16} {'family':<7} {'role':<8} {'arch':<18} {'params':>10} {'accuracy':>9} {'steps':>6} "
+          f"{'built in':>9}  path")  # fmt: skip
+    for m in manifest["models"]:
+        print(f"{m['name']:<16} {m['family']:<7} {m['role']:<8} {m['arch']:<18} {m['params']:>10,} "
+              f"{m['accuracy']:>9.1%} {m['train_steps']:>6} {m['build_seconds']:>8.0f}s  {m['path']}")  # fmt: skip
+    for t in manifest["tokenizers"]:
+        print(f"tokenizer {t['family']:<7} {t['kind']:<10} vocab {t['vocab_size']:>5}  "
+              f"built in {t['build_seconds']:.1f}s  {t['path']}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tokenbridge-zoo", description=__doc__)
+    parser.add_argument("--rebuild", action="store_true", help="delete this zoo version and build it again")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    from framework.zoo import build_zoo, remove_zoo, zoo_root
+
+    if args.rebuild:
+        remove_zoo()
+    start = time.perf_counter()
+    print(f"tokenbridge zoo at {zoo_root()}", flush=True)
+    manifest = build_zoo(progress=not args.quiet)
+    _print_manifest(manifest)
+    print(f"manifest: {zoo_root() / 'manifest.json'}")
+    print(f"ready in {time.perf_counter() - start:.0f}s (built entries are reused; --rebuild starts over)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Zoo settings: everything that determines what the zoo builds. Their hash names the cache folder,
+so changing any value (or the task difficulty) builds a fresh zoo next to the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from framework.zoo.task import task_settings
+
+ZOO_FORMAT_VERSION = 1  # bump when the build code changes what it produces
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    family: str
+    vocab_size: int  # special tokens (and byte-fallback tokens) included
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A tiny causal LM and how it is trained on the task.
+
+    Training runs ``min_steps`` steps, then evaluates greedy accuracy on ``val_problems`` held-out
+    problems every ``eval_every`` steps and stops as soon as it reaches ``stop_at_val_accuracy``
+    (or at ``max_steps``). Teachers stop high, student initialisations stop low (a short warm-up).
+    """
+
+    name: str
+    family: str
+    role: str  # "teacher" | "student"
+    arch: str  # "llama" | "qwen2"
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    lr: float
+    batch_size: int
+    min_steps: int
+    max_steps: int
+    eval_every: int
+    stop_at_val_accuracy: float
+    warmup_steps: int = 20
+    seed: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclass(frozen=True)
+class ZooSettings:
+    corpus_lines: int = 20_000
+    corpus_seed: int = 0
+    max_position_embeddings: int = 512
+    train_problems: int = 2_000  # the task's train split holds a few thousand distinct problems
+    val_problems: int = 64
+    eval_problems: int = 200  # held-out test problems for the manifest accuracy
+    eval_max_new_tokens: int = 48
+    torch_threads: int = 2
+    tokenizers: tuple[TokenizerSpec, ...] = (
+        TokenizerSpec("llama3", 1024),
+        TokenizerSpec("qwen", 896),
+        TokenizerSpec("gemma", 768),
+    )
+    models: tuple[ModelSpec, ...] = field(default_factory=lambda: DEFAULT_MODELS)
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"unknown zoo model {name!r}; known: {[m.name for m in self.models]}")
+
+    def tokenizer(self, family: str) -> TokenizerSpec:
+        for spec in self.tokenizers:
+            if spec.family == family:
+                return spec
+        raise KeyError(f"unknown tokenizer family {family!r}; known: {[t.family for t in self.tokenizers]}")
+
+    def digest(self) -> str:
+        """12 hex digits identifying these settings together with the task and the build format."""
+        payload = {"format": ZOO_FORMAT_VERSION, "task": task_settings(), "settings": asdict(self)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _teacher(name: str, family: str, arch: str) -> ModelSpec:
+    # 4 layers of width 128 (head_dim 64, as vLLM's CPU attention needs): big enough to learn the task
+    # well, small enough that both teachers train within the zoo's 10-minute budget on 2 cores
+    return ModelSpec(
+        name=name,
+        family=family,
+        role="teacher",
+        arch=arch,
+        hidden_size=128,
+        num_layers=4,
+        num_heads=2,
+        num_kv_heads=2,
+        intermediate_size=344,
+        lr=3e-3,
+        batch_size=32,
+        min_steps=300,
+        max_steps=1200,
+        eval_every=100,
+        stop_at_val_accuracy=0.95,
+    )
+
+
+def _student(name: str, family: str, arch: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        family=family,
+        role="student",
+        arch=arch,
+        hidden_size=128,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=2,
+        intermediate_size=344,
+        lr=3e-3,
+        batch_size=64,
+        min_steps=150,
+        max_steps=800,
+        eval_every=25,
+        stop_at_val_accuracy=0.25,
+    )
+
+
+DEFAULT_MODELS: tuple[ModelSpec, ...] = (
+    _teacher("teacher-qwen", "qwen", "qwen2"),
+    _teacher("teacher-llama3", "llama3", "llama"),
+    _student("student-llama3", "llama3", "llama"),
+    _student("student-qwen", "qwen", "qwen2"),
+    _student("student-gemma", "gemma", "llama"),
+)
+
+
+def tokenbridge_home() -> Path:
+    return Path(os.environ.get("TOKENBRIDGE_HOME", Path.home() / ".cache" / "tokenbridge")).expanduser()
+
+
+__all__ = ["DEFAULT_MODELS", "ModelSpec", "TokenizerSpec", "ZooSettings", "tokenbridge_home"]

@@ -1,0 +1,278 @@
+"""Synthetic verifiable task: short multi-step arithmetic with a brief worked answer.
+
+    user:      "Compute 47 + 18 - 9."
+    assistant: "47 + 18 = 65. 65 - 9 = 56. Answer: 56"
+
+The worked answer makes the task learnable by tiny models in minutes (each step is one small
+addition or subtraction) while leaving room for a teacher/student gap. Digits and spaces are exactly
+what the tokenizer families segment differently (Llama-3 groups up to 3 digits, Qwen and Gemma split
+single digits), so the task exercises the cross-tokenizer mapping on every sample.
+
+Splits are disjoint by construction: each problem is assigned to a split by a hash of its content,
+so a problem can never appear in two splits whatever the seeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+
+from framework.types import PreferencePair, Prompt
+
+# Task difficulty (part of the zoo settings hash: changing them rebuilds the zoo).
+FIRST_MAX = 20  # the first operand is drawn from [1, FIRST_MAX]
+OPERAND_MAX = 9  # every later operand from [1, OPERAND_MAX]
+VALUE_MAX = 99  # every running value stays in [0, VALUE_MAX]
+NUM_STEPS = 2  # number of operations per problem (NUM_STEPS + 1 operands)
+
+# Share of problems per split, in hash buckets of 100.
+_SPLIT_BUCKETS: dict[str, range] = {"train": range(0, 80), "val": range(80, 90), "test": range(90, 100)}
+SPLITS: tuple[str, ...] = tuple(_SPLIT_BUCKETS)
+
+_ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """``operands[0] op[0] operands[1] op[1] operands[2] ...`` evaluated left to right."""
+
+    operands: tuple[int, ...]
+    ops: tuple[str, ...]  # each "+" or "-"
+
+    @property
+    def expression(self) -> str:
+        parts = [str(self.operands[0])]
+        for op, value in zip(self.ops, self.operands[1:]):
+            parts += [op, str(value)]
+        return " ".join(parts)
+
+    def partial_results(self) -> list[int]:
+        """Running value after each operation (all non-negative by construction)."""
+        value = self.operands[0]
+        results = []
+        for op, operand in zip(self.ops, self.operands[1:]):
+            value = value + operand if op == "+" else value - operand
+            results.append(value)
+        return results
+
+    @property
+    def answer(self) -> int:
+        return self.partial_results()[-1]
+
+    @property
+    def key(self) -> str:
+        return self.expression.replace(" ", "")
+
+    @property
+    def question(self) -> str:
+        return f"Compute {self.expression}."
+
+    def worked_answer(self) -> str:
+        return _worked_answer(self, self.partial_results())
+
+
+def system_prompt() -> str | None:
+    """The task uses no system prompt (family chat templates may add their own default)."""
+    return None
+
+
+def _split_of(problem: Problem) -> str:
+    bucket = int.from_bytes(hashlib.sha256(problem.key.encode()).digest()[:4], "big") % 100
+    for split, buckets in _SPLIT_BUCKETS.items():
+        if bucket in buckets:
+            return split
+    raise AssertionError("unreachable: buckets cover 0..99")
+
+
+def _next_steps(value: int) -> list[tuple[str, int]]:
+    """Every (op, operand) allowed after running value ``value`` (result stays in [0, VALUE_MAX])."""
+    plus = [("+", o) for o in range(1, OPERAND_MAX + 1) if value + o <= VALUE_MAX]
+    minus = [("-", o) for o in range(1, min(OPERAND_MAX, value) + 1)]
+    return plus + minus
+
+
+def random_problem(rng: random.Random) -> Problem:
+    """Draw a problem left to right: the op uniformly among those possible, then the operand (any split)."""
+    value = rng.randint(1, FIRST_MAX)
+    operands, ops = [value], []
+    for _ in range(NUM_STEPS):
+        steps = _next_steps(value)
+        op = rng.choice(sorted({op for op, _ in steps}))
+        operand = rng.choice([o for step_op, o in steps if step_op == op])
+        value = value + operand if op == "+" else value - operand
+        operands.append(operand)
+        ops.append(op)
+    return Problem(tuple(operands), tuple(ops))
+
+
+def _problem_to_prompt(problem: Problem, split: str) -> Prompt:
+    messages = [{"role": "user", "content": problem.question}]
+    system = system_prompt()
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    return Prompt(
+        prompt_id=f"arith-{split}-{problem.key}",
+        messages=messages,
+        answer=str(problem.answer),
+        meta={"task": "arith", "split": split, "operands": list(problem.operands), "ops": list(problem.ops)},
+    )
+
+
+def all_problems() -> list[Problem]:
+    """Every distinct problem of the task, in a fixed order (a few thousand; enumerated once)."""
+    return list(_all_problems())
+
+
+@functools.lru_cache(maxsize=1)
+def _all_problems() -> tuple[Problem, ...]:
+    partial: list[tuple[tuple[int, ...], tuple[str, ...], int]] = [
+        ((first,), (), first) for first in range(1, FIRST_MAX + 1)
+    ]
+    for _ in range(NUM_STEPS):
+        partial = [
+            ((*operands, operand), (*ops, op), value + operand if op == "+" else value - operand)
+            for operands, ops, value in partial
+            for op, operand in _next_steps(value)
+        ]
+    return tuple(Problem(operands, ops) for operands, ops, _ in partial)
+
+
+@functools.cache
+def _split_problems(split: str) -> tuple[Problem, ...]:
+    return tuple(p for p in _all_problems() if _split_of(p) == split)
+
+
+def split_size(split: str) -> int:
+    """How many distinct problems ``split`` holds (the most ``make_problems`` can return)."""
+    _check_split(split)
+    return len(_split_problems(split))
+
+
+def _check_split(split: str) -> None:
+    if split not in _SPLIT_BUCKETS:
+        raise ValueError(f"split={split!r} is unknown; use one of {SPLITS}")
+
+
+def make_problems(n: int, seed: int, split: str = "train") -> list[Prompt]:
+    """``n`` distinct problems of ``split`` ("train", "val" or "test"), deterministic per (seed, split).
+
+    Problems are drawn uniformly without replacement from the split. Prompt ids are derived from the
+    problem content, so they are unique within and across splits.
+    """
+    _check_split(split)
+    pool = _split_problems(split)
+    if not 0 <= n <= len(pool):
+        raise ValueError(
+            f"n={n}: the {split!r} split has {len(pool)} distinct problems; ask for 0..{len(pool)}"
+        )
+    rng = random.Random(f"arith/{seed}/{split}")
+    return [_problem_to_prompt(problem, split) for problem in rng.sample(pool, n)]
+
+
+def _problem_of(prompt: Prompt) -> Problem:
+    meta = prompt.meta
+    if "operands" not in meta or "ops" not in meta:
+        raise ValueError(f"prompt {prompt.prompt_id!r} was not made by make_problems (no operands in meta)")
+    return Problem(tuple(meta["operands"]), tuple(meta["ops"]))
+
+
+def _worked_answer(problem: Problem, results: list[int]) -> str:
+    steps, left = [], problem.operands[0]
+    for op, operand, result in zip(problem.ops, problem.operands[1:], results):
+        steps.append(f"{left} {op} {operand} = {result}.")
+        left = result
+    return " ".join(steps) + f" Answer: {results[-1]}"
+
+
+def reference_response(prompt: Prompt) -> str:
+    """The worked answer, e.g. ``"47 + 18 = 65. 65 - 9 = 56. Answer: 56"``."""
+    return _problem_of(prompt).worked_answer()
+
+
+def parse_answer(response_text: str) -> int | None:
+    """The integer after the last ``Answer:`` in the text, or None."""
+    matches = _ANSWER_RE.findall(response_text)
+    return int(matches[-1]) if matches else None
+
+
+def verify(response_text: str, answer: str) -> bool:
+    """Exact check: the last ``Answer: N`` in the response equals ``answer``."""
+    parsed = parse_answer(response_text)
+    return parsed is not None and str(parsed) == str(answer).strip()
+
+
+def _plausible_wrong(problem: Problem, rng: random.Random) -> str:
+    """A worked answer with one arithmetic slip (off by 1, 2 or 10) carried through to a wrong final
+    answer; later steps are computed correctly from the slip and no value goes negative.
+    """
+    correct = problem.partial_results()
+    slip_step = rng.randrange(len(correct))
+    delta = rng.choice([-10, -2, -1, 1, 2, 10])
+    results = _results_after_slip(problem, correct, slip_step, delta)
+    if min(results) < 0:
+        results = _results_after_slip(problem, correct, slip_step, abs(delta))
+    return _worked_answer(problem, results)
+
+
+def _results_after_slip(problem: Problem, correct: list[int], slip_step: int, delta: int) -> list[int]:
+    results = list(correct)
+    results[slip_step] = correct[slip_step] + delta
+    for step in range(slip_step + 1, len(results)):
+        operand = problem.operands[step + 1]
+        results[step] = (
+            results[step - 1] + operand if problem.ops[step] == "+" else results[step - 1] - operand
+        )
+    return results
+
+
+def make_preferences(n: int, seed: int) -> list[PreferencePair]:
+    """``n`` (prompt, chosen = correct worked answer, rejected = answer with one slip) train-split pairs."""
+    prompts = make_problems(n, seed, split="train")
+    rng = random.Random(f"arith-pref/{seed}")
+    pairs = []
+    for prompt in prompts:
+        problem = _problem_of(prompt)
+        rejected = _plausible_wrong(problem, rng)
+        pairs.append(
+            PreferencePair(
+                pair_id=f"pref-{prompt.prompt_id}",
+                messages=[dict(m) for m in prompt.messages],
+                chosen=reference_response(prompt),
+                rejected=rejected,
+            )
+        )
+    return pairs
+
+
+def task_settings() -> dict[str, object]:
+    """Everything about the task that changes what the zoo models learn (hashed into the zoo root)."""
+    return {
+        "first_max": FIRST_MAX,
+        "operand_max": OPERAND_MAX,
+        "value_max": VALUE_MAX,
+        "num_steps": NUM_STEPS,
+        "splits": {k: [v.start, v.stop] for k, v in _SPLIT_BUCKETS.items()},
+    }
+
+
+__all__ = [
+    "FIRST_MAX",
+    "NUM_STEPS",
+    "OPERAND_MAX",
+    "VALUE_MAX",
+    "SPLITS",
+    "Problem",
+    "all_problems",
+    "make_preferences",
+    "make_problems",
+    "parse_answer",
+    "random_problem",
+    "reference_response",
+    "split_size",
+    "system_prompt",
+    "task_settings",
+    "verify",
+]

@@ -1,0 +1,122 @@
+"""The zoo's synthetic arithmetic task: verifier, splits, determinism, preference pairs."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from framework.types import Prompt
+from framework.zoo import task
+
+
+def test_reference_response_is_a_worked_answer_that_verifies():
+    for prompt in task.make_problems(50, seed=0, split="test"):
+        response = task.reference_response(prompt)
+        assert task.verify(response, prompt.answer)
+        operands = prompt.meta["operands"]
+        # The worked answer starts by restating the first step of the question.
+        assert response.startswith(f"{operands[0]} {prompt.meta['ops'][0]} {operands[1]} = ")
+        assert response.endswith(f"Answer: {prompt.answer}")
+        assert prompt.messages[-1]["content"].startswith("Compute ")
+
+
+def test_answers_are_the_left_to_right_value():
+    for prompt in task.make_problems(100, seed=3, split="train"):
+        value = prompt.meta["operands"][0]
+        for op, operand in zip(prompt.meta["ops"], prompt.meta["operands"][1:]):
+            value = value + operand if op == "+" else value - operand
+            assert value >= 0
+        assert prompt.answer == str(value)
+
+
+@pytest.mark.parametrize(
+    "response, answer, ok",
+    [
+        ("47 + 18 = 65. 65 - 9 = 56. Answer: 56", "56", True),
+        ("Answer:56", "56", True),
+        ("Answer: 12. Answer: 56", "56", True),  # the last answer counts
+        ("Answer: 56. Answer: 12", "56", False),
+        ("47 + 18 = 65. 65 - 9 = 56. Answer: 57", "56", False),
+        ("47 + 18 = 65. 65 - 9 = 56.", "56", False),  # no final answer
+        ("Answer: 560", "56", False),
+        ("Answer: -56", "56", False),
+        ("", "0", False),
+    ],
+)
+def test_verify_exact_final_answer(response, answer, ok):
+    assert task.verify(response, answer) is ok
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10_000), delta=st.integers(-50, 50).filter(lambda d: d != 0))
+def test_verify_rejects_any_other_number(seed, delta):
+    prompt = task.make_problems(1, seed=seed, split="val")[0]
+    wrong = int(prompt.answer) + delta
+    assert not task.verify(f"Answer: {wrong}", prompt.answer)
+    assert task.verify(task.reference_response(prompt), prompt.answer)
+
+
+def test_splits_are_disjoint_and_ids_unique():
+    keys = {}
+    for split in task.SPLITS:
+        prompts = task.make_problems(min(400, task.split_size(split)), seed=1, split=split)
+        ids = [p.prompt_id for p in prompts]
+        assert len(set(ids)) == len(ids)
+        keys[split] = {p.messages[-1]["content"] for p in prompts}
+        assert all(p.meta["split"] == split and p.answer is not None for p in prompts)
+    assert not keys["train"] & keys["val"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["val"] & keys["test"]
+
+
+def test_split_sizes_cover_all_problems_and_are_large_enough():
+    sizes = {split: task.split_size(split) for split in task.SPLITS}
+    assert sum(sizes.values()) == len(task.all_problems())
+    assert sizes["train"] >= 4096  # the default training set size (config data.num_train)
+    assert sizes["test"] >= 200 and sizes["val"] >= 64  # zoo evaluation sets
+
+
+def test_generation_is_deterministic_per_seed():
+    a = task.make_problems(30, seed=7, split="train")
+    b = task.make_problems(30, seed=7, split="train")
+    c = task.make_problems(30, seed=8, split="train")
+    assert [p.prompt_id for p in a] == [p.prompt_id for p in b]
+    assert [p.messages for p in a] == [p.messages for p in b]
+    assert [p.prompt_id for p in a] != [p.prompt_id for p in c]
+
+
+def test_bad_arguments_name_the_fix():
+    with pytest.raises(ValueError, match="split"):
+        task.make_problems(3, seed=0, split="dev")
+    with pytest.raises(ValueError, match="distinct problems"):
+        task.make_problems(task.split_size("test") + 1, seed=0, split="test")
+    with pytest.raises(ValueError, match="make_problems"):
+        task.reference_response(Prompt(prompt_id="x", messages=[{"role": "user", "content": "hi"}]))
+
+
+def test_preference_pairs_chosen_correct_rejected_wrong():
+    pairs = task.make_preferences(100, seed=0)
+    assert len({p.pair_id for p in pairs}) == 100
+    for pair in pairs:
+        prompt_text = pair.messages[-1]["content"]
+        answer = str(task.Problem(*_parse_question(prompt_text)).answer)
+        assert task.verify(pair.chosen, answer)
+        assert not task.verify(pair.rejected, answer)
+        assert pair.chosen != pair.rejected
+        # The rejected answer is plausible: same format, same number of steps, same first operands.
+        assert pair.rejected.count("=") == pair.chosen.count("=")
+        assert pair.rejected.split(" = ")[0] == pair.chosen.split(" = ")[0]
+    assert task.make_preferences(20, seed=4) == task.make_preferences(20, seed=4)
+
+
+def _parse_question(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    parts = text.removeprefix("Compute ").removesuffix(".").split(" ")
+    return tuple(int(x) for x in parts[0::2]), tuple(parts[1::2])
+
+
+def test_system_prompt_is_optional_text():
+    system = task.system_prompt()
+    assert system is None or isinstance(system, str)
+    roles = [m["role"] for m in task.make_problems(1, seed=0)[0].messages]
+    assert roles[-1] == "user" and (system is None) == (roles == ["user"])
