@@ -123,8 +123,8 @@ def _student(name: str, family: str, arch: str) -> ModelSpec:
         intermediate_size=344,
         lr=3e-3,
         batch_size=64,
-        min_steps=150,
-        max_steps=800,
+        min_steps=100,
+        max_steps=1000,
         eval_every=25,
         stop_at_val_accuracy=0.25,
     )

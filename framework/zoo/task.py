@@ -252,7 +252,6 @@ def task_settings() -> dict[str, object]:
     return {
         "first_max": FIRST_MAX,
         "operand_max": OPERAND_MAX,
-        "value_max": VALUE_MAX,
         "num_steps": NUM_STEPS,
         "splits": {k: [v.start, v.stop] for k, v in _SPLIT_BUCKETS.items()},
     }
@@ -262,8 +261,8 @@ __all__ = [
     "FIRST_MAX",
     "NUM_STEPS",
     "OPERAND_MAX",
-    "VALUE_MAX",
     "SPLITS",
+    "VALUE_MAX",
     "Problem",
     "all_problems",
     "make_preferences",
