@@ -85,7 +85,7 @@ class LearnerConfig:
 
     num_ranks: int = 1
     zero_stage: int = 2
-    lr: float = 5e-5
+    lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
