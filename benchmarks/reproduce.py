@@ -97,13 +97,17 @@ def run_on_policy(name: str, seed: int, steps: int, eval_every: int, out: Path) 
 
 
 def run_offline(name: str, seed: int, steps: int, out: Path) -> dict:
-    from framework.preference import run_preference_from_config
+    from framework.preference.from_config import settings_from_config
+    from framework.preference.run import run_preference
+    from framework.zoo import resolve_model
 
     cfg = _compose([f"algo={name}", "pair=zoo_qwen_to_llama3", f"trainer.steps={steps}", f"trainer.seed={seed}",
                     "logging.wandb_mode=disabled", "logging.progress_bar=false"])  # fmt: skip
     cfg.trainer.output_dir = str(out)
     t0 = time.time()
-    result = run_preference_from_config(cfg)
+    result = run_preference(
+        settings_from_config(cfg, resolve_model(cfg.pair.student), resolve_model(cfg.pair.teacher), str(out))
+    )
     return {"method": name, "seed": seed, "result": result, "wall_s": time.time() - t0}
 
 

@@ -96,6 +96,11 @@ def run(cfg: Config) -> dict[str, float]:
         print(f"[tokenbridge] skipped {train_report.skipped} bad records: {train_report.reasons}", flush=True)
     output_dir = _output_dir(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.algo.name in ("ctpd", "dpo"):  # offline preference pairs: no rollouts, one learner rank
+        from framework.preference.from_config import settings_from_config
+        from framework.preference.run import run_preference
+
+        return run_preference(settings_from_config(cfg, student, teacher, str(output_dir)))
     print(
         f"[tokenbridge] student={student}\n[tokenbridge] teacher={teacher}\n[tokenbridge] output={output_dir}",
         flush=True,
