@@ -197,3 +197,20 @@ def test_bad_inputs_are_clear_errors():
         attach_teacher_scores(encoded, scores[:-1])
     with pytest.raises(ValueError, match="reference logprobs for"):
         attach_reference(encoded, [np.zeros(1, np.float32)] * len(scores))
+
+
+def test_a_tokenizer_that_pads_its_batches_is_refused(tmp_path):
+    """A tokenizer.json with batch padding switched on would put pad tokens inside responses (batched
+    continuation encoding): refused, with the fix named."""
+    import json
+    import shutil
+
+    padded = tmp_path / "padded"
+    shutil.copytree(tokenizer_dir("bl_single"), padded)
+    spec = json.loads((padded / "tokenizer.json").read_text())
+    spec["padding"] = {"strategy": "BatchLongest", "direction": "Left", "pad_to_multiple_of": None,
+                       "pad_id": 0, "pad_type_id": 0, "pad_token": "<|endoftext|>"}  # fmt: skip
+    (padded / "tokenizer.json").write_text(json.dumps(spec))
+    mapper = TokenMapper.from_paths(tokenizer_dir("bl_group"), str(padded), topk=False)
+    with pytest.raises(ValueError, match="padding"):
+        encode_pairs(make_pairs(TEXTS), mapper)
