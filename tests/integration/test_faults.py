@@ -108,7 +108,8 @@ def test_actor_kill_and_hang_are_detected_recovered_and_nothing_is_lost(ray_loca
     assert len(trained) == len(set(trained)), "a sample was trained twice"
     assert sorted(trained) == sorted(expected_schedule(cfg, steps)), "a sample was lost"
     faults = controller.faults.counts
-    assert faults["rollout_died"] + faults["rollout_hung"] >= 2
+    # an engine killed between batches is found by the weight sync (rollout_lost_in_sync)
+    assert sum(v for k, v in faults.items() if k.startswith("rollout_")) >= 2
     assert faults["teacher_failed"] >= 2 and faults["mapping_failed"] >= 2
     assert (
         stages.restarts["rollout"] >= 2

@@ -85,7 +85,8 @@ def two_node_cluster():
 def test_demo_recipe_runs_as_a_ray_job_across_two_nodes(two_node_cluster, tmp_path):
     from ray.util.state import list_actors, list_nodes
 
-    env = dict(two_node_cluster["env"], RAY_ADDRESS=two_node_cluster["dashboard"], TOKENBRIDGE_PYTHON=sys.executable,
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's `ray` CLI
+    env = dict(two_node_cluster["env"], PATH=path, RAY_ADDRESS=two_node_cluster["dashboard"], TOKENBRIDGE_PYTHON=sys.executable,
                TOKENBRIDGE_REMOTE_PYTHON=sys.executable, WANDB_MODE="offline")  # fmt: skip
     overrides = [
         "trainer.steps=2", "trainer.eval_every=0", "data.num_eval=4", "data.prompts_per_step=2",
