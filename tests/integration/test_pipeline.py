@@ -71,7 +71,7 @@ def test_cross_tokenizer_run_trains_and_teacher_kl_goes_down(cross):
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="open bug: after 16 training steps on the zoo pair, vLLM's logprobs of fixed tokens differ from "
     "the learner's by ~2e-2 (max abs) while the helper-level sync test on a random model agrees to 1e-5",
 )
