@@ -121,7 +121,9 @@ def test_actor_kill_and_hang_are_detected_recovered_and_nothing_is_lost(ray_loca
         detected = [t for t, what in controller.faults.log if what.startswith(role) and t >= t_inj]
         assert detected, f"{sig} of {role} never detected"
         budget = TIMEOUTS["rollout"] if role == "rollout" else TIMEOUTS["teacher"] + TIMEOUTS["mapping"]
-        assert detected[0] - t_inj <= budget + TIMEOUTS["health"] + 10, f"{role} {sig} detected late"
+        # the timeout runs from when the hop was submitted, which may be a few seconds after the
+        # injection on a loaded machine (the hop waits for rollouts): 30 s of slack for that
+        assert detected[0] - t_inj <= budget + TIMEOUTS["health"] + 30, f"{role} {sig} detected late"
 
 
 def test_driver_sigkill_then_resume_trains_every_sample_exactly_once(tmp_path):

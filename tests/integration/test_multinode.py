@@ -94,10 +94,14 @@ def test_demo_recipe_runs_as_a_ray_job_across_two_nodes(two_node_cluster, tmp_pa
         # one CPU per actor, three per node: the four actors cannot fit on one node
         "cluster.cpus_per_actor=1", f"trainer.output_dir={tmp_path}",
     ]  # fmt: skip
-    job = subprocess.run(
-        ["bash", str(ROOT / "launch" / "ray_job.sh"), "--submission-id", "tb-multinode", "--", *overrides],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    for attempt in range(12):  # the head's job agent may need a while after `ray start` returns
+        job = subprocess.run(
+            ["bash", str(ROOT / "launch" / "ray_job.sh"), "--submission-id", f"tb-multinode-{attempt}", "--", *overrides],
+            env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        if "No available agent" not in job.stderr:
+            break
+        time.sleep(10)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "[tokenbridge] done" in job.stdout + job.stderr
     address = two_node_cluster["gcs"]
