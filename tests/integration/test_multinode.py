@@ -50,7 +50,7 @@ def two_node_cluster():
     )  # fmt: skip
     procs = [head]
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # a loaded node can take minutes to start its dashboard
         while subprocess.run(
             [RAY, "status", f"--address=127.0.0.1:{gcs}"], env=env, capture_output=True
         ).returncode:
