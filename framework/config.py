@@ -47,6 +47,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.4
     kv_cache_gib: float = 1.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
     enforce_eager: bool = True
+    # auto = learner.dtype, so behaviour logprobs and the learner's come from the same numerics
     dtype: str = "auto"
 
 
@@ -62,7 +63,7 @@ class TeacherConfig:
     gpu_memory_utilization: float = 0.3
     kv_cache_gib: float = 1.0
     max_model_len: int = 512  # the zoo models have 512 positions; raise for real teachers
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto = the checkpoint's dtype (vLLM's own auto runs float32 as bfloat16)
     url: str | None = None  # http backend: base URL of an OpenAI-compatible server
     http_model: str | None = None  # http backend: model name on that server
     api_key_env: str = "TOKENBRIDGE_TEACHER_API_KEY"  # the key is read from this env var, never stored
@@ -228,6 +229,8 @@ def validate(cfg: Config) -> None:
     _choice("cluster.placement", cfg.cluster.placement, ("disaggregated", "colocated"))
     _choice("learner.backend", cfg.learner.backend, ("auto", "gloo", "nccl"))
     _choice("learner.dtype", cfg.learner.dtype, ("float32", "bfloat16", "float16"))
+    _choice("rollout.dtype", cfg.rollout.dtype, ("auto", "float32", "bfloat16", "float16"))
+    _choice("teacher.dtype", cfg.teacher.dtype, ("auto", "float32", "bfloat16", "float16"))
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(
             "learner.zero_stage", f"{cfg.learner.zero_stage} is not a ZeRO stage", "use 0, 1, 2 or 3"

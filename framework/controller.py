@@ -186,6 +186,9 @@ class Controller:
         by_id = {p.prompt_id: p for p in self.train_prompts}
         self.requeued = deque([by_id[i] for i in ids] for ids in state.get("requeued_prompt_ids", []))
         self.ledger.truncate_after(self.step)  # steps trained after the checkpoint are redone
+        # a record of where this process picked up (the run's log says it too)
+        checkpoint.write_json(self.output_dir / "resumed_from.json", {"checkpoint": str(ckpt), "step": self.step})
+        print(f"[tokenbridge] resumed from {ckpt} (step {self.step})", flush=True)
         self._sync()
 
     def _recover_learner(self) -> None:

@@ -178,7 +178,7 @@ def _engine_factory(cfg: Config, model_path: str, count: int) -> Callable[[int],
     engine_kwargs = dict(
         max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
         enforce_eager=cfg.rollout.enforce_eager, tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, dtype=cfg.rollout.dtype,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, dtype=rollout_dtype(cfg),
     )  # fmt: skip
 
     def make(i: int):
@@ -188,6 +188,11 @@ def _engine_factory(cfg: Config, model_path: str, count: int) -> Callable[[int],
         )  # fmt: skip
 
     return make
+
+
+def rollout_dtype(cfg: Config) -> str:
+    """The rollout engines' dtype: ``auto`` follows the learner (the importance ratio compares the two)."""
+    return cfg.learner.dtype if cfg.rollout.dtype == "auto" else cfg.rollout.dtype
 
 
 def _teacher_factory(cfg: Config, teacher_path: str) -> Callable[[int], Any]:

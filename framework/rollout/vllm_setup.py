@@ -7,6 +7,7 @@ so vLLM's tokenizer is never initialised (``skip_tokenizer_init=True``) and prom
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -22,6 +23,25 @@ def validate_model_path(model_path: str) -> None:
         )
     if not os.path.isfile(os.path.join(model_path, "config.json")):
         raise FileNotFoundError(f"model_path={model_path!r} has no config.json; is it a HF model folder?")
+
+
+def resolve_dtype(dtype: str, model_path: str) -> str:
+    """``"auto"`` -> the checkpoint's own dtype when that is float32, else vLLM's ``"auto"``.
+
+    Why: vLLM's ``"auto"`` runs a float32 checkpoint in bfloat16 on CPU (float16 on GPU). For a
+    rollout engine that breaks the learner/vLLM logprob agreement the importance ratio relies on (we
+    measured 2e-2 to 2.5e-1 max abs logprob error on the zoo student); for a teacher it rounds the
+    scores. Any explicit value is passed through unchanged.
+    """
+    if dtype != "auto":
+        return dtype
+    try:
+        with open(os.path.join(model_path, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return dtype
+    declared = config.get("dtype") or config.get("torch_dtype")
+    return "float32" if declared == "float32" else dtype
 
 
 def build_llm(
@@ -55,7 +75,7 @@ def build_llm(
         enforce_eager=enforce_eager,
         tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,
-        dtype=dtype,
+        dtype=resolve_dtype(dtype, model_path),
         trust_remote_code=trust_remote_code,
     )
     if kv_cache_gib is not None:

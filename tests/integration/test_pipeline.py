@@ -70,11 +70,6 @@ def test_cross_tokenizer_run_trains_and_teacher_kl_goes_down(cross):
     assert (out / "resolved_config.json").exists() and list((out / "wandb").glob("offline-run-*"))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug: after 16 training steps on the zoo pair, vLLM's logprobs of fixed tokens differ from "
-    "the learner's by ~2e-2 (max abs) while the helper-level sync test on a random model agrees to 1e-5",
-)
 def test_weight_sync_vllm_matches_learner_and_noop_sync_changes_nothing(cross):
     import ray
 
@@ -89,6 +84,7 @@ def test_weight_sync_vllm_matches_learner_and_noop_sync_changes_nothing(cross):
     learner_lp = stages.learner.logprobs(ids, starts)
     vllm_lp = [ray.get(engine.score.remote(r.prompt_ids.tolist(), r.response_ids.tolist())) for r in rollouts]
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(learner_lp, vllm_lp))
+    # both float32 (rollout.dtype=auto follows the learner); kernels differ, so not bit-equal
     assert diff < 2e-3, f"vLLM and learner logprobs differ by {diff}"
     stages.sync_weights(version=10_000, timeout_s=300)  # unchanged weights
     again = [ray.get(engine.score.remote(r.prompt_ids.tolist(), r.response_ids.tolist())) for r in rollouts]

@@ -58,6 +58,8 @@ def test_every_algo_has_a_recipe():
         ("trainer.max_staleness=2", "trainer.max_inflight_batches"),
         ("mapping.credit=random", "mapping.credit"),
         ("learner.backend=nccl", "learner.backend"),
+        ("rollout.dtype=fp32", "rollout.dtype"),
+        ("teacher.dtype=half", "teacher.dtype"),
     ],
 )
 def test_impossible_value_names_key_and_fix(override, key):
