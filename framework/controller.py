@@ -187,7 +187,9 @@ class Controller:
         self.requeued = deque([by_id[i] for i in ids] for ids in state.get("requeued_prompt_ids", []))
         self.ledger.truncate_after(self.step)  # steps trained after the checkpoint are redone
         # a record of where this process picked up (the run's log says it too)
-        checkpoint.write_json(self.output_dir / "resumed_from.json", {"checkpoint": str(ckpt), "step": self.step})
+        checkpoint.write_json(
+            self.output_dir / "resumed_from.json", {"checkpoint": str(ckpt), "step": self.step}
+        )
         print(f"[tokenbridge] resumed from {ckpt} (step {self.step})", flush=True)
         self._sync()
 
