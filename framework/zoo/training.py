@@ -35,25 +35,31 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
     return tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
 
 
-def encode_example(
-    tokenizer: PreTrainedTokenizerBase, prompt: Prompt, response: str, stop_ids: list[int]
-) -> EncodedExample:
-    prompt_text = render_prompt(tokenizer, prompt)
-    full_text = tokenizer.apply_chat_template(
-        [*prompt.messages, {"role": "assistant", "content": response}], tokenize=False
-    )
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError(
-            f"prompt {prompt.prompt_id!r}: the tokenized prompt is not a prefix of the tokenized "
-            "conversation (a merge crosses the prompt/response boundary); change the chat template"
-        )
-    response_ids = full_ids[len(prompt_ids) :]
-    stop_positions = [i for i, token in enumerate(response_ids) if token in stop_ids]
-    if not stop_positions:
-        raise ValueError(f"prompt {prompt.prompt_id!r}: rendered response has no stop token {stop_ids}")
-    return EncodedExample(prompt_ids, response_ids[: stop_positions[0] + 1])
+def encode_examples(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], responses: list[str], stop_ids: list[int]
+) -> list[EncodedExample]:
+    """Tokenize each (prompt, response) conversation (texts rendered one by one, tokenized in a batch)."""
+    prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
+    full_texts = [
+        tokenizer.apply_chat_template([*p.messages, {"role": "assistant", "content": r}], tokenize=False)
+        for p, r in zip(prompts, responses)
+    ]
+    prompt_ids_list = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
+    full_ids_list = tokenizer(full_texts, add_special_tokens=False)["input_ids"]
+    stop_set = set(stop_ids)
+    examples = []
+    for prompt, prompt_ids, full_ids in zip(prompts, prompt_ids_list, full_ids_list):
+        if full_ids[: len(prompt_ids)] != prompt_ids:
+            raise ValueError(
+                f"prompt {prompt.prompt_id!r}: the tokenized prompt is not a prefix of the tokenized "
+                "conversation (a merge crosses the prompt/response boundary); change the chat template"
+            )
+        response_ids = full_ids[len(prompt_ids) :]
+        stop_positions = [i for i, token in enumerate(response_ids) if token in stop_set]
+        if not stop_positions:
+            raise ValueError(f"prompt {prompt.prompt_id!r}: rendered response has no stop token {stop_ids}")
+        examples.append(EncodedExample(prompt_ids, response_ids[: stop_positions[0] + 1]))
+    return examples
 
 
 def collate(examples: list[EncodedExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -164,7 +170,9 @@ def train_sft(
     on_eval: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """SFT on reference responses; stops early once greedy val accuracy reaches the target."""
-    examples = [encode_example(tokenizer, p, reference_response(p), stop_ids) for p in train_prompts]
+    examples = encode_examples(
+        tokenizer, train_prompts, [reference_response(p) for p in train_prompts], stop_ids
+    )
     pad_id = tokenizer.pad_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -199,7 +207,7 @@ __all__ = [
     "TrainResult",
     "accuracy",
     "collate",
-    "encode_example",
+    "encode_examples",
     "greedy_generate",
     "render_prompt",
     "sft_loss",

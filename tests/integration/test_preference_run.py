@@ -76,6 +76,7 @@ def test_preference_run_learns_the_training_pairs(objective, zoo_pair, tmp_path)
     acc = f"train_eval/{objective}_acc"
     assert end[acc] > start[acc], (start[acc], end[acc])
     assert end["train_eval/logp_margin"] > start["train_eval/logp_margin"]
+    assert end["train_eval/logp_acc"] > start["train_eval/logp_acc"]
     assert end[f"train_eval/{objective}_loss"] < start[f"train_eval/{objective}_loss"]
     if objective == "dpo":  # at the reference every implicit-reward margin is a tie
         assert start["train_eval/dpo_acc"] == 0.0
