@@ -325,6 +325,20 @@ def validate(cfg: Config) -> None:
             f"max_staleness={cfg.trainer.max_staleness} needs at least {cfg.trainer.max_staleness + 1} batches in flight",
             f"set trainer.max_inflight_batches={cfg.trainer.max_staleness + 1}",
         )
+    if cfg.cluster.placement == "colocated" and cfg.trainer.max_staleness != 0:
+        raise ConfigError(
+            "trainer.max_staleness",
+            "cluster.placement=colocated time-shares the GPUs (the engines sleep while the learner steps), "
+            f"so generation cannot overlap learning, got max_staleness={cfg.trainer.max_staleness}",
+            "set trainer.max_staleness=0 or cluster.placement=disaggregated",
+        )
+    if cfg.cluster.placement == "colocated" and cfg.rollout.tensor_parallel_size != 1:
+        raise ConfigError(
+            "rollout.tensor_parallel_size",
+            "cluster.placement=colocated pairs one rollout engine with one learner rank on one GPU; "
+            f"an engine of tensor_parallel_size={cfg.rollout.tensor_parallel_size} spans several",
+            "set rollout.tensor_parallel_size=1 or cluster.placement=disaggregated",
+        )
     if cfg.cluster.device == "cpu":
         for key in ("gpus_per_rollout_engine", "gpus_per_teacher_replica", "gpus_per_learner_rank"):
             if getattr(cfg.cluster, key) > 0:

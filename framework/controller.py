@@ -6,6 +6,7 @@ One step, as the loop below reads:
 2. wait for the oldest batch's mapped samples (ObjectRefs only: the driver never holds bulk data);
 3. one learner step on them (all DeepSpeed ranks read the same refs and take their shard);
 4. sync the new weights into every vLLM engine; log; evaluate and checkpoint on their cadence.
+``placement=colocated``: engines sleep over step 3, then wake weights → sync → KV cache (CPU: no-ops).
 
 ``max_staleness = 0`` is strictly on-policy: batch t+1 is launched only after the weights of step t
 are in the engines. With s > 0 batch t+s is generated while the learner trains batch t, and the
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import ray
@@ -71,22 +74,28 @@ class Controller:
                     self.stream.launch(self.step + len(pending), prompts)
                 refs = self.stream.collect()
                 t_gen = time.perf_counter() - t0
+                sleep_s = self._colocated(self.stages.sleep_rollout)  # colocated: free the GPUs
                 try:
                     metrics = self.stages.learner.train_step(
                         refs, self.version, timeout_s=t.learner_timeout_s
                     )
                 except (*RAY_FAILURES, ray.exceptions.GetTimeoutError):
+                    self._colocated(partial(self.stages.wake_rollout, None))
                     self._recover_learner()
                     continue
                 self.ledger.record(self.step, metrics.pop("sample_ids"))
                 pending.popleft()
                 self.version += 1
                 self.step += 1
-                t_learn = time.perf_counter() - t0 - t_gen
+                t_learn = time.perf_counter() - t0 - t_gen - sleep_s
+                wake_s = self._colocated(partial(self.stages.wake_rollout, ["weights"]))
                 sync_s = self._sync() if self.step % t.sync_every == 0 or self.step == t.steps else 0.0
+                wake_s += self._colocated(partial(self.stages.wake_rollout, ["kv_cache"]))
                 metrics.update(
                     {"time/wait_samples_s": t_gen, "time/learner_s": t_learn, "time/sync_s": sync_s}
                 )
+                if self.stages.colocated:
+                    metrics.update({"time/sleep_s": sleep_s, "time/wake_s": wake_s})
                 metrics["time/step_s"] = time.perf_counter() - t0
                 metrics.update(self._busy(metrics["time/step_s"]))
                 metrics.update({f"faults/{k}": float(v) for k, v in self.faults.counts.items()})
@@ -108,12 +117,24 @@ class Controller:
     def _sync(self) -> float:
         start = time.perf_counter()
         for index in self.stages.sync_weights(self.version, timeout_s=self.cfg.trainer.sync_timeout_s):
-            # sync_weights only reports rollout engines (the sft_teacher generators never sync)
-            if not self.stages.teacher_generators:
-                self.stream.replace_engine(index, "lost_in_sync")
-            else:
-                self.stages.restart("rollout", index, self.version, self.cfg.trainer.actor_start_timeout_s)
+            self._replace_rollout(index, "lost_in_sync")
         return time.perf_counter() - start
+
+    def _colocated(self, call: Callable[[float], list[int]]) -> float:
+        """Colocated placement only (else 0 s): a sleep/wake ``call`` on the engines; lost ones restart awake."""
+        if not self.stages.colocated:
+            return 0.0
+        start = time.perf_counter()
+        for index in call(self.cfg.trainer.sync_timeout_s):
+            self._replace_rollout(index, "lost_in_sleep_wake")
+        return time.perf_counter() - start
+
+    def _replace_rollout(self, index: int, how: str) -> None:
+        # only rollout engines sync and sleep (the sft_teacher generators never do)
+        if not self.stages.teacher_generators:
+            self.stream.replace_engine(index, how)
+        else:
+            self.stages.restart("rollout", index, self.version, self.cfg.trainer.actor_start_timeout_s)
 
     def _busy(self, step_s: float) -> dict[str, float]:
         out = {}

@@ -23,12 +23,15 @@ GPU accounting (``cluster.device=cuda``), per role, with ``g_*`` the ``cluster.g
     GPUs = E * g_r + R * g_t + L * g_l
 
 ``placement=colocated``: the learner ranks and the rollout engines time-share one pool of whole GPUs
-(the engine sleeps while the learner steps; the split of each GPU between them is the actor layer's
-business), so the pool is the larger of the two footprints, not their sum; the teacher keeps its own::
+(the engine sleeps while the learner steps; the actor layer puts engine i and rank i in one
+placement-group bundle of one GPU and each asks Ray for half of it), so the pool is the larger of the
+two footprints, not their sum; the teacher keeps its own::
 
     GPUs = max(E * TP_r, L) + R * g_t          (colocated needs g_r = TP_r and g_l = 1)
 
 with ``E`` = ``rollout.num_engines``, ``R`` = ``teacher.num_replicas``, ``L`` = ``learner.num_ranks``.
+The actor layer colocates TP_r = 1 engines only. With ``cluster.device=cpu`` colocated is valid and
+changes no resource: the same actors run, and the engines' sleep/wake calls are vLLM no-ops on CPU.
 
 CPUs are checked only when ``cluster.cpus_per_actor = c > 0``: ``CPUs = (E + R + M + L) * c`` with
 ``M`` = ``mapping.num_workers`` (the driver reserves none).

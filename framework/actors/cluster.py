@@ -29,6 +29,7 @@ class Stages:
     mapping: list
     learner: LearnerGroup
     identity_mapping: bool = False
+    colocated: bool = False  # cluster.placement=colocated: rollout engines sleep while the learner steps
     teacher_generators: list = field(default_factory=list)  # sft_teacher: vLLM engines on the teacher model
     factories: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # role -> make actor i
     restarts: Counter[str] = field(default_factory=Counter)
@@ -50,18 +51,20 @@ class Stages:
         blob_refs = self.learner.export_refs()
         loads = [engine.load_weights.remote(blob_refs[0], version) for engine in targets]
         ray.get(blob_refs, timeout=timeout_s)
-        ready, _ = ray.wait(loads, num_returns=len(loads), timeout=timeout_s)
-        failed = []
-        for i, ref in enumerate(loads):
-            try:
-                if ref not in ready:
-                    raise ray.exceptions.GetTimeoutError(f"engine {i} did not load weights in {timeout_s}s")
-                ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                failed.append(i)
+        failed = _failed(loads, timeout_s)
         if engines is not None and failed:
             raise RuntimeError(f"a freshly started engine failed its first weight sync: {failed}")
         return failed
+
+    def sleep_rollout(self, timeout_s: float) -> list[int]:
+        """Colocated: free every rollout engine's GPU for the learner step (vLLM sleep level 1: weights
+        offloaded to CPU memory, KV cache dropped). Returns the engines that died or hung."""
+        return _failed([engine.sleep.remote(1) for engine in self.rollout], timeout_s)
+
+    def wake_rollout(self, tags: list[str] | None, timeout_s: float) -> list[int]:
+        """Colocated: re-allocate ``tags`` on every rollout engine (``["weights"]`` before the weight
+        sync, ``["kv_cache"]`` after it; None = all). Returns the engines that died or hung."""
+        return _failed([engine.wake_up.remote(tags) for engine in self.rollout], timeout_s)
 
     def pool(self, role: str) -> list:
         return {"rollout": self.rollout, "teacher": self.teacher, "mapping": self.mapping,
@@ -119,6 +122,20 @@ class Stages:
         return [*self.rollout, *self.teacher, *self.teacher_generators, *self.mapping, *self.learner.ranks]
 
 
+def _failed(refs: list, timeout_s: float) -> list[int]:
+    """Indexes of the calls whose actor died or did not answer within ``timeout_s``."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    failed = []
+    for i, ref in enumerate(refs):
+        try:
+            if ref not in ready:
+                raise ray.exceptions.GetTimeoutError(f"call {i} got no answer in {timeout_s}s")
+            ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            failed.append(i)
+    return failed
+
+
 def _role_options(cfg: Config, gpus: float, bundle_group=None, index: int = 0) -> dict:
     opts: dict = {"num_cpus": cfg.cluster.cpus_per_actor, "num_gpus": gpus}
     if bundle_group is not None:
@@ -138,12 +155,34 @@ def _pack(count: int, cpus: float, gpus: float):
     return group
 
 
+def _shared_gpus(cfg: Config):
+    """``placement=colocated`` on cuda: one bundle per shared GPU, ``max(E, L)`` of them (resources.py's
+    ``max(E * TP_r, L)`` with TP_r = 1). Rollout engine i and learner rank i share bundle i (see
+    :func:`_colocated_gpus`); an engine or a rank with no partner has a bundle of its own.
+    """
+    c, engines, ranks = cfg.cluster, cfg.rollout.num_engines, cfg.learner.num_ranks  # TP = 1: validate()
+    pairs = min(engines, ranks)
+    cpus = [c.cpus_per_actor * (2 if i < pairs else 1) for i in range(max(engines, ranks))]
+    group = placement_group(
+        [{"GPU": 1.0, "CPU": n} if n > 0 else {"GPU": 1.0} for n in cpus], strategy="PACK"
+    )
+    ray.get(group.ready(), timeout=600)
+    return group
+
+
+def _colocated_gpus(cfg: Config, i: int) -> float:
+    """What engine i / learner rank i asks of shared bundle i: half its GPU when both sit there (Ray's
+    bookkeeping only: the engine sleeps while the learner steps), else the whole GPU."""
+    return 0.5 if i < min(cfg.rollout.num_engines, cfg.learner.num_ranks) else 1.0
+
+
 def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     """Create the rollout pool, teacher pool, mapping pool and learner group for one run."""
     c = cfg.cluster
     t0 = time.time()
+    shared = _shared_gpus(cfg) if c.placement == "colocated" and c.device == "cuda" else None
     factories = {
-        "rollout": _engine_factory(cfg, student_path, cfg.rollout.num_engines),
+        "rollout": _engine_factory(cfg, student_path, cfg.rollout.num_engines, shared),
         "teacher": _teacher_factory(cfg, teacher_path),
         "mapping": _mapping_factory(cfg, student_path, teacher_path),
     }
@@ -152,10 +191,11 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     sizes = {"rollout": cfg.rollout.num_engines, "teacher": cfg.teacher.num_replicas,
              "mapping": cfg.mapping.num_workers, "generator": cfg.rollout.num_engines}  # fmt: skip
     pools = {role: [make(i) for i in range(sizes[role])] for role, make in factories.items()}
-    learner_pg = _pack(cfg.learner.num_ranks, c.cpus_per_actor, c.gpus_per_learner_rank)
+    learner_pg = shared or _pack(cfg.learner.num_ranks, c.cpus_per_actor, c.gpus_per_learner_rank)
 
     def make_rank(r: int):
-        return LearnerWorker.options(**_role_options(cfg, c.gpus_per_learner_rank, learner_pg, r)).remote(
+        gpus = c.gpus_per_learner_rank if shared is None else _colocated_gpus(cfg, r)
+        return LearnerWorker.options(**_role_options(cfg, gpus, learner_pg, r)).remote(
             student_path, r, cfg.learner.num_ranks, _learner_kwargs(cfg)
         )
 
@@ -166,23 +206,27 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     stages = Stages(
         pools["rollout"], pools["teacher"], pools["mapping"], learner, identity_mapping=identity,
         teacher_generators=pools.get("generator", []), factories={**factories, "learner": make_rank},
+        colocated=c.placement == "colocated",
     )  # fmt: skip
     stages.record_trees()
     return stages
 
 
-def _engine_factory(cfg: Config, model_path: str, count: int) -> Callable[[int], Any]:
+def _engine_factory(cfg: Config, model_path: str, count: int, shared=None) -> Callable[[int], Any]:
+    """``shared``: the colocated placement group of :func:`_shared_gpus` (engines that sleep)."""
     c = cfg.cluster
     env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.rollout.kv_cache_gib)))}}
-    group = _pack(count, c.cpus_per_actor, c.gpus_per_rollout_engine)
+    group = shared or _pack(count, c.cpus_per_actor, c.gpus_per_rollout_engine)
     engine_kwargs = dict(
         max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
         enforce_eager=cfg.rollout.enforce_eager, tensor_parallel_size=cfg.rollout.tensor_parallel_size,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, dtype=rollout_dtype(cfg),
+        enable_sleep_mode=shared is not None,
     )  # fmt: skip
 
     def make(i: int):
-        return RolloutWorker.options(runtime_env=env, **_role_options(cfg, c.gpus_per_rollout_engine, group, i)).remote(
+        gpus = c.gpus_per_rollout_engine if shared is None else _colocated_gpus(cfg, i)
+        return RolloutWorker.options(runtime_env=env, **_role_options(cfg, gpus, group, i)).remote(
             model_path, dict(engine_kwargs, seed=cfg.trainer.seed + i), cfg.data.max_prompt_tokens,
             cfg.pair.trust_remote_code,
         )  # fmt: skip

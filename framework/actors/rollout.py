@@ -97,6 +97,23 @@ class RolloutWorker:
             self.version = version
         return time.perf_counter() - start
 
+    def sleep(self, level: int = 1) -> float:
+        """Colocated placement: free the GPU while the learner steps (see ``StudentEngine.sleep``)."""
+        return self._timed("sleep", self.engine.sleep, level)
+
+    def wake_up(self, tags: list[str] | None = None) -> float:
+        """Re-allocate ``tags`` (``["weights"]`` before a weight sync, ``["kv_cache"]`` after it)."""
+        return self._timed("wake_up", self.engine.wake_up, tags)
+
+    def _timed(self, what: str, call, arg) -> float:
+        """Counts ``{what}_calls`` and ``{what}_s`` in the stats (not busy time); returns the seconds."""
+        start = time.perf_counter()
+        call(arg)
+        seconds = time.perf_counter() - start
+        self.clock.counters[f"{what}_calls"] += 1
+        self.clock.counters[f"{what}_s"] += seconds  # type: ignore[assignment]
+        return seconds
+
     def score(self, prompt_ids: list[int], continuation_ids: list[int]) -> np.ndarray:
         return self.engine.score(prompt_ids, continuation_ids)
 

@@ -85,6 +85,8 @@ def continuation_encoder(backend_json: dict) -> Tokenizer:
     for component in ("normalizer", "pre_tokenizer"):
         spec[component] = strip_prefix_rules(spec.get(component))
     spec["post_processor"] = None  # never add BOS/EOS to a continuation
+    # a saved tokenizer.json may carry padding / truncation settings; a continuation must keep every byte
+    spec["padding"], spec["truncation"] = None, None
     encoder = Tokenizer.from_str(json.dumps(spec))
     encoder.encode_special_tokens = True
     return encoder

@@ -64,6 +64,7 @@ class StudentEngine:
         logprobs_mode: str = "raw_logprobs",
         weight_transfer_backend: str | None = None,
         max_num_seqs: int | None = None,
+        enable_sleep_mode: bool = False,
     ):
         if logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode must be one of {LOGPROBS_MODES} (got {logprobs_mode!r})")
@@ -72,6 +73,8 @@ class StudentEngine:
             extra["weight_transfer_config"] = {"backend": weight_transfer_backend}
         if max_num_seqs is not None:
             extra["max_num_seqs"] = max_num_seqs
+        if enable_sleep_mode:  # GPU only: vLLM rejects it on CPU, where sleep/wake_up are no-ops anyway
+            extra["enable_sleep_mode"] = True
         start = time.perf_counter()
         self.llm = build_llm(
             model_path,
@@ -91,6 +94,7 @@ class StudentEngine:
         self._weight_version = 0
         self._request_counter = itertools.count()
         self.last_sync_seconds: float | None = None
+        self.asleep = False
 
     @property
     def weight_version(self) -> int:
@@ -98,7 +102,12 @@ class StudentEngine:
 
     # ------------------------------------------------------------------ sampling
 
+    def _check_awake(self) -> None:
+        if self.asleep:  # a sleeping engine's scheduler is paused: requests would never finish
+            raise RuntimeError("the engine is asleep; wake_up() it before generating or scoring")
+
     def _check_prompts(self, prompts_ids: Sequence[Sequence[int]], max_tokens: int) -> None:
+        self._check_awake()
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1 (got {max_tokens})")
         for i, p in enumerate(prompts_ids):
@@ -205,6 +214,7 @@ class StudentEngine:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
+        self._check_awake()
         if len(prompt_ids) == 0 or len(continuation_ids) == 0:
             raise ValueError("score needs a non-empty prompt_ids and a non-empty continuation_ids")
         ids = [int(t) for t in prompt_ids] + [int(t) for t in continuation_ids]
@@ -266,6 +276,23 @@ class StudentEngine:
         seconds = time.perf_counter() - start
         self._after_sync(version, seconds)
         return seconds
+
+    # ------------------------------------------------------------------ sleep mode (colocated placement)
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the GPU for a colocated learner: level 1 offloads the weights to CPU memory and drops
+        the KV cache (``vllm.LLM.sleep``; build with ``enable_sleep_mode=True``). On CPU vLLM's worker
+        logs a warning and keeps everything, but still pauses the scheduler until a full wake-up."""
+        self.llm.sleep(level=level)
+        self.asleep = True
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Re-allocate ``tags`` (``"weights"``, ``"kv_cache"``; None = all); True once fully awake.
+        RL order: ``["weights"]``, then the weight sync, then ``["kv_cache"]`` (no KV cache held
+        during the sync)."""
+        awake = bool(self.llm.wake_up(tags=tags))
+        self.asleep = not awake
+        return awake
 
     def shutdown(self) -> None:
         """Stop the engine's processes now (otherwise they stop when the object is collected)."""

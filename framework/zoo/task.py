@@ -1,7 +1,7 @@
 """Synthetic verifiable task: short multi-step arithmetic with a brief worked answer.
 
-    user:      "Compute 47 + 18 - 9."
-    assistant: "47 + 18 = 65. 65 - 9 = 56. Answer: 56"
+    user:      "Compute 9 - 3 + 4 - 9."
+    assistant: "9 - 3 = 6. 6 + 4 = 10. 10 - 9 = 1. Answer: 1"
 
 The worked answer makes the task learnable by tiny models in minutes (each step is one small
 addition or subtraction) while leaving room for a teacher/student gap. Digits and spaces are exactly

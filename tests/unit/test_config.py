@@ -56,6 +56,8 @@ def test_every_algo_has_a_recipe():
         ("algo.name=opd_topk", "mapping.dense_topk"),
         ("cluster.gpus_per_learner_rank=1", "cluster.gpus_per_learner_rank"),
         ("trainer.max_staleness=2", "trainer.max_inflight_batches"),
+        ("cluster.placement=colocated trainer.max_staleness=1", "trainer.max_staleness"),
+        ("cluster.placement=colocated rollout.tensor_parallel_size=2", "rollout.tensor_parallel_size"),
         ("mapping.credit=random", "mapping.credit"),
         ("learner.backend=nccl", "learner.backend"),
         ("rollout.dtype=fp32", "rollout.dtype"),
@@ -64,7 +66,7 @@ def test_every_algo_has_a_recipe():
 )
 def test_impossible_value_names_key_and_fix(override, key):
     with pytest.raises(ConfigError) as info:
-        to_config(_compose([override]))
+        to_config(_compose(override.split()))  # one or more space-separated overrides
     assert info.value.key == key
     assert "Fix:" in str(info.value) and key in str(info.value)
 

@@ -292,3 +292,18 @@ def _check_phantom(mapper, text, rng):
     # The row of the token that carries the phantom is not a dense target; a bare "▁" has no bytes at
     # all, and then the next teacher row (predicting the first response bytes) serves position 0.
     assert (0 in sample.dense.positions.tolist()) == (t_lens[0] == 0)
+
+
+def test_continuation_encoder_ignores_saved_padding_and_truncation():
+    import json
+
+    from framework.mapping.render import continuation_encoder
+
+    spec = json.loads((Path(tokenizer_dir("bl_group")) / "tokenizer.json").read_text())
+    spec["truncation"] = {"direction": "Right", "max_length": 3, "strategy": "LongestFirst", "stride": 0}
+    spec["padding"] = {"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": None,
+                       "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"}  # fmt: skip
+    text = "12 + 7 = 19. 19 - 3 = 16. Answer: 16"
+    ids = continuation_encoder(spec).encode(text).ids
+    assert 3 < len(ids) < 64
+    assert continuation_encoder(spec).decode(ids) == text

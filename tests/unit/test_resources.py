@@ -122,12 +122,18 @@ def test_colocated_counts_the_shared_pool_once():
 
 
 def test_colocated_uneven_footprints_take_the_larger_and_say_so():
-    cfg = _gpu_cfg(engines=2, rollout_tp=2, replicas=1, ranks=2, placement="colocated")
+    cfg = _gpu_cfg(engines=2, replicas=1, ranks=4, placement="colocated")
     plan = check_resources(cfg, {"GPU": 5.0}, _nodes(1, gpus=5))
-    assert plan.gpus_needed == max(2 * 2, 2) + 1 == 5
+    assert plan.gpus_needed == max(2 * 1, 4) + 1 == 5
     assert any("serve only one of them" in n for n in plan.notes)
     with pytest.raises(ConfigError, match="= 5 GPUs, the cluster has 4"):
         check_resources(cfg, {"GPU": 4.0})
+
+
+def test_colocated_rejects_tensor_parallel_engines():
+    with pytest.raises(ConfigError) as info:
+        _gpu_cfg(engines=2, rollout_tp=2, replicas=1, ranks=2, placement="colocated")
+    assert info.value.key == "rollout.tensor_parallel_size"
 
 
 def test_colocated_rejects_fractional_engines():
