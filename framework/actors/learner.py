@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from framework.actors.stats import BusyClock, process_tree
+from framework.actors.stats import BusyClock, Health
 from framework.types import MappedSample
 
 
@@ -37,7 +37,7 @@ def batch_statistics(samples: list[MappedSample], trained_version: int) -> dict[
 
 
 @ray.remote(concurrency_groups={"health": 1})
-class LearnerWorker:
+class LearnerWorker(Health):
     """One DeepSpeed rank."""
 
     def __init__(self, model_path: str, rank: int, world_size: int, learner_kwargs: dict):
@@ -64,20 +64,6 @@ class LearnerWorker:
             master_addr=master_addr, master_port=master_port, **self.learner_kwargs,
         )  # fmt: skip
         return True
-
-    @ray.method(concurrency_group="health")
-    def ping(self) -> bool:
-        """Answers even while a work call runs (own concurrency group): hung ≠ busy."""
-        return True
-
-    @ray.method(concurrency_group="health")
-    def pid(self) -> int:
-        return os.getpid()
-
-    @ray.method(concurrency_group="health")
-    def process_tree(self) -> tuple[str, list[int]]:
-        """(node IP, pids of this actor and its children, e.g. vLLM's engine-core process)."""
-        return process_tree()
 
     def train_step(self, sample_refs: list, version: int) -> dict[str, float]:
         with self.clock:

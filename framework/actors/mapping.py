@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import ray
 
-from framework.actors.stats import BusyClock, process_tree
+from framework.actors.stats import BusyClock, Health
 from framework.types import MappedSample, Rollout, TeacherRequest, TeacherScores
 
 
 @ray.remote(concurrency_groups={"health": 1})
-class MappingWorker:
+class MappingWorker(Health):
     def __init__(
         self, student_path: str, teacher_path: str, credit: str, dense_topk: bool, verifier: str | None,
         max_prompt_tokens: int = 1 << 30,
@@ -29,20 +27,6 @@ class MappingWorker:
         self.max_prompt_tokens = max_prompt_tokens
         self.verify = get_verifier(verifier)
         self.clock = BusyClock()
-
-    @ray.method(concurrency_group="health")
-    def ping(self) -> bool:
-        """Answers even while a work call runs (own concurrency group): hung ≠ busy."""
-        return True
-
-    @ray.method(concurrency_group="health")
-    def pid(self) -> int:
-        return os.getpid()
-
-    @ray.method(concurrency_group="health")
-    def process_tree(self) -> tuple[str, list[int]]:
-        """(node IP, pids of this actor and its children, e.g. vLLM's engine-core process)."""
-        return process_tree()
 
     def is_identity(self) -> bool:
         return bool(self.mapper.is_identity)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import ray
 
-from framework.actors.stats import BusyClock, process_tree
+from framework.actors.stats import BusyClock, Health
 from framework.data.chat import PromptTooLong, render_prompt_ids, stop_token_ids
 from framework.types import Prompt, Rollout
 
 
 @ray.remote(concurrency_groups={"health": 1})
-class RolloutWorker:
+class RolloutWorker(Health):
     """One vLLM engine. Calls run one at a time, so a sample's weight version is well defined."""
 
     def __init__(
@@ -31,20 +30,6 @@ class RolloutWorker:
         self.engine = StudentEngine(model_path, trust_remote_code=trust_remote_code, **engine_kwargs)
         self.version = 0
         self.clock = BusyClock()
-
-    @ray.method(concurrency_group="health")
-    def ping(self) -> bool:
-        """Answers even while a work call runs (own concurrency group): hung ≠ busy."""
-        return True
-
-    @ray.method(concurrency_group="health")
-    def pid(self) -> int:
-        return os.getpid()
-
-    @ray.method(concurrency_group="health")
-    def process_tree(self) -> tuple[str, list[int]]:
-        """(node IP, pids of this actor and its children, e.g. vLLM's engine-core process)."""
-        return process_tree()
 
     def _render(self, prompts: list[Prompt]) -> tuple[list[Prompt], list[np.ndarray]]:
         kept, ids = [], []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
+
+import ray
 
 
 class BusyClock:
@@ -30,12 +33,28 @@ class BusyClock:
         return out
 
 
+class Health:
+    """Liveness calls every worker actor answers. Each worker declares
+    ``@ray.remote(concurrency_groups={"health": 1})``, so these run beside a busy work call:
+    a worker that stops answering them is hung, not busy."""
+
+    @ray.method(concurrency_group="health")
+    def ping(self) -> bool:
+        return True
+
+    @ray.method(concurrency_group="health")
+    def pid(self) -> int:
+        return os.getpid()
+
+    @ray.method(concurrency_group="health")
+    def process_tree(self) -> tuple[str, list[int]]:
+        """(node IP, pids of this actor and its children, e.g. vLLM's engine-core process)."""
+        return process_tree()
+
+
 def process_tree() -> tuple[str, list[int]]:
     """This process's node IP and the pids of it and all its descendants."""
-    import os
-
     import psutil
-    import ray
 
     me = psutil.Process(os.getpid())
     return ray.util.get_node_ip_address(), [me.pid] + [c.pid for c in me.children(recursive=True)]
@@ -44,7 +63,6 @@ def process_tree() -> tuple[str, list[int]]:
 def kill_local_tree(node_ip: str, pids: list[int]) -> int:
     """SIGKILL recorded processes if they run on this node (orphans of a killed actor); returns how many."""
     import psutil
-    import ray
 
     if node_ip != ray.util.get_node_ip_address():
         return 0

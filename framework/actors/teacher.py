@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import ray
 
-from framework.actors.stats import BusyClock, process_tree
+from framework.actors.stats import BusyClock, Health
 from framework.types import TeacherRequest, TeacherScores
 
 
 @ray.remote(concurrency_groups={"health": 1})
-class TeacherWorker:
+class TeacherWorker(Health):
     def __init__(self, backend: str, backend_kwargs: dict, top_k: int, max_tokens_per_batch: int):
         from framework.teacher import TokenBudgetBatcher, make_teacher
 
@@ -19,20 +17,6 @@ class TeacherWorker:
         self.batcher = TokenBudgetBatcher(max_tokens_per_batch)
         self.top_k = top_k
         self.clock = BusyClock()
-
-    @ray.method(concurrency_group="health")
-    def ping(self) -> bool:
-        """Answers even while a work call runs (own concurrency group): hung ≠ busy."""
-        return True
-
-    @ray.method(concurrency_group="health")
-    def pid(self) -> int:
-        return os.getpid()
-
-    @ray.method(concurrency_group="health")
-    def process_tree(self) -> tuple[str, list[int]]:
-        """(node IP, pids of this actor and its children, e.g. vLLM's engine-core process)."""
-        return process_tree()
 
     def score(self, requests: list[TeacherRequest]) -> list[TeacherScores]:
         with self.clock:
