@@ -125,7 +125,8 @@ def _hydra_main(raw: DictConfig) -> None:
     except ConfigError as e:  # also raised by resource checks and model resolution at start-up
         print(str(e), file=sys.stderr)
         sys.exit(2)
-    print("[tokenbridge] done: " + "  ".join(f"{k}={v}" for k, v in final.items()), flush=True)
+    scalars = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}  # preference runs nest
+    print("[tokenbridge] done: " + "  ".join(f"{k}={v}" for k, v in scalars.items()), flush=True)
 
 
 def main() -> None:
