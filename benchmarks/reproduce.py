@@ -201,6 +201,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=[*ON_POLICY, *OFFLINE])
     parser.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
+    parser.add_argument(
+        "--fresh", action="store_true", help="ignore runs already in OUT/results.json (default: keep them)"
+    )
     args = parser.parse_args()
     from framework.zoo import build_zoo
 
@@ -209,8 +212,17 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
+    previous = out / "results.json"
+    if previous.exists() and not args.fresh:  # runs are long: an interrupted or extended study keeps its runs
+        runs = json.loads(previous.read_text())["runs"]
+        print(
+            f"[reproduce] keeping {len(runs)} earlier runs from {previous} (--fresh to redo them)", flush=True
+        )
+    done = {(r["method"], r["seed"]) for r in runs}
     for method in args.methods:
         for seed in args.seeds:
+            if (method, seed) in done:
+                continue
             folder = out / "runs" / f"{method}_seed{seed}"
             if method in OFFLINE:
                 runs.append(run_offline(method, seed, args.steps, folder))

@@ -30,6 +30,7 @@ class Stages:
     learner: LearnerGroup
     identity_mapping: bool = False
     colocated: bool = False  # cluster.placement=colocated: rollout engines sleep while the learner steps
+    health_timeout_s: float = 10.0  # a ping unanswered this long marks an actor hung
     teacher_generators: list = field(default_factory=list)  # sft_teacher: vLLM engines on the teacher model
     factories: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # role -> make actor i
     restarts: Counter[str] = field(default_factory=Counter)
@@ -51,7 +52,7 @@ class Stages:
         blob_refs = self.learner.export_refs()
         loads = [engine.load_weights.remote(blob_refs[0], version) for engine in targets]
         ray.get(blob_refs, timeout=timeout_s)
-        failed = _failed(loads, timeout_s)
+        failed = self._failed(loads, targets, timeout_s)
         if engines is not None and failed:
             raise RuntimeError(f"a freshly started engine failed its first weight sync: {failed}")
         return failed
@@ -59,12 +60,35 @@ class Stages:
     def sleep_rollout(self, timeout_s: float) -> list[int]:
         """Colocated: free every rollout engine's GPU for the learner step (vLLM sleep level 1: weights
         offloaded to CPU memory, KV cache dropped). Returns the engines that died or hung."""
-        return _failed([engine.sleep.remote(1) for engine in self.rollout], timeout_s)
+        return self._failed([engine.sleep.remote(1) for engine in self.rollout], self.rollout, timeout_s)
 
     def wake_rollout(self, tags: list[str] | None, timeout_s: float) -> list[int]:
         """Colocated: re-allocate ``tags`` on every rollout engine (``["weights"]`` before the weight
         sync, ``["kv_cache"]`` after it; None = all). Returns the engines that died or hung."""
-        return _failed([engine.wake_up.remote(tags) for engine in self.rollout], timeout_s)
+        return self._failed([e.wake_up.remote(tags) for e in self.rollout], self.rollout, timeout_s)
+
+    def _failed(self, refs: list, actors: list, timeout_s: float) -> list[int]:
+        """Indexes of the calls (``refs[i]`` on ``actors[i]``) whose actor died, hung or overran ``timeout_s``.
+
+        While a call runs, its actor is pinged every ``health_timeout_s``: a stopped process is found
+        within about two health timeouts instead of after the whole (long) sync timeout.
+        """
+        deadline = time.monotonic() + timeout_s
+        pending, failed = dict(enumerate(refs)), []
+        while pending:
+            wait_s = max(0.0, min(self.health_timeout_s, deadline - time.monotonic()))
+            ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=wait_s)
+            for i in [i for i, ref in pending.items() if ref in ready]:
+                try:
+                    ray.get(pending.pop(i))
+                except ray.exceptions.RayActorError:
+                    failed.append(i)
+            if pending and time.monotonic() >= deadline:
+                return sorted(failed + list(pending))
+            for i in [i for i in pending if not self.alive(actors[i], self.health_timeout_s)]:
+                failed.append(i)
+                del pending[i]
+        return sorted(failed)
 
     def pool(self, role: str) -> list:
         return {"rollout": self.rollout, "teacher": self.teacher, "mapping": self.mapping,
@@ -120,20 +144,6 @@ class Stages:
 
     def actors(self) -> list:
         return [*self.rollout, *self.teacher, *self.teacher_generators, *self.mapping, *self.learner.ranks]
-
-
-def _failed(refs: list, timeout_s: float) -> list[int]:
-    """Indexes of the calls whose actor died or did not answer within ``timeout_s``."""
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    failed = []
-    for i, ref in enumerate(refs):
-        try:
-            if ref not in ready:
-                raise ray.exceptions.GetTimeoutError(f"call {i} got no answer in {timeout_s}s")
-            ray.get(ref)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            failed.append(i)
-    return failed
 
 
 def _role_options(cfg: Config, gpus: float, bundle_group=None, index: int = 0) -> dict:
@@ -206,7 +216,7 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     stages = Stages(
         pools["rollout"], pools["teacher"], pools["mapping"], learner, identity_mapping=identity,
         teacher_generators=pools.get("generator", []), factories={**factories, "learner": make_rank},
-        colocated=c.placement == "colocated",
+        colocated=c.placement == "colocated", health_timeout_s=cfg.trainer.health_timeout_s,
     )  # fmt: skip
     stages.record_trees()
     return stages
