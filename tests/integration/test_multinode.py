@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray._private import services
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,10 @@ def two_node_cluster():
     temp = tempfile.mkdtemp(prefix="tbray-")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=3", "--num-gpus=0"]
+    # Ray's CLI rewrites 127.0.0.1 in an address to the machine's IP, so a node bound to loopback is
+    # unreachable by `ray status` / a second node: both nodes use the machine's own IP
+    ip = services.get_node_ip_address()
+    common = [f"--node-ip-address={ip}", "--num-cpus=3", "--num-gpus=0"]
     head = _start(
         ["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
          "--resources={\"node_head\": 1}", *common],
@@ -52,20 +56,20 @@ def two_node_cluster():
     try:
         deadline = time.time() + 300  # a loaded node can take minutes to start its dashboard
         while subprocess.run(
-            [RAY, "status", f"--address=127.0.0.1:{gcs}"], env=env, capture_output=True
+            [RAY, "status", f"--address={ip}:{gcs}"], env=env, capture_output=True
         ).returncode:
             assert time.time() < deadline, "head node did not start"
             time.sleep(1)
-        procs.append(_start([f"--address=127.0.0.1:{gcs}", '--resources={"node_worker": 1}', *common], env))
+        procs.append(_start([f"--address={ip}:{gcs}", '--resources={"node_worker": 1}', *common], env))
         while True:
             out = subprocess.run(
-                [RAY, "status", f"--address=127.0.0.1:{gcs}"], env=env, capture_output=True, text=True
+                [RAY, "status", f"--address={ip}:{gcs}"], env=env, capture_output=True, text=True
             )
             if out.stdout.count("node_") >= 2 and "node_worker" in out.stdout:
                 break
             assert time.time() < deadline, f"worker node did not join:\n{out.stdout}"
             time.sleep(1)
-        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+        yield {"gcs": f"{ip}:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     finally:
         for p in reversed(procs):
             try:
@@ -82,11 +86,6 @@ def two_node_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="not yet passing here: job agent not ready at submission in one run, head start > 120 s on a "
-    "loaded machine in another; retry loop added, still unverified",
-)
 def test_demo_recipe_runs_as_a_ray_job_across_two_nodes(two_node_cluster, tmp_path):
     from ray.util.state import list_actors, list_nodes
 
