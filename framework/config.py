@@ -218,6 +218,27 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(key, f"must be {bound}, got {value!r}", f"set {key} to a finite value {bound}")
 
 
+def _validate_colocated(cfg: Config) -> None:
+    """``placement=colocated``: one rollout engine and one learner rank time-share each GPU."""
+    rules = [
+        (
+            "trainer.max_staleness", cfg.trainer.max_staleness != 0,
+            "the engines sleep while the learner steps, so generation cannot overlap learning, "
+            f"got max_staleness={cfg.trainer.max_staleness}",
+            "set trainer.max_staleness=0 or cluster.placement=disaggregated",
+        ),
+        (
+            "rollout.tensor_parallel_size", cfg.rollout.tensor_parallel_size != 1,
+            "an engine shares one GPU with one learner rank, "
+            f"but tensor_parallel_size={cfg.rollout.tensor_parallel_size} spans several",
+            "set rollout.tensor_parallel_size=1 or cluster.placement=disaggregated",
+        ),
+    ]  # fmt: skip
+    for key, broken, why, fix in rules:
+        if broken:
+            raise ConfigError(key, f"cluster.placement=colocated: {why}", fix)
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible values before any actor starts (each message names key and fix)."""
     _choice("algo.name", cfg.algo.name, ALGOS)
@@ -325,20 +346,8 @@ def validate(cfg: Config) -> None:
             f"max_staleness={cfg.trainer.max_staleness} needs at least {cfg.trainer.max_staleness + 1} batches in flight",
             f"set trainer.max_inflight_batches={cfg.trainer.max_staleness + 1}",
         )
-    if cfg.cluster.placement == "colocated" and cfg.trainer.max_staleness != 0:
-        raise ConfigError(
-            "trainer.max_staleness",
-            "cluster.placement=colocated time-shares the GPUs (the engines sleep while the learner steps), "
-            f"so generation cannot overlap learning, got max_staleness={cfg.trainer.max_staleness}",
-            "set trainer.max_staleness=0 or cluster.placement=disaggregated",
-        )
-    if cfg.cluster.placement == "colocated" and cfg.rollout.tensor_parallel_size != 1:
-        raise ConfigError(
-            "rollout.tensor_parallel_size",
-            "cluster.placement=colocated pairs one rollout engine with one learner rank on one GPU; "
-            f"an engine of tensor_parallel_size={cfg.rollout.tensor_parallel_size} spans several",
-            "set rollout.tensor_parallel_size=1 or cluster.placement=disaggregated",
-        )
+    if cfg.cluster.placement == "colocated":
+        _validate_colocated(cfg)
     if cfg.cluster.device == "cpu":
         for key in ("gpus_per_rollout_engine", "gpus_per_teacher_replica", "gpus_per_learner_rank"):
             if getattr(cfg.cluster, key) > 0:
