@@ -92,8 +92,23 @@ def test_projection_map_longest_prefix_and_stop():
     student = _table([b"", b"a", b"ab", b"abc", b" ", b" t", b"\xe6"], special=[0])
     teacher = _table([b"", b"abcd", b"ab", b" the", b"\xe6\x9d", b"zz", b""], special=[0, 6])
     pm = build_projection_map(student, teacher, frozenset({0}), student_stop_id=0)
-    assert pm.teacher_to_student.tolist() == [0, 3, 2, 5, 6, -1, -1]
-    assert pm.exact.tolist() == [True, False, True, False, False, False, False]
+    # "ab" is left unmapped: the student's "abc" extends it, so after "ab" the student's token is open
+    assert pm.teacher_to_student.tolist() == [0, 3, -1, 5, 6, -1, -1]
+    assert pm.exact.tolist() == [True, False, False, False, False, False, False]
+
+
+def test_projection_never_credits_a_teacher_token_the_student_would_extend():
+    # single-digit teacher, digit-group student: teacher "1" cannot say whether the student writes
+    # "1" or "12", so its mass goes to `other`; "2" (no student token extends it) maps to "2"
+    student = _table([b"", b"1", b"12", b"123", b"2", b" +"], special=[0])
+    teacher = _table([b"", b"1", b"2", b" +", b" +1"], special=[0])
+    pm = build_projection_map(student, teacher, frozenset({0}), student_stop_id=0)
+    assert pm.teacher_to_student.tolist() == [0, -1, 4, 5, 5]
+    ids, probs, other = project_topk(
+        np.array([[1, 2, 3]]), np.log(np.array([[0.5, 0.3, 0.2]])), pm.teacher_to_student
+    )
+    assert dict(zip(ids[0].tolist(), probs[0].tolist())) == pytest.approx({4: 0.3, 5: 0.2, -1: 0.0})
+    assert other[0] == pytest.approx(0.5)
 
 
 @settings(max_examples=100, deadline=None)
