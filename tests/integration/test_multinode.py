@@ -6,6 +6,7 @@ to have run on both nodes. The cluster is torn down by the test (only the proces
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,11 +39,17 @@ def _start(args: list[str], env: dict) -> subprocess.Popen:
 
 
 @pytest.fixture
-def two_node_cluster():
+def two_node_cluster(monkeypatch):
     gcs, dash = _free_port(), _free_port()
     temp = tempfile.mkdtemp(prefix="tbray-")
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # Ray's token authentication, as a production cluster runs it: the nodes, `ray status` and the
+    # job submission all read the same token from the environment (a fresh one per test)
+    env = dict(
+        os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)
+    )
     env.pop("RAY_ADDRESS", None)
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # the state API calls below run in this process
+        monkeypatch.setenv(key, env[key])
     # Ray's CLI rewrites 127.0.0.1 in an address to the machine's IP, so a node bound to loopback is
     # unreachable by `ray status` / a second node: both nodes use the machine's own IP
     ip = services.get_node_ip_address()
