@@ -5,6 +5,7 @@ to have run on both nodes. The cluster is torn down by the test (only the proces
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -22,6 +23,14 @@ from ray._private import services
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
+STATE_QUERY = """
+import json, sys
+from ray.util.state import list_actors, list_nodes
+address = sys.argv[1]
+actors = list_actors(address=address, detail=True, limit=1000)
+print(json.dumps({"nodes": [n.node_id for n in list_nodes(address=address)],
+                  "actors": [[a.class_name, a.node_id] for a in actors]}))
+"""
 
 
 def _free_port() -> int:
@@ -39,7 +48,7 @@ def _start(args: list[str], env: dict) -> subprocess.Popen:
 
 
 @pytest.fixture
-def two_node_cluster(monkeypatch):
+def two_node_cluster():
     gcs, dash = _free_port(), _free_port()
     temp = tempfile.mkdtemp(prefix="tbray-")
     # Ray's token authentication, as a production cluster runs it: the nodes, `ray status` and the
@@ -48,8 +57,6 @@ def two_node_cluster(monkeypatch):
         os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)
     )
     env.pop("RAY_ADDRESS", None)
-    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # the state API calls below run in this process
-        monkeypatch.setenv(key, env[key])
     # Ray's CLI rewrites 127.0.0.1 in an address to the machine's IP, so a node bound to loopback is
     # unreachable by `ray status` / a second node: both nodes use the machine's own IP
     ip = services.get_node_ip_address()
@@ -94,8 +101,6 @@ def two_node_cluster(monkeypatch):
 
 
 def test_demo_recipe_runs_as_a_ray_job_across_two_nodes(two_node_cluster, tmp_path):
-    from ray.util.state import list_actors, list_nodes
-
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's `ray` CLI
     env = dict(two_node_cluster["env"], PATH=path, RAY_ADDRESS=two_node_cluster["dashboard"], TOKENBRIDGE_PYTHON=sys.executable,
                TOKENBRIDGE_REMOTE_PYTHON=sys.executable, WANDB_MODE="offline")  # fmt: skip
@@ -115,20 +120,19 @@ def test_demo_recipe_runs_as_a_ray_job_across_two_nodes(two_node_cluster, tmp_pa
         time.sleep(10)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "[tokenbridge] done" in job.stdout + job.stderr
-    address = two_node_cluster["gcs"]
-    nodes = {n.node_id: n for n in list_nodes(address=address)}
+    # the cluster's state, read in a process of its own: Ray takes its auth settings at import time
+    state = subprocess.run(
+        [sys.executable, "-c", STATE_QUERY, two_node_cluster["gcs"]], env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert state.returncode == 0, state.stderr[-3000:]
+    found = json.loads(state.stdout.strip().splitlines()[-1])
+    nodes = set(found["nodes"])
     assert len(nodes) == 2
-    actors = [
-        a for a in list_actors(address=address, detail=True, limit=1000) if a.class_name.endswith("Worker")
-    ]
-    used = {a.node_id for a in actors}
-    assert {a.class_name for a in actors} >= {
-        "RolloutWorker",
-        "TeacherWorker",
-        "MappingWorker",
-        "LearnerWorker",
-    }
-    assert used == set(nodes), f"actors ran on {len(used)} of {len(nodes)} nodes"
+    workers = [(cls, node) for cls, node in found["actors"] if cls.endswith("Worker")]
+    assert {cls for cls, _ in workers} >= {"RolloutWorker", "TeacherWorker", "MappingWorker", "LearnerWorker"}
+    used = {node for _, node in workers}
+    assert used == nodes, f"actors ran on {len(used)} of {len(nodes)} nodes"
     assert (tmp_path / "ledger.jsonl").exists() and len(
         (tmp_path / "ledger.jsonl").read_text().splitlines()
     ) == 2
