@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -76,9 +77,17 @@ def run_on_policy(name: str, seed: int, steps: int, eval_every: int, out: Path) 
     ])  # fmt: skip
     cfg.trainer.output_dir = str(out)
     n_student, n_teacher = _params(resolve_model(cfg.pair.student)), _params(resolve_model(cfg.pair.teacher))
+    if out.exists():  # a run's logs append (for resume): a redone run starts from an empty folder
+        shutil.rmtree(out)
     t0 = time.time()
     run(cfg)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    curve = curve_from_rows(rows, name, n_student, n_teacher)
+    return {"method": name, "seed": seed, "curve": curve, "wall_s": time.time() - t0}
+
+
+def curve_from_rows(rows: list[dict], name: str, n_student: int, n_teacher: int) -> list[dict]:
+    """Held-out accuracy at each eval against the learner tokens and estimated FLOPs spent so far."""
     curve, tokens, flops = [], 0.0, 0.0
     for r in rows:
         if "tokens" in r and "batch/response_tokens" in r:
@@ -93,7 +102,7 @@ def run_on_policy(name: str, seed: int, steps: int, eval_every: int, out: Path) 
         if "eval/accuracy" in r:
             curve.append({"step": r["step"], "learner_tokens": tokens, "flops": flops, "accuracy": r["eval/accuracy"],
                           "teacher_kl": r.get("eval/teacher_kl")})  # fmt: skip
-    return {"method": name, "seed": seed, "curve": curve, "wall_s": time.time() - t0}
+    return curve
 
 
 def run_offline(name: str, seed: int, steps: int, out: Path) -> dict:
