@@ -1,6 +1,7 @@
 """Token logprobs from final hidden states without materialising the ``[B, T, V]`` logits.
 
-For every token position ``n`` (hidden ``h_n``), logits ``z_n = (W h_n + b) / τ`` (τ = temperature) and
+For every token position ``n`` (hidden ``h_n``), logits ``z_n = c(W h_n + b) / τ`` (τ = temperature;
+``c(r) = r``, or with logit soft-capping as in Gemma 2, ``c(r) = κ·tanh(r/κ)``) and
 
     log p(y_n)   = z_n[y_n] − logsumexp(z_n)                      (target logprob)
     H_n          = −Σ_v p_v log p_v                              (entropy)
@@ -13,8 +14,9 @@ entropy, recomputes each chunk's logits, and applies the closed-form gradient wi
 
     ∂L/∂z = g_y·(e_y − p) + Σ_k g_k·(e_{s_k} − p) − g_H·p ⊙ (log p + H)
 
-(the entropy term: ∂H/∂z_v = −p_v (log p_v + H)), then ``∂L/∂h = (∂L/∂z) W / τ``,
-``∂L/∂W = (∂L/∂z)ᵀ h / τ`` (accumulated over chunks in float32/float64) and ``∂L/∂b = Σ_n ∂L/∂z_n / τ``.
+(the entropy term: ∂H/∂z_v = −p_v (log p_v + H)), then ``∂L/∂r = (∂L/∂z) c'(r) / τ`` with
+``c'(r) = 1 − tanh²(r/κ)`` under soft-capping (else 1), ``∂L/∂h = (∂L/∂r) W``, ``∂L/∂W = (∂L/∂r)ᵀ h``
+(accumulated over chunks in float32/float64) and ``∂L/∂b = Σ_n ∂L/∂r_n``.
 This is the fused "linear + cross-entropy" trick used by memory-lean RL trainers.
 """
 
@@ -32,13 +34,22 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _chunk_logits(
-    h_n_H: torch.Tensor, weight_V_H: torch.Tensor, bias_V: torch.Tensor | None, temperature: float
-) -> torch.Tensor:
-    """float32/64 [n, V]; the matmul runs in the weights' dtype (bf16 on GPU), the softmax upcast."""
+    h_n_H: torch.Tensor,
+    weight_V_H: torch.Tensor,
+    bias_V: torch.Tensor | None,
+    temperature: float,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(z float32/64 [n, V], tanh(r/κ) or None); the matmul runs in the weights' dtype (bf16 on GPU),
+    the softmax upcast. The tanh block is what the backward needs for c'(r) under soft-capping."""
     logits = (h_n_H @ weight_V_H.t()).to(_compute_dtype(h_n_H.dtype))
     if bias_V is not None:
         logits = logits + bias_V.to(logits.dtype)
-    return logits / temperature if temperature != 1.0 else logits
+    tanh = None
+    if softcap is not None:
+        tanh = torch.tanh(logits / softcap)
+        logits = tanh * softcap
+    return (logits / temperature if temperature != 1.0 else logits), tanh
 
 
 class _ChunkedLinearLogprobs(torch.autograd.Function):
@@ -52,6 +63,7 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
         support_ids_N_S: torch.Tensor,
         chunk_size: int,
         temperature: float,
+        softcap: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         N, S = hidden_N_H.shape[0], support_ids_N_S.shape[1]
         cdt = _compute_dtype(hidden_N_H.dtype)
@@ -62,7 +74,7 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
         valid_N_S = support_ids_N_S >= 0
         for s in range(0, N, chunk_size):
             e = min(s + chunk_size, N)
-            logits_n_V = _chunk_logits(hidden_N_H[s:e], weight_V_H, bias_V, temperature)
+            logits_n_V, _ = _chunk_logits(hidden_N_H[s:e], weight_V_H, bias_V, temperature, softcap)
             lse_n = torch.logsumexp(logits_n_V, dim=-1)
             lse_N[s:e] = lse_n
             logprobs_N[s:e] = logits_n_V.gather(1, targets_N[s:e, None]).squeeze(1) - lse_n
@@ -74,7 +86,7 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
             logp_n_V = logits_n_V.sub_(lse_n[:, None])
             entropy_N[s:e] = -torch.exp(logp_n_V).mul_(logp_n_V).sum(-1)
         ctx.save_for_backward(hidden_N_H, weight_V_H, bias_V, targets_N, support_ids_N_S, lse_N, entropy_N)
-        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+        ctx.chunk_size, ctx.temperature, ctx.softcap = chunk_size, temperature, softcap
         return logprobs_N, entropy_N, support_N_S
 
     @staticmethod
@@ -82,7 +94,7 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
         ctx: Any, g_logprobs_N: torch.Tensor | None, g_entropy_N: torch.Tensor | None, g_support_N_S
     ) -> tuple[Any, ...]:
         hidden_N_H, weight_V_H, bias_V, targets_N, support_ids_N_S, lse_N, entropy_N = ctx.saved_tensors
-        chunk_size, temperature = ctx.chunk_size, ctx.temperature
+        chunk_size, temperature, softcap = ctx.chunk_size, ctx.temperature, ctx.softcap
         N, S = hidden_N_H.shape[0], support_ids_N_S.shape[1]
         cdt = lse_N.dtype
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
@@ -98,7 +110,8 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
             e = min(s + chunk_size, N)
             h_n_H = hidden_N_H[s:e]
             # in place: the logits block becomes log p, then the entropy term; p becomes ∂L/∂z
-            logp_n_V = _chunk_logits(h_n_H, weight_V_H, bias_V, temperature).sub_(lse_N[s:e, None])
+            logits_n_V, tanh_n_V = _chunk_logits(h_n_H, weight_V_H, bias_V, temperature, softcap)
+            logp_n_V = logits_n_V.sub_(lse_N[s:e, None])
             probs_n_V = torch.exp(logp_n_V)
             g_lp_n = g_lp[s:e].to(cdt)
             # p-coefficient collects -g_y - Σ_k g_k; the one-hot parts are scattered below
@@ -117,6 +130,9 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
                 g_z.scatter_add_(1, support_ids_N_S[s:e].clamp(min=0), g_sup[s:e])
             if temperature != 1.0:
                 g_z /= temperature
+            if tanh_n_V is not None:  # through the soft-cap: c'(r) = 1 - tanh²(r/κ)
+                g_z.mul_(tanh_n_V.square_().neg_().add_(1.0))
+                del tanh_n_V
             if grad_h is not None:
                 grad_h[s:e] = (g_z.to(weight_V_H.dtype) @ weight_V_H).to(hidden_N_H.dtype)
             if grad_w is not None:
@@ -125,7 +141,7 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
                 grad_b += g_z.sum(0)
         grad_w = grad_w.to(weight_V_H.dtype) if grad_w is not None else None
         grad_b = grad_b.to(bias_V.dtype) if grad_b is not None else None
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def chunked_token_logprobs(
@@ -138,6 +154,7 @@ def chunked_token_logprobs(
     token_mask_B_T: torch.Tensor | None = None,
     chunk_size: int = 1024,
     temperature: float = 1.0,
+    softcap: float | None = None,
 ) -> TokenLogprobs:
     """Per-token logprobs of ``target_ids_B_T``, entropies and (optionally) support logprobs.
 
@@ -146,6 +163,7 @@ def chunked_token_logprobs(
     With ``token_mask_B_T`` only positions where it is non-zero are computed (the rest are 0 and get no
     gradient), which skips prompt and padding positions. The time axis (flattened with the batch) is
     processed ``chunk_size`` positions at a time in forward and backward; see the module docstring.
+    ``softcap`` = κ applies the model's final-logit soft-cap ``κ·tanh(r/κ)`` before the temperature.
     Returns float32 (float64 for float64 hidden states) tensors.
     """
     if hidden_B_T_H.dim() != 3:
@@ -162,6 +180,8 @@ def chunked_token_logprobs(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be positive (or None), got {softcap}")
     S = 0
     if support_ids_B_T_S is not None:
         if support_ids_B_T_S.dim() != 3 or support_ids_B_T_S.shape[:2] != (B, T):
@@ -190,8 +210,9 @@ def chunked_token_logprobs(
         raise ValueError(f"support ids must be < V={V} (use -1 for padding), got {int(support_N_S.max())}")
 
     logprobs_N, entropy_N, sup_N_S = _ChunkedLinearLogprobs.apply(
-        hidden_N_H, weight_V_H, bias_V, targets_N, support_N_S, chunk_size, float(temperature)
-    )
+        hidden_N_H, weight_V_H, bias_V, targets_N, support_N_S, chunk_size, float(temperature),
+        None if softcap is None else float(softcap),
+    )  # fmt: skip
     if rows is not None:  # scatter back; index_copy is differentiable w.r.t. the source
         cdt = logprobs_N.dtype
         logprobs_N = logprobs_N.new_zeros(B * T).index_copy(0, rows, logprobs_N)

@@ -24,7 +24,7 @@ from framework.algo.logprobs import chunked_token_logprobs
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Config fields that change the logits after the LM head; the chunked head does not apply them.
-_UNSUPPORTED_HEAD_FIELDS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+_UNSUPPORTED_HEAD_FIELDS = ("logit_scale", "output_multiplier_scale")
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -70,7 +70,7 @@ def load_student(
 
 
 def check_logprob_head(config) -> None:
-    """Raise for models whose logits are not simply ``lm_head(h)`` (softcapping, logit scaling)."""
+    """Raise for models whose logits are not ``lm_head(h)`` or its soft-cap (e.g. logit scaling)."""
     for name in _UNSUPPORTED_HEAD_FIELDS:
         value = getattr(config, name, None)
         if value not in (None, 1.0, 0.0):
@@ -107,6 +107,8 @@ class LogprobLM(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
         self.temperature = temperature
+        # Gemma 2 style κ·tanh(logits/κ) on the output logits (None: plain lm_head)
+        self.softcap = getattr(model.config, "final_logit_softcapping", None) or None
 
     @property
     def body(self) -> nn.Module:
@@ -140,6 +142,7 @@ class LogprobLM(nn.Module):
             token_mask_B_T=token_mask_B_T,
             chunk_size=self.chunk_size,
             temperature=self.temperature,
+            softcap=self.softcap,
         )
         assert student.entropy_B_T is not None  # chunked_token_logprobs always computes it
         return student.logprobs_B_T, student.entropy_B_T, student.support_logprobs_B_T_S

@@ -23,11 +23,13 @@ def _problem(B=2, T=5, H=4, V=11, S=3, seed=0, dtype=F64):
     return hidden, weight, bias, targets, support
 
 
-def _naive(hidden, weight, bias, targets, support, temperature=1.0):
+def _naive(hidden, weight, bias, targets, support, temperature=1.0, softcap=None):
     """Materialise all logits and use log_softmax: the reference."""
     logits = hidden @ weight.t()
     if bias is not None:
         logits = logits + bias
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     logp = torch.log_softmax(logits / temperature, dim=-1)
     lp = logp.gather(-1, targets[..., None]).squeeze(-1)
     ent = -(logp.exp() * logp).sum(-1)
@@ -38,7 +40,8 @@ def _naive(hidden, weight, bias, targets, support, temperature=1.0):
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 4, 100])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_values_and_gradients_match_naive(chunk_size, temperature):
+@pytest.mark.parametrize("softcap", [None, 1.5])  # 1.5: well inside tanh's curve for these logits
+def test_values_and_gradients_match_naive(chunk_size, temperature, softcap):
     hidden, weight, bias, targets, support = _problem()
     out = chunked_token_logprobs(
         hidden,
@@ -48,8 +51,9 @@ def test_values_and_gradients_match_naive(chunk_size, temperature):
         support_ids_B_T_S=support,
         chunk_size=chunk_size,
         temperature=temperature,
+        softcap=softcap,
     )
-    ref = _naive(hidden, weight, bias, targets, support, temperature)
+    ref = _naive(hidden, weight, bias, targets, support, temperature, softcap)
     for got, want in zip((out.logprobs_B_T, out.entropy_B_T, out.support_logprobs_B_T_S), ref):
         assert got.dtype == F64
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -167,6 +171,7 @@ def test_helpers_from_logits():
         ({"target_ids_B_T": torch.zeros(2, 4, dtype=torch.long)}, "target_ids_B_T"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"temperature": 0.0}, "temperature"),
+        ({"softcap": 0.0}, "softcap"),
         ({"support_ids_B_T_S": torch.full((2, 5, 2), 11)}, "support ids"),
     ],
 )

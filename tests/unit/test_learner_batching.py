@@ -255,16 +255,43 @@ def test_load_student_with_gradient_checkpointing_gives_the_same_gradients(tmp_p
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_load_student_rejects_missing_dirs_and_softcapped_heads(tmp_path):
+def test_load_student_rejects_missing_dirs_and_scaled_heads(tmp_path):
     from types import SimpleNamespace
 
     from framework.learner.model import check_logprob_head, load_student
 
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         load_student(tmp_path / "nope")
-    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
-        check_logprob_head(SimpleNamespace(final_logit_softcapping=30.0))
-    check_logprob_head(SimpleNamespace(final_logit_softcapping=None))
+    with pytest.raises(NotImplementedError, match="logit_scale"):
+        check_logprob_head(SimpleNamespace(logit_scale=0.5))
+    check_logprob_head(SimpleNamespace(final_logit_softcapping=30.0))  # soft-capping is supported
+
+
+def test_softcapped_head_matches_hugging_face_gemma2():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, final_logit_softcapping=0.05,
+    )  # fmt: skip  # a cap this small bends the tiny random logits a lot: the check has teeth
+    lm = LogprobLM(Gemma2ForCausalLM(config).float().eval(), chunk_size=5)
+    assert lm.softcap == 0.05
+    samples = random_samples(3, seed=2)
+    mb = collate_micro_batch(samples)
+    got_B_T = run_lm(lm, mb).logprobs_B_T.detach().double()
+    lm.softcap = None
+    uncapped_B_T = run_lm(lm, mb).logprobs_B_T.detach().double()
+    for b, s in enumerate(samples):
+        ids = torch.as_tensor(s.input_ids, dtype=torch.long)[None]
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids).logits[0].double()
+        ref = (
+            torch.log_softmax(logits, -1)[:-1].gather(1, ids[0, 1:, None]).squeeze(1)[s.response_start - 1 :]
+        )
+        m = torch.as_tensor(s.mask, dtype=torch.bool)
+        torch.testing.assert_close(got_B_T[b, : len(ref)][m], ref[m], atol=1e-5, rtol=1e-5)
+        assert (uncapped_B_T[b, : len(ref)][m] - ref[m]).abs().max() > 1e-3  # the cap matters here
 
 
 def test_rng_state_round_trips_through_json():
