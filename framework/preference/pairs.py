@@ -102,8 +102,8 @@ def _check_content_tokens(info, ids: np.ndarray, sample_id: str, side: str) -> N
     if empty.shape[0]:
         raise ValueError(
             f"{sample_id}: the {side} tokenization of the response holds byte-less tokens {sorted(set(empty.tolist()))} "
-            f"(tokenizer {info.path}); a tokenizer.json with 'padding' or 'truncation' enabled does this. "
-            'Fix: save the tokenizer without padding/truncation (tokenizer.json "padding": null)'
+            f"(tokenizer {info.path}): the tokenizer adds tokens of its own to a continuation (e.g. a "
+            "post-processor template). Fix: save the tokenizer without them, or report it as a bug"
         )
 
 
