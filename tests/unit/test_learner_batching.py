@@ -180,19 +180,25 @@ def run_lm(lm: LogprobLM, mb) -> TokenLogprobs:
     return TokenLogprobs(lp, ent, sup)
 
 
+def hf_response_logprobs(lm: LogprobLM, sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 logprobs of the sample's response tokens from the HF model's own logits, and the mask
+    of trained positions (only those are computed by the chunked head)."""
+    ids = torch.as_tensor(sample.input_ids, dtype=torch.long)[None]
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits[0].double()
+    ref = (
+        torch.log_softmax(logits, -1)[:-1].gather(1, ids[0, 1:, None]).squeeze(1)[sample.response_start - 1 :]
+    )
+    return ref, torch.as_tensor(sample.mask, dtype=torch.bool)
+
+
 def test_chunked_head_matches_hugging_face_logits(tiny_lm):
     samples = random_samples(5, seed=1)
     mb = collate_micro_batch(samples)
     logprobs_B_T = run_lm(tiny_lm, mb).logprobs_B_T
     for b, s in enumerate(samples):
-        ids = torch.as_tensor(s.input_ids, dtype=torch.long)[None]
-        with torch.no_grad():
-            logits = tiny_lm.model(input_ids=ids).logits[0].double()
-        ref = (
-            torch.log_softmax(logits, -1)[:-1].gather(1, ids[0, 1:, None]).squeeze(1)[s.response_start - 1 :]
-        )
+        ref, m = hf_response_logprobs(tiny_lm, s)
         got = logprobs_B_T[b, : len(ref)].detach().double()
-        m = torch.as_tensor(s.mask, dtype=torch.bool)  # only trained positions are computed
         torch.testing.assert_close(got[m], ref[m], atol=1e-5, rtol=1e-5)
 
 
@@ -283,13 +289,7 @@ def test_softcapped_head_matches_hugging_face_gemma2():
     lm.softcap = None
     uncapped_B_T = run_lm(lm, mb).logprobs_B_T.detach().double()
     for b, s in enumerate(samples):
-        ids = torch.as_tensor(s.input_ids, dtype=torch.long)[None]
-        with torch.no_grad():
-            logits = lm.model(input_ids=ids).logits[0].double()
-        ref = (
-            torch.log_softmax(logits, -1)[:-1].gather(1, ids[0, 1:, None]).squeeze(1)[s.response_start - 1 :]
-        )
-        m = torch.as_tensor(s.mask, dtype=torch.bool)
+        ref, m = hf_response_logprobs(lm, s)
         torch.testing.assert_close(got_B_T[b, : len(ref)][m], ref[m], atol=1e-5, rtol=1e-5)
         assert (uncapped_B_T[b, : len(ref)][m] - ref[m]).abs().max() > 1e-3  # the cap matters here
 
