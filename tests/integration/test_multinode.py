@@ -61,9 +61,12 @@ def two_node_cluster():
     # unreachable by `ray status` / a second node: both nodes use the machine's own IP
     ip = services.get_node_ip_address()
     common = [f"--node-ip-address={ip}", "--num-cpus=3", "--num-gpus=0"]
+    # each node's dashboard agent needs its own HTTP port: the default (52365) is taken by any other Ray
+    # on this machine (the test session's own), and a node without an agent cannot take a job
+    agent = [f"--dashboard-agent-listen-port={_free_port()}" for _ in range(2)]
     head = _start(
         ["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
-         "--resources={\"node_head\": 1}", *common],
+         "--resources={\"node_head\": 1}", agent[0], *common],
         env,
     )  # fmt: skip
     procs = [head]
@@ -74,7 +77,9 @@ def two_node_cluster():
         ).returncode:
             assert time.time() < deadline, "head node did not start"
             time.sleep(1)
-        procs.append(_start([f"--address={ip}:{gcs}", '--resources={"node_worker": 1}', *common], env))
+        procs.append(
+            _start([f"--address={ip}:{gcs}", '--resources={"node_worker": 1}', agent[1], *common], env)
+        )
         while True:
             out = subprocess.run(
                 [RAY, "status", f"--address={ip}:{gcs}"], env=env, capture_output=True, text=True
