@@ -38,7 +38,8 @@ from framework.types import DenseTarget, MappedSample, Rollout, TeacherRequest, 
 _MAPPER_CACHE: dict[tuple, TokenMapper] = {}
 
 
-def _common_prefix_len(a: bytes, b: bytes) -> int:
+def common_prefix_len(a: bytes, b: bytes) -> int:
+    """Length of the longest common byte prefix of ``a`` and ``b``."""
     n = min(len(a), len(b))
     if n == 0:
         return 0
@@ -196,7 +197,7 @@ class TokenMapper:
             if t_bytes[:1] == b" " and t_bytes[1:] == s_bytes:
                 phantom = 1
             else:
-                covered = _common_prefix_len(t_bytes, s_bytes)
+                covered = common_prefix_len(t_bytes, s_bytes)
         mismatch = covered < split.valid_len
         return _TeacherSide(ids, covered, phantom, appended and not mismatch, mismatch)
 

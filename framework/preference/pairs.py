@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from framework.mapping import TokenMapper, align_flat
+from framework.mapping.mapper import common_prefix_len
 from framework.types import PreferencePair, Prompt, Rollout, TeacherRequest, TeacherScores
 
 ROLES = ("chosen", "rejected")
@@ -85,14 +86,6 @@ def _check_pairs(pairs: Sequence[PreferencePair]) -> None:
                 raise ValueError(
                     f"PreferencePair {pair.pair_id!r}: {role} is empty; give a non-empty response"
                 )
-
-
-def _common_prefix_len(a: bytes, b: bytes) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.frombuffer(a, np.uint8, n) != np.frombuffer(b, np.uint8, n)
-    return int(np.argmax(diff)) if diff.any() else n
 
 
 def _check_content_tokens(info, ids: np.ndarray, sample_id: str, side: str) -> None:
@@ -165,7 +158,7 @@ def encode_pairs(pairs: Sequence[PreferencePair], mapper: TokenMapper) -> list[E
             if t_bytes[:1] == b" " and t_bytes[1:] == s_bytes:  # phantom prefix space on the first token
                 t_lens[int(np.argmax(t_lens > 0))] -= 1
             else:
-                covered_b = _common_prefix_len(t_bytes, s_bytes)
+                covered_b = common_prefix_len(t_bytes, s_bytes)
         s_content.append(student.table.byte_lengths[s_ids].astype(np.int64))
         t_content.append(t_lens)
         covered.append(covered_b)
