@@ -164,7 +164,14 @@ exec "$@"
 def _fake_slurm(tmp_path: Path, trainer_exit: int = 0) -> tuple[dict[str, str], Path]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    python_exit = f'[[ "${{1:-}}" == "-m" ]] && exit {trainer_exit}\nexit 0'
+    # the cluster-wait step (`python -c ...`) returns once both `ray start` calls are recorded, as the
+    # real one returns once both nodes joined: the nodes start in the background, so without this a
+    # loaded machine could finish the script before the worker's srun even ran
+    wait_for_nodes = (
+        'if [[ "${1:-}" == "-c" ]]; then for _ in $(seq 300); do '
+        "(( $(tr '\\036' '\\n' < \"$CALLS\" | grep -c $'^ray\\x1f') >= 2 )) && break; sleep 0.1; done; fi"
+    )
+    python_exit = f'{wait_for_nodes}\n[[ "${{1:-}}" == "-m" ]] && exit {trainer_exit}\nexit 0'
     tools = {
         "srun": _SRUN_BODY,
         "scontrol": 'printf "gpu-a\\ngpu-b\\n"',
