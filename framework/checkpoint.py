@@ -68,10 +68,11 @@ def prune(output_dir: str | Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write a small JSON file atomically (a reader never sees half of it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
+def write_json(path: Path, payload: Any) -> None:
+    """Write a small JSON file atomically: a reader never sees half of it, and concurrent writers
+    (one temporary name per process) never interleave."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 

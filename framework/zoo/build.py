@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from framework.checkpoint import write_json
 from framework.zoo.families import FAMILIES, style
 from framework.zoo.settings import ModelSpec, ZooSettings, tokenbridge_home
 
@@ -68,12 +69,6 @@ def _atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _is_complete(path: Path, marker: str) -> bool:
     return (path / marker).is_file()
 
@@ -114,7 +109,7 @@ def _build_tokenizer(family: str, settings: ZooSettings, final: Path) -> None:
             "vocab_size": tokenizer.get_vocab_size(),
             "build_seconds": round(time.perf_counter() - start, 2),
         }
-        _write_json(tmp / _INFO_FILE, info)
+        write_json(tmp / _INFO_FILE, info)
 
 
 def _tokenizer_info(family: str, settings: ZooSettings) -> dict[str, Any]:
@@ -215,7 +210,7 @@ def _build_model(spec: ModelSpec, settings: ZooSettings, tok_dir: Path, final: P
                 "train_loss": round(result.final_loss, 4),
                 "build_seconds": round(time.perf_counter() - start, 2),
             }
-            _write_json(tmp / _INFO_FILE, info)
+            write_json(tmp / _INFO_FILE, info)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -290,7 +285,7 @@ def build_zoo(progress: bool = True, settings: ZooSettings | None = None) -> dic
         model_path(spec.name, settings, progress=progress)
     manifest = read_manifest(settings)
     with _locked(root, "manifest"):
-        _write_json(root / "manifest.json", manifest)
+        write_json(root / "manifest.json", manifest)
     return manifest
 
 
