@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from framework.checkpoint import write_json
 from framework.zoo.families import FAMILIES, style
@@ -124,6 +125,23 @@ def _tokenizer_info(family: str, settings: ZooSettings) -> dict[str, Any]:
 
 def model_path(name: str, settings: ZooSettings | None = None, progress: bool = False) -> Path:
     """Folder of zoo model ``name`` (e.g. ``"teacher-qwen"``); trains it first if missing (minutes)."""
+    bar = ZooProgressBar() if progress else None
+    try:
+        return ensure_model(name, settings, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def ensure_model(
+    name: str,
+    settings: ZooSettings | None = None,
+    progress: BuildProgress | None = None,
+    threads: int | None = None,
+) -> Path:
+    """``model_path`` with the progress sink and torch thread count chosen by the caller (the parallel
+    build gives each worker its share of the cores; ``None`` keeps the process's setting).
+    """
     settings = settings or DEFAULT_SETTINGS
     try:
         spec = settings.model(name)
@@ -136,11 +154,29 @@ def model_path(name: str, settings: ZooSettings | None = None, progress: bool = 
     tok_dir = tokenizer_path(spec.family, settings)
     with _locked(root, f"model-{name}"):
         if not _is_complete(final, _INFO_FILE):
-            _build_model(spec, settings, tok_dir, final, progress)
+            _build_model(spec, settings, tok_dir, final, progress, threads)
     return final
 
 
-def _build_model(spec: ModelSpec, settings: ZooSettings, tok_dir: Path, final: Path, progress: bool) -> None:
+class BuildProgress(Protocol):
+    """Receives one model build's progress: ``start``, then ``step`` per SFT step and ``eval`` per
+    validation, then ``finish`` with the held-out test accuracy.
+    """
+
+    def start(self, name: str, max_steps: int) -> None: ...
+    def step(self, name: str, step: int, loss: float) -> None: ...
+    def eval(self, name: str, step: int, val_accuracy: float) -> None: ...
+    def finish(self, name: str, steps: int, test_accuracy: float) -> None: ...
+
+
+def _build_model(
+    spec: ModelSpec,
+    settings: ZooSettings,
+    tok_dir: Path,
+    final: Path,
+    progress: BuildProgress | None,
+    threads: int | None,
+) -> None:
     import torch
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -150,7 +186,7 @@ def _build_model(spec: ModelSpec, settings: ZooSettings, tok_dir: Path, final: P
 
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(threads or previous_threads)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         generation_config = GenerationConfig.from_pretrained(str(tok_dir))
@@ -167,7 +203,8 @@ def _build_model(spec: ModelSpec, settings: ZooSettings, tok_dir: Path, final: P
         train_prompts = make_problems(num_train, seed=spec.seed, split="train")
         val_prompts = make_problems(settings.val_problems, seed=spec.seed, split="val")
         test_prompts = make_problems(settings.eval_problems, seed=0, split="test")
-        bar = _progress_bar(spec, progress)
+        if progress is not None:
+            progress.start(spec.name, spec.max_steps)
         result = train_sft(
             model,
             tokenizer,
@@ -183,12 +220,12 @@ def _build_model(spec: ModelSpec, settings: ZooSettings, tok_dir: Path, final: P
             stop_at_val_accuracy=spec.stop_at_val_accuracy,
             max_new_tokens=settings.eval_max_new_tokens,
             seed=spec.seed,
-            on_step=bar.update if bar is not None else None,
-            on_eval=bar.on_eval if bar is not None else None,
+            on_step=functools.partial(progress.step, spec.name) if progress is not None else None,
+            on_eval=functools.partial(progress.eval, spec.name) if progress is not None else None,
         )
         test_accuracy = accuracy(model, tokenizer, test_prompts, stop_ids, settings.eval_max_new_tokens)
-        if bar is not None:
-            bar.finish(result.steps, test_accuracy)
+        if progress is not None:
+            progress.finish(spec.name, result.steps, test_accuracy)
         with _atomic_dir(final) as tmp:
             model.save_pretrained(str(tmp), safe_serialization=True)
             for file_name in _TOKENIZER_FILES:
@@ -215,36 +252,52 @@ def _build_model(spec: ModelSpec, settings: ZooSettings, tok_dir: Path, final: P
         torch.set_num_threads(previous_threads)
 
 
-class _StepBar:
-    """tqdm bar advanced by the training loop's ``on_step(step, loss)`` callback."""
+class ZooProgressBar:
+    """One tqdm bar over the SFT steps of every model being built (several at once in a parallel
+    build); the postfix shows each active model's loss and validation accuracy, and a line is printed
+    as each model finishes. Early stopping takes the unused steps off the total.
+    """
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._active: dict[str, dict[str, Any]] = {}
+
+    def start(self, name: str, max_steps: int) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=spec.max_steps, desc=f"zoo {spec.name}", unit="step", leave=True)
+        if self._bar is None:
+            self._bar = tqdm(total=0, desc="zoo", unit="step", dynamic_ncols=True)
+        self._bar.total += max_steps
+        self._active[name] = {"max_steps": max_steps, "start": time.perf_counter(), "loss": "-", "val": "-"}
+        self._show()
 
-        self._postfix: dict[str, str] = {}
-
-    def update(self, step: int, loss: float) -> None:
+    def step(self, name: str, step: int, loss: float) -> None:
         self._bar.update(1)
         if step % 10 == 0:
-            self._postfix["loss"] = f"{loss:.3f}"
-            self._bar.set_postfix(self._postfix)
+            self._active[name]["loss"] = f"{loss:.3f}"
+            self._show()
 
-    def on_eval(self, step: int, val_accuracy: float) -> None:
-        self._postfix["val_acc"] = f"{val_accuracy:.2f}"
-        self._bar.set_postfix(self._postfix)
+    def eval(self, name: str, step: int, val_accuracy: float) -> None:
+        self._active[name]["val"] = f"{val_accuracy:.2f}"
+        self._show()
 
-    def finish(self, steps: int, test_accuracy: float) -> None:
-        """Early stopping ends the bar at ``steps``; show the held-out accuracy."""
-        self._bar.total = steps
-        self._postfix["test_acc"] = f"{test_accuracy:.2f}"
-        self._bar.set_postfix(self._postfix)
-        self._bar.close()
+    def finish(self, name: str, steps: int, test_accuracy: float) -> None:
+        state = self._active.pop(name)
+        self._bar.total -= state["max_steps"] - steps
+        self._bar.write(
+            f"zoo {name}: {steps} steps, held-out accuracy {test_accuracy:.1%}, "
+            f"{time.perf_counter() - state['start']:.0f} s"
+        )
+        self._show()
 
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
-def _progress_bar(spec: ModelSpec, progress: bool) -> _StepBar | None:
-    return _StepBar(spec) if progress else None
+    def _show(self) -> None:
+        parts = [f"{name} loss {s['loss']} val {s['val']}" for name, s in self._active.items()]
+        self._bar.set_postfix_str(" | ".join(parts), refresh=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,14 +328,22 @@ def read_manifest(settings: ZooSettings | None = None) -> dict[str, Any]:
     }
 
 
-def build_zoo(progress: bool = True, settings: ZooSettings | None = None) -> dict[str, Any]:
-    """Build every missing tokenizer and model, write ``manifest.json`` and return it."""
+def build_zoo(
+    progress: bool = True, settings: ZooSettings | None = None, jobs: int | None = None
+) -> dict[str, Any]:
+    """Build every missing tokenizer and model, write ``manifest.json`` and return it.
+
+    Models build side by side in ``jobs`` worker processes (default: one per core, at most one per
+    missing model; see ``framework.zoo.parallel``); ``jobs=1`` builds them one by one in this process.
+    """
+    from framework.zoo.parallel import build_models
+
     settings = settings or DEFAULT_SETTINGS
     root = zoo_root(settings)
     for family in FAMILIES:
         tokenizer_path(family, settings)
-    for spec in settings.models:
-        model_path(spec.name, settings, progress=progress)
+    missing = [spec for spec in settings.models if not _is_complete(root / "models" / spec.name, _INFO_FILE)]
+    build_models(missing, settings, jobs=jobs, progress=progress)
     manifest = read_manifest(settings)
     with _locked(root, "manifest"):
         write_json(root / "manifest.json", manifest)
@@ -306,7 +367,10 @@ def resolve_model(spec: str) -> str:
 __all__ = [
     "DEFAULT_SETTINGS",
     "FAMILIES",
+    "BuildProgress",
+    "ZooProgressBar",
     "build_zoo",
+    "ensure_model",
     "model_path",
     "read_manifest",
     "remove_zoo",

@@ -21,14 +21,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tokenbridge-zoo", description=__doc__)
     parser.add_argument("--rebuild", action="store_true", help="delete this zoo version and build it again")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="models built side by side in worker processes (default: one per core; 1 = one at a time)",
+    )
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1 (got {args.jobs})")
     from framework.zoo import build_zoo, remove_zoo, zoo_root
 
     if args.rebuild:
         remove_zoo()
     start = time.perf_counter()
     print(f"tokenbridge zoo at {zoo_root()}", flush=True)
-    manifest = build_zoo(progress=not args.quiet)
+    manifest = build_zoo(progress=not args.quiet, jobs=args.jobs)
     _print_manifest(manifest)
     print(f"manifest: {zoo_root() / 'manifest.json'}")
     print(f"ready in {time.perf_counter() - start:.0f}s (built entries are reused; --rebuild starts over)")

@@ -62,7 +62,6 @@ class ZooSettings:
     val_problems: int = 64
     eval_problems: int = 200  # held-out test problems for the manifest accuracy
     eval_max_new_tokens: int = 48
-    torch_threads: int = 2
     tokenizers: tuple[TokenizerSpec, ...] = (
         TokenizerSpec("llama3", 1024),
         TokenizerSpec("qwen", 896),

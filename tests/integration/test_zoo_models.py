@@ -88,9 +88,9 @@ def test_every_model_loads_in_transformers_and_generates(records):
         assert all(r.strip() for r in responses), name
         correct = sum(verify(r, p.answer) for r, p in zip(responses, prompts)) / len(prompts)
         if record["role"] == "teacher":
-            # a trained teacher, far above the ~20% student initialisations (teacher-qwen measured 79.5%
-            # on 200 problems, below the 90% aim: see the README's zoo table)
-            assert correct >= 0.6, (name, correct, responses[:3])
+            # a trained teacher, far above the 20-40% student initialisations (both teachers measure
+            # ~97% on 200 problems; 32 problems leave room for sampling noise)
+            assert correct >= 0.8, (name, correct, responses[:3])
 
 
 def _vllm_run(path: str, prompts) -> tuple[list, float, float]:

@@ -1,0 +1,30 @@
+"""How the parallel zoo build shares models among workers (the process side is in
+tests/integration/test_zoo_parallel.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from framework.zoo.parallel import default_jobs, longest_first, step_cost
+from framework.zoo.settings import DEFAULT_MODELS
+
+
+def test_teachers_start_first_then_students():
+    order = longest_first(DEFAULT_MODELS)
+    assert order[:2] == ["teacher-qwen", "teacher-llama3"]  # equal cost: the settings' order is kept
+    assert sorted(order[2:]) == ["student-gemma", "student-llama3", "student-qwen"]
+
+
+def test_cost_grows_with_steps_depth_and_width():
+    spec = DEFAULT_MODELS[2]
+    base = step_cost(spec)
+    assert step_cost(dataclasses.replace(spec, max_steps=2 * spec.max_steps)) == 2 * base
+    assert step_cost(dataclasses.replace(spec, num_layers=2 * spec.num_layers)) == 2 * base
+    assert step_cost(dataclasses.replace(spec, intermediate_size=2 * spec.intermediate_size)) > base
+
+
+def test_one_worker_per_core_and_never_more_than_models():
+    assert default_jobs(5, cores=2) == 2
+    assert default_jobs(5, cores=16) == 5
+    assert default_jobs(1, cores=16) == 1
+    assert default_jobs(0, cores=4) == 1
