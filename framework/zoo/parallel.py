@@ -47,7 +47,7 @@ def default_jobs(num_models: int, cores: int | None = None) -> int:
     return max(1, min(num_models, cores or usable_cores()))
 
 
-def step_cost(spec: ModelSpec) -> float:
+def build_cost(spec: ModelSpec) -> float:
     """Relative FLOPs of a model's whole build (its step budget times its per-token layer FLOPs).
 
     Only the order matters (to start the longest builds first); the embedding and output head are left
@@ -59,8 +59,8 @@ def step_cost(spec: ModelSpec) -> float:
 
 
 def longest_first(specs: Sequence[ModelSpec]) -> list[str]:
-    """Model names by decreasing ``step_cost`` (ties keep the settings' order)."""
-    return [spec.name for spec in sorted(specs, key=step_cost, reverse=True)]
+    """Model names by decreasing ``build_cost`` (ties keep the settings' order)."""
+    return [spec.name for spec in sorted(specs, key=build_cost, reverse=True)]
 
 
 class _WorkerProgress:
@@ -211,4 +211,4 @@ def _follow(workers: list[Any], events: Any, bar: ZooProgressBar | None) -> None
             running -= 1
 
 
-__all__ = ["ZooBuildError", "build_models", "default_jobs", "longest_first", "step_cost", "usable_cores"]
+__all__ = ["ZooBuildError", "build_cost", "build_models", "default_jobs", "longest_first", "usable_cores"]

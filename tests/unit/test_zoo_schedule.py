@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from framework.zoo.parallel import default_jobs, longest_first, step_cost
+from framework.zoo.parallel import build_cost, default_jobs, longest_first
 from framework.zoo.settings import DEFAULT_MODELS
 
 
@@ -17,10 +17,10 @@ def test_teachers_start_first_then_students():
 
 def test_cost_grows_with_steps_depth_and_width():
     spec = DEFAULT_MODELS[2]
-    base = step_cost(spec)
-    assert step_cost(dataclasses.replace(spec, max_steps=2 * spec.max_steps)) == 2 * base
-    assert step_cost(dataclasses.replace(spec, num_layers=2 * spec.num_layers)) == 2 * base
-    assert step_cost(dataclasses.replace(spec, intermediate_size=2 * spec.intermediate_size)) > base
+    base = build_cost(spec)
+    assert build_cost(dataclasses.replace(spec, max_steps=2 * spec.max_steps)) == 2 * base
+    assert build_cost(dataclasses.replace(spec, num_layers=2 * spec.num_layers)) == 2 * base
+    assert build_cost(dataclasses.replace(spec, intermediate_size=2 * spec.intermediate_size)) > base
 
 
 def test_one_worker_per_core_and_never_more_than_models():
