@@ -172,6 +172,8 @@ def build_models(
         for worker in workers:
             worker.start()
         _follow(workers, events, bar)
+        for worker in workers:  # each has reported "exit": let it flush its queue and end by itself
+            worker.join(timeout=60)
     finally:
         if bar is not None:
             bar.close()
@@ -180,6 +182,9 @@ def build_models(
                 worker.terminate()
         for worker in workers:
             worker.join(timeout=30)
+            if worker.is_alive():  # SIGTERM unwinds Python code; a worker stuck in native code needs SIGKILL
+                worker.kill()
+                worker.join(timeout=10)
 
 
 def _follow(workers: list[Any], events: Any, bar: ZooProgressBar | None) -> None:

@@ -66,10 +66,11 @@ def test_a_failing_model_stops_the_build_and_the_next_build_finishes_the_rest(zo
         build_zoo(progress=False, settings=settings, jobs=2)
     message = str(failure.value)
     assert bad.name in message and "unknown arch 'gpt-nonexistent'" in message and "Traceback" in message
-    # the other worker was stopped mid-training: no process left, nothing half-built, nothing claimed built
+    # the other worker was stopped (mid-training, unless a loaded machine let it finish first): no
+    # process left, nothing half-built
     assert multiprocessing.active_children() == []
     assert _leftovers(settings) == []
-    assert read_manifest(settings)["models"] == []
+    assert [m["name"] for m in read_manifest(settings)["models"]] in ([], [good.name])
 
     # the next build (in this process) builds what is missing; the bad spec still fails, alone
     build_models([good], settings, jobs=1, progress=False)
