@@ -125,12 +125,8 @@ def _tokenizer_info(family: str, settings: ZooSettings) -> dict[str, Any]:
 
 def model_path(name: str, settings: ZooSettings | None = None, progress: bool = False) -> Path:
     """Folder of zoo model ``name`` (e.g. ``"teacher-qwen"``); trains it first if missing (minutes)."""
-    bar = ZooProgressBar() if progress else None
-    try:
+    with progress_bar(progress) as bar:
         return ensure_model(name, settings, bar)
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def ensure_model(
@@ -300,6 +296,17 @@ class ZooProgressBar:
         self._bar.set_postfix_str(" | ".join(parts), refresh=True)
 
 
+@contextlib.contextmanager
+def progress_bar(enabled: bool) -> Iterator[ZooProgressBar | None]:
+    """A ``ZooProgressBar`` closed on exit, or ``None`` when progress is off."""
+    bar = ZooProgressBar() if enabled else None
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # whole zoo
 
@@ -372,6 +379,7 @@ __all__ = [
     "build_zoo",
     "ensure_model",
     "model_path",
+    "progress_bar",
     "read_manifest",
     "remove_zoo",
     "resolve_model",

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from framework.zoo.build import ZooProgressBar, ensure_model
+from framework.zoo.build import ZooProgressBar, ensure_model, progress_bar
 from framework.zoo.settings import ModelSpec, ZooSettings
 
 
@@ -80,10 +80,14 @@ class _WorkerProgress:
     def start(self, name: str, max_steps: int) -> None:
         self._send(name, "start", max_steps)
 
+    def threads(self) -> int:
+        """This worker's share of the cores now."""
+        return max(1, self._cores // max(1, self._building.value))
+
     def step(self, name: str, step: int, loss: float) -> None:
         import torch
 
-        threads = max(1, self._cores // max(1, self._building.value))
+        threads = self.threads()
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         self._send(name, "step", step, loss)
@@ -104,7 +108,7 @@ def _worker(
     cores: int,
     progress: bool,
 ) -> None:
-    """Take the next model off ``names`` until none is left; report ``built``/``failed`` per model."""
+    """Take the next model off ``names`` until none is left; report ``failed`` (then stop) or ``exit``."""
     # SIGTERM from the parent (another worker failed) unwinds like an exception, so the half-built
     # model's temporary folder is removed by its ``finally``.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -117,15 +121,13 @@ def _worker(
             if index >= len(names):
                 break
             name = names[index]
-            threads = max(1, cores // max(1, building.value))
             try:
-                ensure_model(name, settings, reporter, threads=threads)
+                ensure_model(name, settings, reporter, threads=reporter.threads())
             except KeyboardInterrupt:
                 return  # Ctrl-C reaches the whole process group; the parent reports it
             except BaseException:
                 events.put(("failed", name, traceback.format_exc()))
                 return
-            events.put(("built", name, None))
     finally:
         with building.get_lock():
             building.value -= 1
@@ -143,13 +145,9 @@ def build_models(
         raise ValueError(f"jobs must be >= 1 (got {jobs}); use 1 to build in this process")
     names = longest_first(specs)
     if jobs == 1:
-        bar = ZooProgressBar() if progress else None
-        try:
+        with progress_bar(progress) as bar:
             for name in names:
                 ensure_model(name, settings, bar)
-        finally:
-            if bar is not None:
-                bar.close()
         return
     # spawn, not fork: a forked child inherits the parent's torch/OpenMP thread pools in whatever state
     # they are, which can deadlock.
@@ -167,16 +165,14 @@ def build_models(
         )
         for rank in range(jobs)
     ]
-    bar = ZooProgressBar() if progress else None
     try:
         for worker in workers:
             worker.start()
-        _follow(workers, events, bar)
+        with progress_bar(progress) as bar:
+            _follow(workers, events, bar)
         for worker in workers:  # each has reported "exit": let it flush its queue and end by itself
             worker.join(timeout=60)
     finally:
-        if bar is not None:
-            bar.close()
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()
