@@ -146,8 +146,11 @@ def test_ray_job_rejects_bad_invocations(args, env, message):
 # ---- slurm.sbatch -----------------------------------------------------------------------------
 
 _RECORDER = """#!/usr/bin/env bash
-# records: tool name, the node srun put it on, RAY_ADDRESS, then every argument (one per field)
-{{ printf '%s' "{name}"; printf '\\x1f%s' "${{FAKE_NODE:-}}" "${{RAY_ADDRESS:-}}" "$@"; printf '\\x1e'; }} >> "$CALLS"
+# records: tool name, the node srun put it on, RAY_ADDRESS, then every argument (one per field). The
+# record goes out in ONE append: head, worker and cluster-wait run at once, and separate writes from
+# them interleave into records no one can parse.
+printf -v fields '\\x1f%s' "${{FAKE_NODE:-}}" "${{RAY_ADDRESS:-}}" "$@"
+printf '%s%s\\x1e' "{name}" "$fields" >> "$CALLS"
 {body}
 """
 _SRUN_BODY = """while (($# > 0)); do
