@@ -1,6 +1,7 @@
 """Checkpoint folders: atomic commit, latest-complete lookup, pruning, controller state as JSON.
 
-Layout: ``OUTPUT/checkpoints/step_000040/{student/, learner/, controller.json, COMPLETE}``. A
+Layout: ``OUTPUT/checkpoints/step_000040/{student/, learner/, controller.json, COMPLETE}``, and
+``OUTPUT/best/{student/, best.json}``: the student of the best evaluation so far (:func:`save_best`). A
 checkpoint is written under a ``.tmp-`` name and renamed only after every part (student weights,
 learner state, controller state) is on disk, then marked ``COMPLETE``; a half-written folder is never
 picked by :func:`latest_complete`. Nothing here unpickles anything.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,45 @@ def prune(output_dir: str | Path, keep: int) -> None:
     )
     for old in done[: max(0, len(done) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def eval_score(metrics: dict[str, float]) -> tuple[str, float] | None:
+    """What "best" is judged by: held-out accuracy where the task has a verifier, else the negated
+    teacher reverse-KL (lower KL is better). None when the evaluation produced neither."""
+    if "eval/accuracy" in metrics:
+        return "eval/accuracy", float(metrics["eval/accuracy"])
+    if "eval/teacher_kl" in metrics:
+        return "-eval/teacher_kl", -float(metrics["eval/teacher_kl"])
+    return None
+
+
+def best_record(output_dir: str | Path) -> dict[str, Any] | None:
+    """``OUTPUT/best/best.json`` (step, metric, value) of the best evaluation so far, if any."""
+    path = Path(output_dir) / "best" / "best.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def save_best(output_dir: str | Path, record: dict[str, Any], write_student: Callable[[Path], None]) -> Path:
+    """Replace ``OUTPUT/best`` with the student ``write_student`` writes and ``record`` as best.json.
+
+    Written under a temporary name and swapped in with renames, so ``best/`` is always one whole
+    (student, record) pair: an interrupted save leaves the previous best in place.
+    """
+    root = Path(output_dir)
+    tmp, best, old = root / ".tmp-best", root / "best", root / ".old-best"
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_student(tmp / "student")
+    write_json(tmp / "best.json", record)
+    if best.exists():
+        os.replace(best, old)
+    os.replace(tmp, best)
+    shutil.rmtree(old, ignore_errors=True)
+    return best
 
 
 def write_json(path: Path, payload: Any) -> None:

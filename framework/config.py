@@ -31,6 +31,8 @@ class PairConfig:
     student: str = "zoo:student-llama3"
     teacher: str = "zoo:teacher-qwen"
     trust_remote_code: bool = False  # never on unless the user asks for it
+    # pickle weights (*.bin / *.pt without safetensors) can run code when loaded: refused unless true
+    allow_pickle_weights: bool = False
 
 
 @dataclass
@@ -301,9 +303,13 @@ def validate(cfg: Config) -> None:
         ("data.max_bad_lines", cfg.data.max_bad_lines),
     ]:
         _positive(key, value, allow_zero=True)
-    if not 0.0 < cfg.rollout.top_p <= 1.0:
+    if cfg.rollout.top_p != 1.0:
+        # the learner recomputes log pi(a) / T over the whole vocabulary; a top-p-truncated
+        # behaviour distribution would make the importance ratio wrong on every step
         raise ConfigError(
-            "rollout.top_p", f"must be in (0, 1], got {cfg.rollout.top_p}", "set rollout.top_p=1.0"
+            "rollout.top_p",
+            f"on-policy training needs the untruncated sampling distribution, got {cfg.rollout.top_p}",
+            "set rollout.top_p=1.0 (lower rollout.temperature to sharpen sampling instead)",
         )
     if cfg.rollout.temperature == 0.0:
         raise ConfigError(

@@ -17,6 +17,7 @@ importance ratio in the loss corrects for the older behaviour policy. Faults: se
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from framework.data import PromptCursor
 from framework.data.verifiers import get_verifier
 from framework.eval import accuracy, generation_rows, teacher_kl
 from framework.ledger import Ledger
-from framework.logging import RunLogger
+from framework.logging import RunLogger, plot_run, read_metrics, say
 from framework.types import Prompt
 
 
@@ -112,7 +113,25 @@ class Controller:
             final["checkpoint"] = str(self._checkpoint())  # type: ignore[assignment]
         finally:
             log.close()
+        self._summary(final)
         return final
+
+    def _summary(self, final: dict[str, float]) -> None:
+        """The closing lines: first → last held-out metrics, the best evaluation kept, the plot."""
+        rows = read_metrics(self.output_dir / "metrics.jsonl")
+        evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+        for key, name in (("eval/accuracy", "accuracy"), ("eval/teacher_kl", "teacher-KL")):
+            values = [f"{r[key]:.3f}" for r in evals if key in r]
+            if values:
+                say(f"[tokenbridge] held-out {name} by eval (steps {evals[0]['step']}..{evals[-1]['step']}): "
+                    + " → ".join(values))  # fmt: skip
+        best = checkpoint.best_record(self.output_dir)
+        if best is not None:
+            say(f"[tokenbridge] best {best['metric']}={best['value']:.4f} at step {best['step']}: "
+                f"{self.output_dir / 'best' / 'student'}")  # fmt: skip
+        plot = plot_run(self.output_dir)
+        if plot is not None:
+            say(f"[tokenbridge] curves: {plot}")
 
     def _sync(self) -> float:
         start = time.perf_counter()
@@ -175,8 +194,21 @@ class Controller:
             metrics.update(teacher_kl(ray.get(chain.out_ref, timeout=self.cfg.trainer.teacher_timeout_s)))
         log.log(self.step, metrics)
         log.log_generations(self.step, generation_rows(greedy_out, verify, self.cfg.logging.log_generations))
-        log.write(f"[eval step {self.step}] " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        say(f"[eval step {self.step}] " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        self._keep_best(metrics)
         return metrics
+
+    def _keep_best(self, metrics: dict[str, float]) -> None:
+        """Keep the student of the best evaluation so far in ``OUTPUT/best`` (beside the last checkpoint)."""
+        score = checkpoint.eval_score(metrics)
+        best = checkpoint.best_record(self.output_dir)
+        if score is None or (best is not None and score[1] <= best["value"]):
+            return
+        record = {"step": self.step, "metric": score[0], "value": score[1]}
+        timeout = self.cfg.trainer.learner_timeout_s
+        checkpoint.save_best(
+            self.output_dir, record, partial(self.stages.learner.save_student, timeout_s=timeout)
+        )
 
     # ---------------------------------------------------------------- checkpoints
     def _checkpoint(self) -> Path:
@@ -199,6 +231,7 @@ class Controller:
             ckpt = checkpoint.latest_complete(self.output_dir) if resume == "auto" else Path(resume)
         if ckpt is None:
             self.ledger.truncate_after(0)  # a fresh run: nothing trained yet, whatever the folder held
+            shutil.rmtree(self.output_dir / "best", ignore_errors=True)  # nor is an older run's best its own
             return
         state = checkpoint.load_controller_state(ckpt)
         self.stages.learner.load(ckpt, timeout_s=self.cfg.trainer.learner_timeout_s)
@@ -211,7 +244,7 @@ class Controller:
         checkpoint.write_json(
             self.output_dir / "resumed_from.json", {"checkpoint": str(ckpt), "step": self.step}
         )
-        print(f"[tokenbridge] resumed from {ckpt} (step {self.step})", flush=True)
+        say(f"[tokenbridge] resumed from {ckpt} (step {self.step})")
         self._sync()
 
     def _recover_learner(self) -> None:

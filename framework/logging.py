@@ -1,5 +1,11 @@
 """Run logging: Weights & Biases (offline by default), a console progress bar with ETA, a JSONL log.
 
+What the user reads is split in two. The console gets the progress bar, the start-up lines, one line
+per evaluation and the final summary (:func:`say`); every such line also goes to ``train.log`` in the
+run folder. The actors' own output (vLLM, DeepSpeed, transformers, Ray workers) goes to
+``logs/actors.log`` in the run folder (:func:`route_actor_output`, a Ray worker set-up hook), not to
+the console. At the end :func:`plot_run` draws held-out accuracy and teacher-KL against steps.
+
 Secrets never reach a log: the config holds the *name* of the env var with an API key, never the key,
 and :func:`redact` masks anything that looks like a credential before a config is saved or uploaded.
 """
@@ -15,6 +21,96 @@ from pathlib import Path
 from typing import Any
 
 from framework.config import Config
+
+ACTOR_LOG_ENV = "TOKENBRIDGE_ACTOR_LOG"  # the file the actors' stdout/stderr are appended to
+_run_log: Path | None = None  # train.log of the current run (set by open_run_log)
+_bar: Any = None  # the live progress bar, so that say() prints above it
+
+
+def open_run_log(output_dir: Path) -> Path:
+    """Make ``output_dir/train.log`` the file every :func:`say` line is appended to."""
+    global _run_log
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _run_log = output_dir / "train.log"
+    return _run_log
+
+
+def say(text: str) -> None:
+    """One line for the user: on the console (above the progress bar) and in ``train.log``."""
+    if _bar is not None:
+        _bar.write(text)
+    else:
+        print(text, flush=True)
+    if _run_log is not None:
+        with _run_log.open("a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+def route_actor_output() -> None:
+    """Ray ``worker_process_setup_hook``: send this worker's stdout/stderr (and those of the processes
+    it starts, e.g. vLLM's engine core, which inherit the descriptors) to the run's actor log.
+
+    One file opened in append mode by every worker: each write lands whole at the end, so lines of
+    different actors interleave but are never torn. Without ``$TOKENBRIDGE_ACTOR_LOG`` it does nothing.
+    """
+    import sys
+
+    target = os.environ.get(ACTOR_LOG_ENV)
+    if not target:
+        return
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def plot_run(output_dir: Path) -> Path | None:
+    """``curves.png`` in the run folder: held-out accuracy and teacher-KL against training steps,
+    read back from ``metrics.jsonl`` (None when nothing was evaluated or matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = read_metrics(output_dir / "metrics.jsonl")
+    series = {
+        key: [(r["step"], r[key]) for r in rows if key in r] for key in ("eval/accuracy", "eval/teacher_kl")
+    }
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.5), squeeze=False)
+    for ax, (key, points) in zip(axes[0], series.items()):
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o")
+        ax.set_xlabel("step")
+        ax.set_title(key.removeprefix("eval/").replace("_", " ") + " (held out)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = output_dir / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a ``metrics.jsonl``; for a step logged twice (a resume redid it) the last wins."""
+    if not path.exists():
+        return []
+    by_step: dict[tuple[int, frozenset[str]], dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed run: the rest still counts
+            continue
+        by_step[(int(row["step"]), frozenset(k for k in row if k != "time"))] = row
+    return sorted(by_step.values(), key=lambda r: r["step"])
+
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)$", re.IGNORECASE)
 
@@ -63,6 +159,8 @@ class RunLogger:
             self.bar = tqdm(
                 total=total_steps, initial=start_step, desc="distil", unit="step", dynamic_ncols=True
             )
+        global _bar
+        _bar = self.bar
         self._t0 = time.time()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -91,15 +189,11 @@ class RunLogger:
             table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
             self.wandb.log({"eval/generations": table}, step=step)
 
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-
     def close(self) -> None:
+        global _bar
         if self.bar is not None:
             self.bar.close()
+            _bar = None
         self.jsonl.close()
         if self.wandb is not None:
             self.wandb.finish()

@@ -8,6 +8,7 @@ zoo pair (Qwen-style teacher → Llama-3-style student) on the built-in arithmet
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -17,6 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from framework.config import Config, ConfigError, register_configs, to_config
+from framework.logging import ACTOR_LOG_ENV, open_run_log, say
 
 RECIPES = str(Path(__file__).resolve().parent.parent / "recipes")
 
@@ -35,23 +37,30 @@ def _output_dir(cfg: Config) -> Path:
 def _init_ray(cfg: Config) -> None:
     import ray
 
-    env = {
-        k: os.environ[k]
-        for k in ("WANDB_MODE", "DS_ACCELERATOR", "OMP_NUM_THREADS", "TOKENBRIDGE_HOME", "HF_HUB_OFFLINE")
-        if k in os.environ
-    }
+    names = (
+        "WANDB_MODE",
+        "DS_ACCELERATOR",
+        "OMP_NUM_THREADS",
+        "TOKENBRIDGE_HOME",
+        "HF_HUB_OFFLINE",
+        ACTOR_LOG_ENV,
+    )
+    env = {k: os.environ[k] for k in names if k in os.environ}
+    # the actors' own output (vLLM, DeepSpeed, transformers) goes to the run's logs/actors.log
+    runtime_env = {"env_vars": env, "worker_process_setup_hook": "framework.logging.route_actor_output"}
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # inside `ray job submit` / KubeRay: the job's runtime_env already carries the env; a second
         # one would make Ray refuse to merge them
-        ray.init(address=address or "auto", log_to_driver=True)
+        ray.init(address=address or "auto", **quiet)
     elif address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, **quiet)
     else:
         # a private, loopback-only Ray for one machine (no dashboard, nothing listening outside)
         ray.init(
-            address="local", _node_ip_address="127.0.0.1", include_dashboard=False, runtime_env={"env_vars": env},
-            num_cpus=max(4, os.cpu_count() or 1), log_to_driver=True,
+            address="local", _node_ip_address="127.0.0.1", include_dashboard=False, runtime_env=runtime_env,
+            num_cpus=max(4, os.cpu_count() or 1), **quiet,
         )  # fmt: skip
 
 
@@ -62,22 +71,17 @@ def run(cfg: Config) -> dict[str, float]:
     from framework.actors.cluster import start_stages
     from framework.controller import Controller
     from framework.data import load_prompts
-    from framework.zoo import resolve_model
+    from framework.models import resolve_pair
 
+    # zoo:NAME, a local folder or a Hub id (downloaded here unless HF_HUB_OFFLINE is set), checked
+    # before anything starts; the actors then read local folders only (HF_HUB_OFFLINE=1 below)
+    student, teacher = resolve_pair(cfg)
     os.environ.setdefault(
         "WANDB_MODE", cfg.logging.wandb_mode if cfg.logging.wandb_mode != "disabled" else "offline"
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if cfg.cluster.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    student, teacher = resolve_model(cfg.pair.student), resolve_model(cfg.pair.teacher)
-    for key, path in (("pair.student", student), ("pair.teacher", teacher)):
-        if cfg.teacher.backend == "http" and key == "pair.teacher":
-            continue
-        if not Path(path).is_dir():
-            raise ConfigError(
-                key, f"{path!r} is not a local model folder", "give a downloaded HF model dir or zoo:NAME"
-            )
     train, train_report = load_prompts(
         cfg.data.train,
         n=cfg.data.num_train,
@@ -92,25 +96,26 @@ def run(cfg: Config) -> dict[str, float]:
         split="eval",
         max_bad_lines=cfg.data.max_bad_lines,
     )
-    if train_report.skipped:
-        print(f"[tokenbridge] skipped {train_report.skipped} bad records: {train_report.reasons}", flush=True)
     output_dir = _output_dir(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    open_run_log(output_dir)
+    os.environ[ACTOR_LOG_ENV] = str((output_dir / "logs" / "actors.log").resolve())
+    if train_report.skipped:
+        say(f"[tokenbridge] skipped {train_report.skipped} bad records: {train_report.reasons}")
     if cfg.algo.name in ("ctpd", "dpo"):  # offline preference pairs: no rollouts, one learner rank
         from framework.preference.from_config import settings_from_config
         from framework.preference.run import run_preference
 
         return run_preference(settings_from_config(cfg, student, teacher, str(output_dir)))
-    print(
-        f"[tokenbridge] student={student}\n[tokenbridge] teacher={teacher}\n[tokenbridge] output={output_dir}",
-        flush=True,
+    say(
+        f"[tokenbridge] student={student}\n[tokenbridge] teacher={teacher}\n[tokenbridge] output={output_dir}"
     )
+    say(f"[tokenbridge] actor logs (vLLM, DeepSpeed): {os.environ[ACTOR_LOG_ENV]}")
     _init_ray(cfg)
     try:
         from framework.resources import alive_node_resources, check_resources
 
         plan = check_resources(cfg, ray.cluster_resources(), alive_node_resources(ray.nodes()))
-        print("[tokenbridge] " + plan.summary(), flush=True)
+        say("[tokenbridge] " + plan.summary())
         stages = start_stages(cfg, student, teacher)
         return Controller(cfg, stages, train, evals, output_dir).run()
     finally:
@@ -126,7 +131,7 @@ def _hydra_main(raw: DictConfig) -> None:
         print(str(e), file=sys.stderr)
         sys.exit(2)
     scalars = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}  # preference runs nest
-    print("[tokenbridge] done: " + "  ".join(f"{k}={v}" for k, v in scalars.items()), flush=True)
+    say("[tokenbridge] done: " + "  ".join(f"{k}={v}" for k, v in scalars.items()))
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from framework.actors.rollout import RolloutWorker
 from framework.actors.stats import kill_local_tree
 from framework.actors.teacher import TeacherWorker
 from framework.config import Config
+from framework.logging import say
 
 
 @dataclass
@@ -212,7 +213,7 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     learner = LearnerGroup([make_rank(r) for r in range(cfg.learner.num_ranks)])
     ray.get([a.ping.remote() for members in pools.values() for a in members], timeout=900)
     identity = ray.get(pools["mapping"][0].is_identity.remote())
-    print(f"[tokenbridge] actors up in {time.time() - t0:.0f}s (identity mapping: {identity})", flush=True)
+    say(f"[tokenbridge] actors up in {time.time() - t0:.0f}s (identity mapping: {identity})")
     stages = Stages(
         pools["rollout"], pools["teacher"], pools["mapping"], learner, identity_mapping=identity,
         teacher_generators=pools.get("generator", []), factories={**factories, "learner": make_rank},

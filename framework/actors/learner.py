@@ -91,6 +91,12 @@ class LearnerWorker(Health):
             self.learner.save_hf(str(Path(folder) / "student"))  # collective; rank 0 writes
             return True
 
+    def save_student(self, folder: str) -> bool:
+        """Only the student's weights, as a Hugging Face folder (collective; rank 0 writes)."""
+        with self.clock:
+            self.learner.save_hf(folder)
+            return True
+
     def load(self, folder: str) -> bool:
         self.learner.load_state(str(Path(folder) / "learner"))
         return True
@@ -123,6 +129,9 @@ class LearnerGroup:
 
     def save(self, folder: Path, timeout_s: float) -> None:
         ray.get([r.save.remote(str(folder)) for r in self.ranks], timeout=timeout_s)
+
+    def save_student(self, folder: Path, timeout_s: float) -> None:
+        ray.get([r.save_student.remote(str(folder)) for r in self.ranks], timeout=timeout_s)
 
     def load(self, folder: Path, timeout_s: float) -> None:
         ray.get([r.load.remote(str(folder)) for r in self.ranks], timeout=timeout_s)

@@ -1,13 +1,15 @@
 """The student's vLLM engine: sampling with behaviour logprobs, scoring, in-place weight reloads.
 
-Behaviour logprobs. vLLM is started with ``logprobs_mode="raw_logprobs"`` (its default, set here
-explicitly): the logprob returned for each sampled token is ``log softmax(z)[a]`` of the model's raw
-logits ``z`` — the policy ``log pi_theta(a | s)`` at temperature 1, before temperature / top-p. That
-is the quantity the learner recomputes for the importance ratio ``pi_theta / pi_behaviour`` and the
-reverse-KL advantage ``log p_T - log p_S`` (Thinking Machines OPD [5]; Niu et al. [1]), so both sides
-compare like with like. When sampling at temperature 1 with top_p = 1 it is also exactly the
-sampling distribution. ``logprobs_mode="processed_logprobs"`` gives the logprob under the actual
-sampling distribution (after temperature / top-p) for callers that want that instead.
+Behaviour logprobs. vLLM is started with ``logprobs_mode="processed_logprobs"``: the logprob
+returned for each sampled token is ``log softmax(z / T)[a]``, the log-probability under the
+distribution the token was actually drawn from (temperature ``T`` applied; ``rollout.top_p`` is held
+at 1 by the config, so no truncation). The learner divides its logits by the same ``T``
+(``LogprobLM(temperature=T)``), so the importance ratio ``pi_theta / pi_behaviour`` is exactly 1 on a
+fully on-policy step at any temperature, and the reverse-KL advantage ``log p_T - log p_S`` (Thinking
+Machines OPD [5]; Niu et al. [1]) compares the teacher with the policy that sampled. vLLM's default,
+``"raw_logprobs"``, returns temperature-1 logprobs instead: with ``T != 1`` the two sides then
+disagree (measured at T = 0.7: ratio 1.0069 and 1.6 % of tokens clipped on the first on-policy
+step). At ``T = 1`` both modes give the same numbers.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class StudentEngine:
     """A vLLM ``LLM`` over token ids, with tokenbridge's worker extension for weight reloads.
 
     No tokenizer is loaded: callers pass rendered prompt token ids and the full ``stop_token_ids``
-    set (generation stops on exactly those). Not thread-safe: one call at a time, which is
+    set (generation stops on exactly those), read from ``framework.data.chat.stop_token_ids`` so that
+    sampling stops on the set the mapper reasons with. Not thread-safe: one call at a time, which is
     also what makes a sample's ``weight_version`` well defined.
     """
 
@@ -61,7 +64,7 @@ class StudentEngine:
         gpu_memory_utilization: float = 0.5,
         dtype: str = "auto",
         trust_remote_code: bool = False,
-        logprobs_mode: str = "raw_logprobs",
+        logprobs_mode: str = "processed_logprobs",
         weight_transfer_backend: str | None = None,
         max_num_seqs: int | None = None,
         enable_sleep_mode: bool = False,
@@ -134,8 +137,9 @@ class StudentEngine:
         one finishes, so a consumer streams per sample instead of waiting for the slowest of a batch.
 
         Generation stops exactly at a token of ``stop_token_ids`` (kept in the response) or after
-        ``max_tokens``; the model's EOS is not added implicitly, so pass the whole stop set (EOS and
-        end-of-turn ids). Each sample is its own vLLM request (what vLLM's own ``n > 1`` fan-out does internally),
+        ``max_tokens``; the model's EOS is not added implicitly, so pass the whole stop set (EOS, the
+        chat template's end of turn and generation_config eos ids, as ``framework.data.chat.stop_token_ids``
+        gives it). Each sample is its own vLLM request (what vLLM's own ``n > 1`` fan-out does internally),
         so every sample is reported the moment it stops. With ``seed`` the run is reproducible.
         """
         from vllm import SamplingParams

@@ -132,20 +132,40 @@ def test_seed_makes_sampling_reproducible(engine):
     assert flat(a) != flat(c)
 
 
-def test_behaviour_logprobs_are_raw_policy_logprobs(engine, hf_model):
-    """At temperature 0.7 / top_p 0.9 the returned logprobs are still log pi(a|s) at temperature 1
-    (raw mode); processed logprobs (the tempered, truncated distribution) would be far off."""
+def learner_logprobs(model, prompt: list[int], response: list[int], temperature: float) -> np.ndarray:
+    """float32[R]: the learner's own forward (LogprobLM, logits divided by the rollout temperature)."""
+    from framework.learner.model import LogprobLM
+
+    lm = LogprobLM(model, chunk_size=7, temperature=temperature)  # odd chunk: chunking must not matter
+    ids = torch.tensor([prompt + response])
+    index = torch.arange(len(prompt) - 1, len(prompt) + len(response) - 1).unsqueeze(0)
+    with torch.inference_mode():
+        logprobs, _, _ = lm(
+            ids, torch.ones_like(ids), index, torch.tensor([response]), torch.ones(1, len(response))
+        )
+    return logprobs[0].float().numpy()
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_behaviour_logprobs_equal_the_learners_at_the_rollout_temperature(engine, hf_model, temperature):
+    """At T != 1 the returned logprob of each sampled token is log softmax(z / T)[a], the same number
+    the learner computes with ``LogprobLM(temperature=T)``: the first on-policy step has ratio 1.
+    (vLLM's raw mode returned temperature-1 logprobs here: off by far more than the tolerance.)"""
     ps = prompts(np.random.default_rng(3), [5, 12])
-    groups = engine.generate(
-        ps, n=2, temperature=0.7, top_p=0.9, max_tokens=16, stop_token_ids=STOP_IDS, seed=3
-    )
-    worst = 0.0
+    groups = engine.generate(ps, n=2, temperature=temperature, max_tokens=16, stop_token_ids=STOP_IDS, seed=3)
+    worst, worst_raw = 0.0, 0.0
     for prompt, g in zip(ps, groups):
         for s in g:
-            ref = hf_logprobs(hf_model, prompt, s.response_ids.tolist())
+            response = s.response_ids.tolist()
+            ref = learner_logprobs(hf_model, prompt, response, temperature)
             worst = max(worst, float(np.abs(ref - s.logprobs).max()))
-    print(f"[measure] behaviour logprob vs HF max|diff| = {worst:.2e}")
+            raw = hf_logprobs(hf_model, prompt, response)
+            worst_raw = max(worst_raw, float(np.abs(raw - s.logprobs).max()))
+    print(
+        f"[measure] T={temperature}: behaviour vs learner max|diff| = {worst:.2e} (vs T=1: {worst_raw:.2e})"
+    )
     assert worst < LOGPROB_ATOL
+    assert worst_raw > 10 * LOGPROB_ATOL  # the check can tell the two temperatures apart
 
 
 def test_stream_yields_every_sample_once_as_it_finishes(engine):
