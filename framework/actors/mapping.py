@@ -17,13 +17,14 @@ class MappingWorker(Health):
     ):  # fmt: skip
         from transformers import AutoTokenizer
 
-        from framework.data.chat import stop_token_ids
+        from framework.data.chat import stop_tokens
         from framework.data.verifiers import get_verifier
         from framework.mapping import TokenMapper
 
         self.mapper = TokenMapper.from_paths(student_path, teacher_path, credit=credit, topk=dense_topk)
         self.student_tokenizer = AutoTokenizer.from_pretrained(student_path)
-        self.student_stop = stop_token_ids(self.student_tokenizer, student_path)
+        # the token the student's chat template closes an assistant turn with (e.g. Llama-3's <|eot_id|>)
+        self.student_end_of_response = stop_tokens(self.student_tokenizer, student_path).end_of_response
         self.max_prompt_tokens = max_prompt_tokens
         self.verify = get_verifier(verifier)
         self.clock = BusyClock()
@@ -61,7 +62,8 @@ class MappingWorker(Health):
         """sft_teacher baseline: the teacher's response text, re-tokenized by the STUDENT, as a CE target.
 
         The student prompt is rendered with the student's chat template; the response ids are the
-        student tokenization of the teacher's text, plus the student stop token when the teacher stopped.
+        student tokenization of the teacher's text, plus the token the student's chat template ends an
+        assistant turn with when the teacher stopped.
         """
         from framework.data.chat import render_prompt_ids
 
@@ -72,9 +74,8 @@ class MappingWorker(Health):
                     self.student_tokenizer, r.prompt.messages, self.max_prompt_tokens
                 )
                 response = self.student_tokenizer.encode(r.response_text, add_special_tokens=False)
-                if r.finish_reason == "stop":
-                    response.append(self.student_stop[0] if self.student_tokenizer.eos_token_id is None
-                                    else int(self.student_tokenizer.eos_token_id))  # fmt: skip
+                if r.finish_reason == "stop" and self.student_end_of_response is not None:
+                    response.append(self.student_end_of_response)
                 resp = np.asarray(response, dtype=np.int32)
                 zeros = np.zeros(len(resp), dtype=np.float32)
                 reward = None

@@ -15,7 +15,9 @@ response equal the response bytes exactly; :mod:`mapper` verifies it per sample 
 tokenizer still add a leading space, strips that phantom byte from the first teacher token.
 
 End-of-turn tokens are found from the chat template itself (render one assistant turn and take the
-first special token after its content): no per-family string tables.
+first special token after its content): no per-family string tables. The stop set and the end-of-turn
+token come from :func:`framework.data.chat.stop_tokens`, the same function the rollout engine's stop
+set and the SFT targets are read from.
 """
 
 from __future__ import annotations
@@ -25,16 +27,14 @@ import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from framework.data.chat import StopTokens, stop_tokens
 from framework.mapping.token_bytes import TokenByteTable, UnsupportedTokenizerError, build_byte_table
 from framework.types import Message
-
-_TURN_PROBE = "tokenbridge probe 7f3a"  # text unlikely to be rewritten by any template
 
 
 class MissingChatTemplateError(ValueError):
@@ -98,16 +98,6 @@ def tokenizer_fingerprint(backend_json: dict) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _generation_config_eos(path: str) -> list[int]:
-    file = Path(path) / "generation_config.json"
-    if not file.exists():
-        return []
-    eos = json.loads(file.read_text(encoding="utf-8")).get("eos_token_id")
-    if eos is None:
-        return []
-    return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
-
-
 @dataclass
 class TokenizerInfo:
     """Everything the mapping needs to know about one tokenizer, computed once."""
@@ -121,6 +111,7 @@ class TokenizerInfo:
     eos_id: int | None
     end_of_turn_id: int | None  # what the chat template writes after an assistant turn
     stop_ids: frozenset[int]  # eos ∪ end-of-turn ∪ generation_config.json eos_token_id
+    stops: StopTokens  # where the three above come from (framework.data.chat.stop_tokens)
     fingerprint: str
     warnings: list[str] = field(default_factory=list)
     _prompt_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
@@ -131,8 +122,9 @@ class TokenizerInfo:
 
     @property
     def stop_token_to_append(self) -> int | None:
-        """The teacher token scored in place of the student's stop token."""
-        return self.end_of_turn_id if self.end_of_turn_id is not None else self.eos_id
+        """The token that closes an assistant turn (the teacher token scored in place of the
+        student's stop token; the student token appended when a response stopped)."""
+        return self.stops.end_of_response
 
     def render_prompt_ids(self, messages: list[Message], cache_size: int = 8192) -> np.ndarray:
         """int32[L] ids of the conversation rendered with this tokenizer's chat template + generation prompt.
@@ -163,22 +155,6 @@ class TokenizerInfo:
         return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
 
 
-def _detect_end_of_turn(hf: Any, prompt_encoder: Tokenizer, special_ids: frozenset[int]) -> int | None:
-    """First special token the chat template writes right after an assistant message's content."""
-    if not getattr(hf, "chat_template", None):
-        return None
-    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_PROBE}]
-    try:
-        text = hf.apply_chat_template(conversation, add_generation_prompt=False, tokenize=False)
-    except Exception:  # a template may reject this toy conversation; then we fall back to EOS
-        return None
-    at = text.rfind(_TURN_PROBE)
-    if at < 0:
-        return None
-    suffix_ids = prompt_encoder.encode(text[at + len(_TURN_PROBE) :], add_special_tokens=False).ids
-    return next((i for i in suffix_ids if i in special_ids), None)
-
-
 def load_tokenizer_info(path: str) -> TokenizerInfo:
     """Load a tokenizer directory (anything ``AutoTokenizer.from_pretrained`` accepts locally)."""
     from transformers import AutoTokenizer
@@ -197,12 +173,10 @@ def load_tokenizer_info(path: str) -> TokenizerInfo:
         warnings.append(
             f"{len(table.undecodable)} vocabulary entries could not be read as bytes (masked if sampled)"
         )
-    eos_id = hf.eos_token_id
-    end_of_turn = _detect_end_of_turn(hf, backend, table.special_ids)
+    stops = stop_tokens(hf, str(path))
     if not getattr(hf, "chat_template", None):
         warnings.append("no chat template: conversations cannot be rendered for this tokenizer")
-    stop = {i for i in (eos_id, end_of_turn) if i is not None} | set(_generation_config_eos(str(path)))
-    if not stop:
+    if not stops.ids:
         warnings.append("no stop token found (no eos_token, no end-of-turn in the chat template)")
     return TokenizerInfo(
         path=str(path),
@@ -211,9 +185,10 @@ def load_tokenizer_info(path: str) -> TokenizerInfo:
         table=table,
         prompt_encoder=backend,
         continuation=continuation_encoder(backend_json),
-        eos_id=eos_id,
-        end_of_turn_id=end_of_turn,
-        stop_ids=frozenset(stop),
+        eos_id=stops.eos_id,
+        end_of_turn_id=stops.end_of_turn_id,
+        stop_ids=stops.ids,
+        stops=stops,
         fingerprint=tokenizer_fingerprint(backend_json),
         warnings=warnings,
     )

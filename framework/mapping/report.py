@@ -6,7 +6,10 @@ Reports the vocabulary byte overlap, chunk statistics and masked fraction on sam
 prose / multilingual / code / math texts, or one text per line of ``--texts``), the share of dense
 (top-k) positions whose projection is exact (the teacher token's bytes are exactly a student token),
 and warnings (missing chat template, stop tokens not found, unsupported tokenizer, bytes that do not
-survive re-tokenization). ``zoo:NAME`` resolves through ``framework.zoo.resolve_model``.
+survive re-tokenization). ``--student`` / ``--teacher`` take what training takes (a local folder, a
+Hugging Face id ``org/name[@revision]`` or ``zoo:NAME``), resolved by :mod:`framework.models`; only
+tokenizer files are read. A zoo model that is not built is an error (run ``tokenbridge-zoo``), not a
+build.
 """
 
 from __future__ import annotations
@@ -47,15 +50,12 @@ BUILTIN_TEXTS: dict[str, list[str]] = {
 _MESSAGES = [{"role": "user", "content": "Say something."}]
 
 
-def resolve_path(spec: str) -> str:
-    """A local path, or ``zoo:NAME`` resolved by ``framework.zoo.resolve_model``."""
-    if not spec.startswith("zoo:"):
-        return spec
-    try:
-        from framework.zoo import resolve_model  # type: ignore[attr-defined]
-    except ImportError as err:
-        raise SystemExit(f"{spec}: 'zoo:' paths need framework.zoo.resolve_model ({err})") from err
-    return str(resolve_model(spec[len("zoo:") :]))
+def resolve_path(spec: str, key: str = "model") -> str:
+    """The tokenizer folder of a model argument (see :func:`framework.models.resolve_model_dir`);
+    raises :class:`framework.models.ModelPathError` naming ``key`` when it cannot be used."""
+    from framework.models import resolve_model_dir
+
+    return resolve_model_dir(spec, key=key, weights=False, build_zoo=False)
 
 
 def _side(info: TokenizerInfo) -> dict:
@@ -168,7 +168,9 @@ def _dense_exactness(mapper: TokenMapper, rollouts, requests) -> float:
 
 def pair_report(student_path: str, teacher_path: str, texts: dict[str, list[str]] | None = None) -> dict:
     """Everything ``tokenbridge-pair`` prints, as a dict."""
-    mapper = TokenMapper.from_paths(resolve_path(student_path), resolve_path(teacher_path))
+    mapper = TokenMapper.from_paths(
+        resolve_path(student_path, "--student"), resolve_path(teacher_path, "--teacher")
+    )
     texts = texts or BUILTIN_TEXTS
     warnings = [f"student: {w}" for w in mapper.student.warnings] + [
         f"teacher: {w}" for w in mapper.teacher.warnings
@@ -238,18 +240,36 @@ def format_report(report: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenbridge-pair", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--student", required=True, help="student tokenizer/model directory or zoo:NAME")
-    parser.add_argument("--teacher", required=True, help="teacher tokenizer/model directory or zoo:NAME")
+    forms = "model/tokenizer folder, Hugging Face id org/name[@revision] or zoo:NAME"
+    parser.add_argument("--student", required=True, help=f"student {forms}")
+    parser.add_argument("--teacher", required=True, help=f"teacher {forms}")
     parser.add_argument("--texts", help="file with one sample text per line (default: built-in texts)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    from framework.models import ModelPathError
+
+    def fail(message: str) -> int:
+        """One line on stderr (and a JSON error object with --json), exit code 2."""
+        message = " ".join(message.split())
+        if args.json:
+            print(json.dumps({"error": message}))
+        print(f"tokenbridge-pair: {message}", file=sys.stderr)
+        return 2
+
     texts = None
     if args.texts:
-        with open(args.texts, encoding="utf-8") as f:
-            lines = [line.rstrip("\n") for line in f if line.strip()]
+        try:
+            with open(args.texts, encoding="utf-8") as f:
+                lines = [line.rstrip("\n") for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            return fail(
+                f"--texts: cannot read {args.texts!r} ({type(err).__name__}). Fix: give a UTF-8 text file"
+            )
         texts = {"file": [line.replace("\\n", "\n") for line in lines]}
     try:
         report = pair_report(args.student, args.teacher, texts)
+    except ModelPathError as err:
+        return fail(f"{err.key}: {err.problem}. Fix: {err.fix}")
     except UnsupportedTokenizerError as err:
         if args.json:
             print(json.dumps({"error": str(err)}))

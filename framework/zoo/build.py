@@ -364,17 +364,44 @@ def remove_zoo(settings: ZooSettings | None = None) -> None:
         shutil.rmtree(root)
 
 
-def resolve_model(spec: str) -> str:
-    """``"zoo:NAME"`` → the path of zoo model NAME (built if missing); any other string unchanged."""
-    if spec.startswith("zoo:"):
-        return str(model_path(spec[len("zoo:") :]))
-    return spec
+class ZooModelMissing(FileNotFoundError):
+    """A zoo model was asked for without building it, and it is not built yet."""
+
+    def __init__(self, name: str, path: Path):
+        super().__init__(
+            f"zoo model {name!r} is not built (looked in {path}); run `tokenbridge-zoo` once to build "
+            "the zoo (set TOKENBRIDGE_HOME to use a zoo somewhere else)"
+        )
+        self.name, self.path = name, path
+
+
+def resolve_model(spec: str, build: bool = True) -> str:
+    """``"zoo:NAME"`` → the path of zoo model NAME; any other string unchanged.
+
+    A missing model is built first (minutes) unless ``build=False``: then :class:`ZooModelMissing`
+    says where it was looked for and to run ``tokenbridge-zoo``. An unknown NAME is a ``ValueError``
+    listing the known names.
+    """
+    if not spec.startswith("zoo:"):
+        return spec
+    name = spec[len("zoo:") :]
+    if build:
+        return str(model_path(name))
+    try:
+        DEFAULT_SETTINGS.model(name)
+    except KeyError as error:
+        raise ValueError(str(error.args[0])) from None
+    final = zoo_root() / "models" / name
+    if not _is_complete(final, _INFO_FILE):
+        raise ZooModelMissing(name, final)
+    return str(final)
 
 
 __all__ = [
     "DEFAULT_SETTINGS",
     "FAMILIES",
     "BuildProgress",
+    "ZooModelMissing",
     "ZooProgressBar",
     "build_zoo",
     "ensure_model",
