@@ -65,12 +65,22 @@ class TeacherScores:
 
 @dataclass
 class DenseTarget:
-    """Teacher top-k projected onto the student vocabulary at P student response positions."""
+    """Teacher top-k projected onto the student vocabulary at P student response positions.
+
+    Each slot ``k`` of a row is a direct student id (``support_ids >= 0``), a byte-prefix group
+    (``group_index >= 0``, ``support_ids == -1``: the teacher mass ``support_probs`` belongs to every
+    student token extending the teacher token's bytes, split by the learner in proportion to the
+    student's own probabilities, see `framework.mapping.topk`) or padding (mass 0). Each row of
+    ``support_probs`` plus ``other_prob`` sums to 1. The group fields are None when no slot is a group.
+    """
 
     positions: np.ndarray  # int32[P], index into the student response (0..R-1)
     support_ids: np.ndarray  # int32[P, S] student ids (padded with -1)
-    support_probs: np.ndarray  # float32[P, S] target probability of each support id (0 where padded)
+    support_probs: np.ndarray  # float32[P, S] target mass of each slot (0 where padded)
     other_prob: np.ndarray  # float32[P], target mass outside the support ("other" bucket)
+    group_index: np.ndarray | None = None  # int32[P, S], group of the slot (0..G-1), -1 = none
+    group_members: np.ndarray | None = None  # int32[M], distinct student ids of all groups, byte order
+    group_bounds: np.ndarray | None = None  # int32[G, 2], group g = group_members[lo:hi]
 
 
 @dataclass

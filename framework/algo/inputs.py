@@ -22,7 +22,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
-from framework.types import MappedSample
+from framework.types import DenseTarget, MappedSample
 
 Metrics = dict[str, torch.Tensor]  # name -> 0-dim detached tensor (sum over shards = global mean)
 
@@ -49,7 +49,8 @@ class LossInputs:
 
     Sampled path (opd, sft_teacher): ``behaviour_logprobs_B_T``, ``advantages_B_T``, ``teacher_logprobs_B_T``.
     Dense top-k (opd_topk): ``dense_mask_B_T`` marks the positions carrying a projected teacher target;
-    ``support_ids_B_T_S`` is -1 everywhere else (and on padded support slots).
+    ``support_ids_B_T_S`` is -1 everywhere else (and on padded support slots); ``support_probs_B_T_S``
+    is the target mass fixed by the teacher alone, the ``group_*`` fields add the byte-prefix groups.
     Preference (dpo, ctpd): rows are responses; pair ``n`` is (row ``chosen_index_N[n]``, row
     ``rejected_index_N[n]``). Spans (ctpd) are numbered per row ``0..K-1``; ``span_index_B_T`` gives each
     token's span (-1 = none).
@@ -65,6 +66,12 @@ class LossInputs:
     support_ids_B_T_S: torch.Tensor | None = None  # long [B, T, S], student ids, -1 padded
     support_probs_B_T_S: torch.Tensor | None = None  # float [B, T, S], target prob (0 where padded)
     other_prob_B_T: torch.Tensor | None = None  # float [B, T], target mass outside the support
+    # byte-prefix groups (cross-tokenizer opd_topk): group g of position (b, t) carries teacher mass
+    # group_mass and covers the support slots [group_start, group_end); the loss splits the mass over
+    # them by the student's own probabilities (framework.algo.topk_kl.split_group_targets)
+    group_mass_B_T_G: torch.Tensor | None = None  # float [B, T, G], 0 on padded groups
+    group_start_B_T_G: torch.Tensor | None = None  # long [B, T, G], first slot of the group
+    group_end_B_T_G: torch.Tensor | None = None  # long [B, T, G], one past its last slot (= start if padded)
     # preference pairs
     chosen_index_N: torch.Tensor | None = None  # long [N], row of the chosen response
     rejected_index_N: torch.Tensor | None = None  # long [N], row of the rejected response
@@ -217,10 +224,66 @@ def _pad_stack(arrays: Sequence[np.ndarray], width: int, fill: float, dtype: tor
     return out
 
 
+def _dense_rows(d: DenseTarget) -> tuple[np.ndarray, ...]:
+    """One sample's dense rows as (ids int64[P, S], probs float32[P, S], group mass float32[P, G],
+    group start int64[P, G], group end int64[P, G]); without groups, the target's own arrays (G = 0).
+
+    With groups, row p's support is its direct ids ∪ the members of its groups, each id once, ordered
+    by a key that makes every group a contiguous slot range: a member of any group of the sample sorts
+    by its index in ``group_members`` (byte order), any other id after them. ``probs`` keeps the direct
+    mass of each id (0 for an id only reached through a group).
+    """
+    ids = np.asarray(d.support_ids, dtype=np.int64)
+    probs = np.asarray(d.support_probs, dtype=np.float32)
+    P = ids.shape[0]
+    gidx = None if d.group_index is None else np.asarray(d.group_index)
+    if gidx is None or d.group_members is None or d.group_bounds is None or not (gidx >= 0).any():
+        empty = np.zeros((P, 0), dtype=np.int64)
+        return ids, probs, empty.astype(np.float32), empty, empty
+    members = np.asarray(d.group_members, dtype=np.int64)  # non-empty: every group has a member
+    bounds = np.asarray(d.group_bounds, dtype=np.int64)
+    M = members.shape[0]
+    d_row, d_col = np.nonzero(ids >= 0)
+    d_id = ids[d_row, d_col]
+    by_id = np.argsort(members, kind="stable")
+    at = np.minimum(np.searchsorted(members[by_id], d_id), M - 1)
+    d_key = np.where(members[by_id][at] == d_id, by_id[at], M + d_id)
+    g_row, g_col = np.nonzero(gidx >= 0)  # row-major: sorted by row
+    lo, hi = bounds[gidx[g_row, g_col], 0], bounds[gidx[g_row, g_col], 1]
+    sizes = hi - lo
+    m_row = np.repeat(g_row, sizes)
+    m_key = np.arange(int(sizes.sum()), dtype=np.int64) + np.repeat(lo - (np.cumsum(sizes) - sizes), sizes)
+    span = M + int(d_id.max(initial=0)) + 1  # keys of one row lie in [0, span)
+    keys, inverse = np.unique(
+        np.concatenate([d_row * span + d_key, m_row * span + m_key]), return_inverse=True
+    )
+    direct = np.bincount(inverse, weights=np.concatenate([probs[d_row, d_col], np.zeros(m_key.shape[0])]))
+    row, key = keys // span, keys % span
+    counts = np.bincount(row, minlength=P)
+    row_start = np.cumsum(counts) - counts
+    slot = np.arange(keys.shape[0]) - row_start[row]
+    out_ids = np.full((P, max(int(counts.max()), 1)), -1, dtype=np.int64)
+    out_ids[row, slot] = np.where(key < M, members[np.minimum(key, M - 1)], key - M)
+    out_probs = np.zeros(out_ids.shape, dtype=np.float32)
+    out_probs[row, slot] = direct
+    g_counts = np.bincount(g_row, minlength=P)
+    G = int(g_counts.max(initial=0))
+    g_slot = np.arange(g_row.shape[0]) - (np.cumsum(g_counts) - g_counts)[g_row]
+    mass = np.zeros((P, G), dtype=np.float32)
+    start = np.zeros((P, G), dtype=np.int64)
+    end = np.zeros((P, G), dtype=np.int64)
+    mass[g_row, g_slot] = probs[g_row, g_col]
+    start[g_row, g_slot] = np.searchsorted(keys, g_row * span + lo) - row_start[g_row]
+    end[g_row, g_slot] = np.searchsorted(keys, g_row * span + hi) - row_start[g_row]
+    return out_ids, out_probs, mass, start, end
+
+
 def collate_mapped_samples(samples: Sequence[MappedSample], pad_to: int | None = None) -> LossInputs:
     """Stack `MappedSample`s into a response-coordinate `LossInputs` (right padding, mask 0 there).
 
-    Dense targets (`DenseTarget` at P positions) are scattered into ``[B, T, S]`` with -1 / 0 padding.
+    Dense targets (`DenseTarget` at P positions) are scattered into ``[B, T, S]`` with -1 / 0 padding;
+    byte-prefix groups are expanded into their member ids (`_dense_rows`) and described by
+    ``group_mass/start/end_B_T_G`` (left None when no sample has a group).
     """
     if not samples:
         raise ValueError("collate_mapped_samples got no samples")
@@ -242,19 +305,32 @@ def collate_mapped_samples(samples: Sequence[MappedSample], pad_to: int | None =
     )
     dense = [s.dense for s in samples]
     if any(d is not None for d in dense):
-        S = max(d.support_ids.shape[1] for d in dense if d is not None)
+        rows = [_dense_rows(d) if d is not None and len(d.positions) else None for d in dense]
+        S = max(
+            (r[0] if r is not None else d.support_ids).shape[1] for d, r in zip(dense, rows) if d is not None
+        )
+        G = max([r[2].shape[1] for r in rows if r is not None], default=0)
         B = len(samples)
         batch.dense_mask_B_T = torch.zeros(B, width, dtype=f32)
         batch.support_ids_B_T_S = torch.full((B, width, S), -1, dtype=torch.long)
         batch.support_probs_B_T_S = torch.zeros(B, width, S, dtype=f32)
         batch.other_prob_B_T = torch.zeros(B, width, dtype=f32)
-        for b, d in enumerate(dense):
-            if d is None or len(d.positions) == 0:
+        if G:
+            batch.group_mass_B_T_G = torch.zeros(B, width, G, dtype=f32)
+            batch.group_start_B_T_G = torch.zeros(B, width, G, dtype=torch.long)
+            batch.group_end_B_T_G = torch.zeros(B, width, G, dtype=torch.long)
+        for b, (d, r) in enumerate(zip(dense, rows)):
+            if d is None or r is None:
                 continue
+            ids, probs, mass, start, end = r
             pos = torch.as_tensor(np.asarray(d.positions), dtype=torch.long)
-            s = d.support_ids.shape[1]
+            s, g = ids.shape[1], mass.shape[1]
             batch.dense_mask_B_T[b, pos] = 1.0
-            batch.support_ids_B_T_S[b, pos, :s] = torch.as_tensor(np.asarray(d.support_ids), dtype=torch.long)
-            batch.support_probs_B_T_S[b, pos, :s] = torch.as_tensor(np.asarray(d.support_probs), dtype=f32)
+            batch.support_ids_B_T_S[b, pos, :s] = torch.as_tensor(ids, dtype=torch.long)
+            batch.support_probs_B_T_S[b, pos, :s] = torch.as_tensor(probs, dtype=f32)
             batch.other_prob_B_T[b, pos] = torch.as_tensor(np.asarray(d.other_prob), dtype=f32)
+            if g:
+                batch.group_mass_B_T_G[b, pos, :g] = torch.as_tensor(mass, dtype=f32)  # type: ignore[index]
+                batch.group_start_B_T_G[b, pos, :g] = torch.as_tensor(start)  # type: ignore[index]
+                batch.group_end_B_T_G[b, pos, :g] = torch.as_tensor(end)  # type: ignore[index]
     return batch

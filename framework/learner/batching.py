@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from framework.algo.inputs import LossInputs, collate_mapped_samples
-from framework.types import MappedSample
+from framework.types import DenseTarget, MappedSample
 
 
 @dataclass
@@ -116,6 +116,26 @@ def validate_sample(sample: MappedSample) -> None:
         pos = np.asarray(sample.dense.positions)
         if pos.min() < 0 or pos.max() >= R:
             raise ValueError(f"sample {sample.sample_id}: dense positions must lie in [0, {R}), got {pos}")
+        validate_groups(sample.sample_id, sample.dense)
+
+
+def validate_groups(sample_id: str, dense: DenseTarget) -> None:
+    """Raise unless the byte-prefix group payload of ``dense`` (if any) is consistent."""
+    fields = (dense.group_index, dense.group_members, dense.group_bounds)
+    if all(f is None for f in fields):
+        return
+    if any(f is None for f in fields):
+        raise ValueError(f"sample {sample_id}: group_index, group_members and group_bounds come together")
+    index, members, bounds = (np.asarray(f) for f in fields)
+    if index.shape != np.asarray(dense.support_ids).shape:
+        raise ValueError(f"sample {sample_id}: group_index {index.shape} must match support_ids' shape")
+    G, M = bounds.shape[0], members.shape[0]
+    if bounds.ndim != 2 or bounds.shape[1] != 2 or index.min(initial=-1) < -1 or index.max(initial=-1) >= G:
+        raise ValueError(f"sample {sample_id}: group_index must lie in [-1, {G}) with group_bounds [G, 2]")
+    if G and (bounds[:, 0].min() < 0 or bounds[:, 1].max() > M or np.any(bounds[:, 0] >= bounds[:, 1])):
+        raise ValueError(f"sample {sample_id}: group_bounds must be non-empty ranges of the {M} members")
+    if np.any((index >= 0) & (np.asarray(dense.support_ids) >= 0)):
+        raise ValueError(f"sample {sample_id}: a slot is either a student id or a group, not both")
 
 
 def collate_tokens(

@@ -7,7 +7,8 @@ Two calls per sample, both batched for throughput (Python overhead is paid per b
    if the student stopped). See :mod:`framework.mapping.render`.
 2. ``map_samples(rollouts, requests, scores)`` — align both tokenizations by byte offsets
    (:mod:`align`), credit chunk advantages to student tokens (:mod:`credit`), project the teacher's
-   top-k rows at shared boundaries onto the student vocabulary (:mod:`topk`).
+   top-k rows at shared boundaries onto the student vocabulary (:mod:`topk`): direct student ids, and
+   byte-prefix groups whose mass the learner's loss splits by the student's own probabilities.
 
 Identical tokenizers (same vocabulary, merges, normalizer, pre-tokenizer and added tokens) take an exact
 identity fast path: the teacher scores the student's own ids and every target is passed through, so
@@ -32,7 +33,13 @@ from framework.mapping.render import (
     load_tokenizer_info,
     split_student_responses,
 )
-from framework.mapping.topk import ProjectionMap, build_projection_map, identity_projection, project_topk
+from framework.mapping.topk import (
+    ProjectionMap,
+    build_projection_map,
+    identity_projection,
+    pack_groups,
+    project_topk_groups,
+)
 from framework.types import DenseTarget, MappedSample, Rollout, TeacherRequest, TeacherScores
 
 _MAPPER_CACHE: dict[tuple, TokenMapper] = {}
@@ -271,7 +278,7 @@ class TokenMapper:
         )
 
     def _dense_rows(self, alignment, s_lens, t_lens, phantom_rows, s_stop, t_stop, scores):
-        """(student flat idx int64[P], support ids, support probs, other) sorted by student index."""
+        """(student flat idx int64[P], support ids, support probs, group ids, other) sorted by student index."""
         if not self.topk or any(s.topk_ids is None or s.topk_logprobs is None for s in scores):
             return None
         teacher_ok = np.ones(t_lens.shape[0], dtype=bool)
@@ -282,8 +289,8 @@ class TokenMapper:
         s_idx, t_idx = s_idx[order], t_idx[order]
         topk_ids = np.concatenate([np.asarray(s.topk_ids) for s in scores])
         topk_lp = np.concatenate([np.asarray(s.topk_logprobs) for s in scores])
-        ids, probs, other = project_topk(topk_ids[t_idx], topk_lp[t_idx], self.projection.teacher_to_student)
-        return s_idx, ids, probs, other
+        ids, probs, groups, other = project_topk_groups(topk_ids[t_idx], topk_lp[t_idx], self.projection)
+        return s_idx, ids, probs, groups, other
 
     def _assemble(
         self,
@@ -340,8 +347,11 @@ class TokenMapper:
                     positions=(dense_rows[0][d0:d1] - lo).astype(np.int32),
                     support_ids=dense_rows[1][d0:d1],
                     support_probs=dense_rows[2][d0:d1],
-                    other_prob=dense_rows[3][d0:d1],
+                    other_prob=dense_rows[4][d0:d1],
                 )
+                packed = pack_groups(dense_rows[3][d0:d1], self.projection)
+                if packed is not None:
+                    dense.group_index, dense.group_members, dense.group_bounds = packed
             samples.append(
                 self._sample(
                     rollout, teacher_lp32[lo:hi], advantages32[lo:hi], mask[lo:hi], dense, rewards[b], rows[b]

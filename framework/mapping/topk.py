@@ -1,43 +1,104 @@
-"""Teacher top-k → student vocabulary by byte prefix (DESIGN.md §3.6; in the spirit of byte-prefix
-marginalisation, "Cross-Tokenizer On-Policy Distillation via Byte-Prefix Marginalization" [4]).
+"""Teacher top-k → student vocabulary by byte prefix (DESIGN.md §3.6), following the byte-prefix
+marginal of "Cross-Tokenizer On-Policy Distillation via Byte-Prefix Marginalization" [4].
 
 At a student position that is also a teacher token boundary both models condition on the same bytes.
-The teacher's next-token distribution there is a distribution over byte strings; the student's next
-token is the first piece of that byte string. So each teacher token t with probability p_T(t) sends
-its mass to the LONGEST student token whose bytes are a prefix of bytes(t)::
+The teacher's next-token distribution there is a distribution over how the continuation starts:
+p_T(t) is the teacher's probability that the continuation starts with bytes(t) (as its token t). The
+target q over student tokens takes each top-k teacher token t with p_T(t) in one of three ways:
 
-    q(s) = Σ_{t ∈ topk : π(t) = s} p_T(t)          π(t) = argmax_{s : bytes(s) ⊑ bytes(t)} |bytes(s)|
-    q(other) = 1 − Σ_s q(s)                          (mass outside the top-k + unmappable tokens)
+1. **direct** — no student token strictly extends bytes(t): the mass goes to the LONGEST student token
+   whose bytes are a prefix of bytes(t) (the student's first piece of that continuation)::
 
-(the first-piece approximation of the full prefix marginal: a teacher token is credited to one
-student token, not spread over every student token that could start it). Teacher stop tokens map to
-the student stop token.
+       q(π(t)) += p_T(t)            π(t) = argmax_{s : bytes(s) ⊑ bytes(t)} |bytes(s)|
 
-A teacher token whose bytes are a PROPER PREFIX of some student token is left unmapped (its mass goes
-to ``other``): after it the student may continue with a longer token (teacher "1" then "2" vs the
-student's "12"), so p_T(t) bounds the student's mass on every token starting with bytes(t), not on one
-of them. Crediting it to the student's "1" would train the student towards non-canonical
-tokenizations of its own text; we measured exactly that collapse on a single-digit teacher and a
-3-digit-group student (held-out accuracy 0.27 -> 0.07 in 20 steps) before this rule. The student's
-mass on those longer tokens lies outside the support, i.e. in ``other``, where the mass now is. π is computed once per tokenizer pair; per position the work is a gather, a
-row-wise sort of K keys and a segmented sum — no Python loop over positions.
+   Teacher stop tokens map to the student stop token.
+2. **group** — some student token strictly extends bytes(t) (teacher "1" then "2" vs the student's "12"):
+   the student's first token is then any token of
+
+       E(t) = {s not special : bytes(t) ⊑ bytes(s)}      (the student token equal to bytes(t) included)
+
+   and p_T(t) bounds the student's mass on the whole of E(t), not on one member. The mass is spread
+   over E(t) in proportion to the student's own (detached) probabilities — the student-side
+   byte-prefix marginal::
+
+       q(s) += p_T(t) · π_S(s) / Σ_{s' ∈ E(t)} π_S(s')        for every s ∈ E(t)
+
+   Crediting p_T(t) to the student's "1" alone (the first piece) trains the student towards
+   non-canonical tokenizations of its own text; we measured that collapse on a single-digit teacher
+   and a 3-digit-group student (held-out accuracy 0.27 → 0.07 in 20 steps). The split needs π_S over
+   E(t), so it happens in the learner's loss (`framework.algo.topk_kl.split_group_targets`); this
+   module emits each group's mass and which student ids it covers.
+3. **unmapped** — no student piece at all, a non-stop special token, or |E(t)| > ``max_group_size``
+   (the learner gathers one logprob per member; see `build_projection_map`): the mass stays in ``other``.
+
+    q(other) = 1 − Σ_s q(s)          (teacher mass outside the top-k + unmapped tokens)
+
+E(t) misses one way the student could start the same bytes: a student piece SHORTER than bytes(t)
+followed by more pieces (the student writing "1", "2|..." after a teacher "12"); weighting it would
+need the student's next-step distribution, so like the direct rule this is the first-piece marginal.
+
+Encoding. Sorting the student's eligible tokens by their bytes makes every E(t) a contiguous range of
+that order (the byte strings starting with b form an interval in lexicographic order). Groups are those
+ranges, deduplicated (teacher tokens with the same E(t) share a group); they are built once per
+tokenizer pair. Per position the work is a gather, a row-wise sort of K keys and a segmented sum — no
+Python loop over positions. Per sample, `pack_groups` ships only the student ids of the groups it uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from framework.mapping.token_bytes import TokenByteTable
 
+MAX_GROUP_SIZE = 1024  # largest E(t) spread over; larger groups stay in `other` (learner memory)
+
 
 @dataclass
 class ProjectionMap:
-    """π: teacher id → student id (-1 = unmappable), precomputed for one (student, teacher) pair."""
+    """The top-k projection of one (student, teacher) pair, precomputed once.
+
+    ``teacher_to_student`` gives each teacher id's DIRECT student id (-1: none). ``teacher_to_group``
+    gives the group of a teacher token whose bytes some student token extends (-1: none): group ``g``
+    is E(t) = ``student_order[group_bounds[g, 0] : group_bounds[g, 1]]``. A teacher id has at most one
+    of the two; with neither its mass stays in ``other``.
+    """
 
     teacher_to_student: np.ndarray  # int32[Vt]
     exact: np.ndarray  # bool[Vt]: bytes(π(t)) == bytes(t) (the projection loses nothing for t)
+    teacher_to_group: np.ndarray | None = None  # int32[Vt]; None: no groups (identity)
+    group_bounds: np.ndarray | None = None  # int32[G, 2], half-open ranges of student_order
+    student_order: np.ndarray | None = None  # int32[N]: non-special student ids with bytes, by bytes
+    _codes: tuple[np.ndarray, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def num_groups(self) -> int:
+        return 0 if self.group_bounds is None else int(self.group_bounds.shape[0])
+
+    def group_members(self, g: int) -> np.ndarray:
+        """int32[|E|]: the student ids of group ``g`` (in byte order)."""
+        assert self.group_bounds is not None and self.student_order is not None
+        lo, hi = self.group_bounds[g]
+        return self.student_order[lo:hi]
+
+    def target_codes(self) -> tuple[np.ndarray, int]:
+        """(int64[Vt] code of each teacher id, offset): a student id, ``offset + g`` for group g, -1."""
+        if self._codes is None:
+            codes = self.teacher_to_student.astype(np.int64)
+            offset = int(codes.max(initial=-1)) + 1
+            if self.teacher_to_group is not None:
+                grouped = self.teacher_to_group >= 0
+                codes[grouped] = offset + self.teacher_to_group[grouped]
+            self._codes = (codes, offset)
+        return self._codes
+
+
+def _prefix_successor(b: bytes) -> bytes | None:
+    """The smallest byte string above every string that starts with ``b`` (None: no upper bound)."""
+    b = b.rstrip(b"\xff")
+    return b[:-1] + bytes([b[-1] + 1]) if b else None
 
 
 def build_projection_map(
@@ -45,12 +106,19 @@ def build_projection_map(
     teacher: TokenByteTable,
     teacher_stop_ids: frozenset[int],
     student_stop_id: int | None,
+    max_group_size: int = MAX_GROUP_SIZE,
 ) -> ProjectionMap:
-    """Longest student byte-prefix of every teacher token (a dict lookup per candidate prefix length)."""
+    """Direct piece or byte-prefix group of every teacher token (module docstring).
+
+    A group larger than ``max_group_size`` student tokens is left unmapped: the learner gathers the
+    student's logprob of every member at every position that uses the group.
+    """
     by_bytes: dict[bytes, int] = {}
+    eligible: list[int] = []
     for sid, b in enumerate(student.token_bytes):
         if not b or sid in student.special_ids:
             continue
+        eligible.append(sid)
         prev = by_bytes.get(b)
         # Several ids can share bytes (byte-fallback <0x41> and "A"): prefer the regular piece.
         if prev is None or (prev in student.fallback_ids and sid not in student.fallback_ids):
@@ -58,23 +126,34 @@ def build_projection_map(
     longest = max((len(b) for b in by_bytes), default=0)
     # byte strings some student token strictly extends: after them the student's next token is open
     extended = {b[:n] for b in by_bytes for n in range(1, len(b))}
+    eligible.sort(key=lambda sid: (student.token_bytes[sid], sid))
+    order = np.array(eligible, dtype=np.int32)
+    sorted_bytes = [student.token_bytes[sid] for sid in eligible]
     t2s = np.full(teacher.vocab_size, -1, dtype=np.int32)
+    t2g = np.full(teacher.vocab_size, -1, dtype=np.int32)
     exact = np.zeros(teacher.vocab_size, dtype=bool)
+    groups: dict[tuple[int, int], int] = {}
     for tid, b in enumerate(teacher.token_bytes):
         if not b:
             if tid in teacher_stop_ids and student_stop_id is not None:
                 t2s[tid] = student_stop_id
                 exact[tid] = True
             continue
-        if b in extended:
-            continue  # unmapped: the student may merge what follows into a longer token
+        if b in extended:  # E(t) = the student tokens in [lo, hi) of the byte order
+            lo = bisect_left(sorted_bytes, b)
+            succ = _prefix_successor(b)
+            hi = len(sorted_bytes) if succ is None else bisect_left(sorted_bytes, succ, lo)
+            if hi - lo <= max_group_size:
+                t2g[tid] = groups.setdefault((lo, hi), len(groups))
+            continue
         for n in range(min(len(b), longest), 0, -1):
             match = by_bytes.get(b[:n])
             if match is not None:
                 t2s[tid] = match
                 exact[tid] = n == len(b)
                 break
-    return ProjectionMap(t2s, exact)
+    bounds = np.array(list(groups), dtype=np.int32).reshape(-1, 2)
+    return ProjectionMap(t2s, exact, t2g, bounds, order)
 
 
 def identity_projection(vocab_size: int) -> ProjectionMap:
@@ -84,26 +163,55 @@ def identity_projection(vocab_size: int) -> ProjectionMap:
 def project_topk(
     topk_ids_PK: np.ndarray, topk_logprobs_PK: np.ndarray, teacher_to_student: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Project P teacher top-k rows onto the student vocabulary.
+    """Project P teacher top-k rows through a plain id map (teacher id → target id, -1 = unmapped).
 
-    Returns ``support_ids int32[P, K]`` (distinct student ids; -1 marks padding, which may sit between
+    Returns ``support_ids int32[P, K]`` (distinct target ids; -1 marks padding, which may sit between
     entries where duplicates were merged), ``support_probs float32[P, K]`` (0 where padded) and
-    ``other_prob float32[P]``; each row of support_probs plus other_prob sums to 1.
+    ``other_prob float32[P]``; each row of support_probs plus other_prob sums to 1. The grouped
+    projection of the module docstring is `project_topk_groups`.
     """
+    ids, probs, other = _project_codes(topk_ids_PK, topk_logprobs_PK, teacher_to_student)
+    return ids.astype(np.int32), probs, other
+
+
+def project_topk_groups(
+    topk_ids_PK: np.ndarray, topk_logprobs_PK: np.ndarray, projection: ProjectionMap
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Project P teacher top-k rows onto direct student ids and byte-prefix groups.
+
+    Returns ``support_ids int32[P, K]``, ``support_probs float32[P, K]``, ``group_ids int32[P, K]`` and
+    ``other_prob float32[P]``. Each slot holds one target: a direct student id (``support_ids >= 0``),
+    or a group (``group_ids >= 0``, an index into ``projection.group_bounds``; ``support_ids == -1``
+    there), with its summed teacher mass in ``support_probs``; slots with neither are padding (mass 0).
+    Each row of support_probs plus other_prob sums to 1.
+    """
+    codes, offset = projection.target_codes()
+    merged, probs, other = _project_codes(topk_ids_PK, topk_logprobs_PK, codes)
+    is_group = merged >= offset
+    support_ids = np.where(is_group, -1, merged).astype(np.int32)
+    group_ids = np.where(is_group, merged - offset, -1).astype(np.int32)
+    return support_ids, probs, group_ids, other
+
+
+def _project_codes(
+    topk_ids_PK: np.ndarray, topk_logprobs_PK: np.ndarray, code_map: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map teacher ids to target codes (-1 = unmapped) and merge equal codes per row: (int64 codes with
+    -1 padding, float32 probs, float32 other)."""
     ids_PK = np.asarray(topk_ids_PK)
     P, K = ids_PK.shape
     if P == 0:
-        return np.zeros((0, K), np.int32), np.zeros((0, K), np.float32), np.zeros(0, np.float32)
-    V = teacher_to_student.shape[0]
-    sid_PK = np.take(teacher_to_student, ids_PK, mode="clip").astype(np.int64)
+        return np.zeros((0, K), np.int64), np.zeros((0, K), np.float32), np.zeros(0, np.float32)
+    V = code_map.shape[0]
+    sid_PK = np.take(code_map, ids_PK, mode="clip").astype(np.int64)
     if ids_PK.min() < 0 or ids_PK.max() >= V:  # ids outside the teacher vocabulary cannot be mapped
         sid_PK[(ids_PK < 0) | (ids_PK >= V)] = -1
     probs_PK = np.exp(np.asarray(topk_logprobs_PK, dtype=np.float32))
     total_P = probs_PK.sum(axis=1)
     if total_P.max() > 1.0:  # top-k mass can exceed 1 by rounding only
         probs_PK /= np.maximum(total_P, 1.0)[:, None]
-    # Sort each row by student id (unmapped last) with one sort of packed keys: key = sid' * K + column.
-    unmapped_id = int(teacher_to_student.max(initial=0)) + 1
+    # Sort each row by code (unmapped last) with one sort of packed keys: key = code' * K + column.
+    unmapped_id = int(code_map.max(initial=0)) + 1
     sid_PK[sid_PK < 0] = unmapped_id
     key_PK = sid_PK * K + np.arange(K)
     key_PK.sort(axis=1)
@@ -111,15 +219,39 @@ def project_topk(
     sorted_p = np.take_along_axis(probs_PK, key_PK - sorted_sid * K, axis=1)
     first = np.ones((P, K), dtype=bool)
     np.not_equal(sorted_sid[:, 1:], sorted_sid[:, :-1], out=first[:, 1:])
-    if first.all():  # no two teacher tokens of a row share a student token
+    if first.all():  # no two teacher tokens of a row share a target
         support_probs = sorted_p
-    else:  # merge duplicates: sum each run of equal ids into the run's first slot
+    else:  # merge duplicates: sum each run of equal codes into the run's first slot
         starts = np.flatnonzero(first)
         support_probs = np.zeros((P, K), dtype=np.float32)
         support_probs.ravel()[starts] = np.add.reduceat(sorted_p.ravel(), starts)
     padding = ~first | (sorted_sid == unmapped_id)
     support_probs[padding] = 0.0
-    support_ids = sorted_sid.astype(np.int32)
-    support_ids[padding] = -1
+    sorted_sid[padding] = -1
     other = np.clip(1.0 - support_probs.sum(axis=1, dtype=np.float64), 0.0, 1.0).astype(np.float32)
-    return support_ids, support_probs, other
+    return sorted_sid, support_probs, other
+
+
+def pack_groups(
+    group_ids_PK: np.ndarray, projection: ProjectionMap
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """One sample's group payload: (``group_index int32[P, K]``, ``group_members int32[M]``,
+    ``group_bounds int32[G, 2]``), or None when the sample uses no group.
+
+    ``group_index`` renumbers the pair's group ids ``0..G-1`` in this sample (-1 = not a group);
+    ``group_members`` is the union of the used groups' student ids, distinct and in byte order, so each
+    group is the contiguous slice ``group_members[lo:hi]`` (``group_bounds[g] = (lo, hi)``).
+    """
+    slots = group_ids_PK >= 0
+    if not slots.any():
+        return None
+    assert projection.group_bounds is not None and projection.student_order is not None
+    used, inverse = np.unique(group_ids_PK[slots], return_inverse=True)
+    local = np.full(group_ids_PK.shape, -1, dtype=np.int32)
+    local[slots] = inverse
+    lo, hi = projection.group_bounds[used, 0].astype(np.int64), projection.group_bounds[used, 1]
+    sizes = hi - lo
+    ranks = np.arange(int(sizes.sum()), dtype=np.int64) + np.repeat(lo - (np.cumsum(sizes) - sizes), sizes)
+    ranks = np.unique(ranks)  # positions in the pair's byte order: sorted, distinct
+    bounds = np.stack([np.searchsorted(ranks, lo), np.searchsorted(ranks, hi)], axis=1).astype(np.int32)
+    return local, projection.student_order[ranks], bounds

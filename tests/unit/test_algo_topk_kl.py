@@ -208,3 +208,118 @@ def test_objective_requires_support_logprobs():
         OPDTopK()(student, batch)
     with pytest.raises(ValueError, match="direction"):
         OPDTopK(direction="sideways")
+
+
+# ------------------------------------------------------------------ byte-prefix groups (loss-side split)
+def _grouped_targets():
+    """P=3 rows over S=5 slots (distinct ids), with nested groups, a direct id inside a group and a padded
+    group; Σ direct + Σ group mass + other = 1 on every row."""
+    ids = torch.tensor([[2, 5, 7, 1, -1], [0, 3, 4, 8, 6], [1, 2, -1, -1, -1]])
+    direct = torch.tensor(
+        [[0.1, 0.0, 0.0, 0.2, 0.0], [0.0, 0.15, 0.0, 0.0, 0.1], [0.3, 0.0, 0.0, 0.0, 0.0]], dtype=F64
+    )
+    mass = torch.tensor([[0.4, 0.1, 0.0], [0.3, 0.2, 0.0], [0.5, 0.0, 0.0]], dtype=F64)
+    start = torch.tensor([[0, 1, 0], [0, 2, 0], [0, 0, 0]])  # row 0: {0,1,2} ⊃ {1,2}; row 1: {0..3} ⊃ {2,3}
+    end = torch.tensor([[3, 3, 0], [4, 4, 0], [2, 0, 0]])
+    other = 1.0 - direct.sum(-1) - mass.sum(-1)
+    return ids, direct, mass, start, end, other
+
+
+def _naive_split(logits_P_V, ids, direct, mass, start, end):
+    p_full = torch.softmax(logits_P_V.detach(), -1)
+    q = direct.clone()
+    for i in range(ids.shape[0]):
+        for g in range(mass.shape[1]):
+            slots = list(range(int(start[i, g]), int(end[i, g])))
+            if mass[i, g] == 0 or not slots:
+                continue
+            w = p_full[i, ids[i, slots]]
+            q[i, slots] += mass[i, g] * w / w.sum()
+    return q
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_group_split_matches_naive_values_and_gradients(direction):
+    ids, direct, mass, start, end, other = _grouped_targets()
+    logits = _student(P=3, seed=5)
+    weight = torch.tensor([1.0, 0.5, 1.0], dtype=F64)
+    out = topk_kl_loss(
+        _gather(logits, ids), ids, direct, other, weight, 3.0, direction=direction,
+        group_mass_P_G=mass, group_start_P_G=start, group_end_P_G=end,
+    )  # fmt: skip
+    q = _naive_split(logits, ids, direct, mass, start, end)
+    torch.testing.assert_close(q.sum(-1) + other, torch.ones(3, dtype=F64))
+    ref = _naive_kl(logits, ids, q, other, weight, 3.0, direction)
+    torch.testing.assert_close(out.loss, ref)
+    (g_out,) = torch.autograd.grad(out.loss, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(g_out, g_ref)
+    assert float(out.metrics["topk/target_group_mass"]) == pytest.approx((0.5 + 0.5 * 0.5 + 0.5) / 3.0)
+
+
+def test_group_split_is_exact_in_log_space_and_uniform_when_undefined():
+    from framework.algo.topk_kl import split_group_targets
+
+    ids = torch.tensor([[0, 1, 2, 3]])
+    valid = ids >= 0
+    direct = torch.tensor([[0.2, 0.0, 0.0, 0.0]], dtype=F64)
+    mass, start, end = torch.tensor([[0.6]], dtype=F64), torch.tensor([[1]]), torch.tensor([[4]])
+    # the student gives the group ~e^-2000 of its mass: the split still follows its relative preferences
+    lp = torch.tensor([[-1e-6, -2000.0, -2000.0 - math.log(3.0), -2001.0]], dtype=F64)
+    q = split_group_targets(lp, valid, direct, mass, start, end)
+    w = torch.tensor([1.0, 1.0 / 3.0, math.exp(-1.0)], dtype=F64)
+    torch.testing.assert_close(q[0, 1:], 0.6 * w / w.sum())
+    assert float(q[0, 0]) == 0.2
+    # every member at -inf: no preference to follow, the mass is split uniformly
+    lp_inf = torch.tensor([[0.0, -math.inf, -math.inf, -math.inf]], dtype=F64)
+    q_inf = split_group_targets(lp_inf, valid, direct, mass, start, end)
+    torch.testing.assert_close(q_inf[0, 1:], torch.full((3,), 0.2, dtype=F64))
+    # float32 inputs, positions processed in several blocks: same as float64 in one block
+    import framework.algo.topk_kl as topk_kl
+
+    P, S, G = 7, 6, 2
+    g = torch.Generator().manual_seed(0)
+    lp_many = torch.log_softmax(torch.randn(P, S, generator=g, dtype=F64), -1)
+    st = torch.randint(0, 3, (P, G), generator=g)
+    en = st + torch.randint(1, 4, (P, G), generator=g)
+    ms = torch.rand(P, G, generator=g, dtype=F64) * 0.3
+    valid_many = torch.ones(P, S, dtype=torch.bool)
+    d0 = torch.zeros(P, S, dtype=F64)
+    whole = split_group_targets(lp_many, valid_many, d0, ms, st, en)
+    old = topk_kl._SPLIT_CHUNK
+    try:
+        topk_kl._SPLIT_CHUNK = S * G * 2  # two positions per block
+        blocks = split_group_targets(lp_many.float(), valid_many, d0.float(), ms.float(), st, en)
+    finally:
+        topk_kl._SPLIT_CHUNK = old
+    torch.testing.assert_close(blocks, whole, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(whole.sum(-1), ms.sum(-1))
+
+
+def test_group_fields_come_together_and_the_objective_uses_them():
+    ids, direct, mass, start, end, other = _grouped_targets()
+    logits = _student(P=3, seed=5)
+    weight = torch.ones(3, dtype=F64)
+    with pytest.raises(ValueError, match="together"):
+        topk_kl_loss(_gather(logits, ids), ids, direct, other, weight, 3.0, group_mass_P_G=mass)
+    batch = LossInputs(
+        mask_B_T=torch.ones(1, 3, dtype=F64),
+        dense_mask_B_T=torch.ones(1, 3, dtype=F64),
+        support_ids_B_T_S=ids[None],
+        support_probs_B_T_S=direct[None],
+        other_prob_B_T=other[None],
+        group_mass_B_T_G=mass[None],
+        group_start_B_T_G=start[None],
+        group_end_B_T_G=end[None],
+    )
+    student = TokenLogprobs(
+        logprobs_B_T=torch.zeros(1, 3, dtype=F64), support_logprobs_B_T_S=_gather(logits, ids)[None]
+    )
+    got = OPDTopK(opd=None)(student, batch).loss
+    want = topk_kl_loss(
+        _gather(logits, ids), ids, direct, other, weight, 3.0,
+        group_mass_P_G=mass, group_start_P_G=start, group_end_P_G=end,
+    ).loss  # fmt: skip
+    torch.testing.assert_close(got, want)
+    # a shard keeps its rows' groups
+    torch.testing.assert_close(batch.select_rows([0]).group_end_B_T_G, end[None])
