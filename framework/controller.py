@@ -28,7 +28,7 @@ import ray
 
 from framework import checkpoint
 from framework.actors.cluster import Stages
-from framework.actors.streaming import RAY_FAILURES, FaultBook, SampleStream
+from framework.actors.streaming import RAY_FAILURES, EmptyBatch, FaultBook, SampleStream
 from framework.config import Config
 from framework.data import PromptCursor
 from framework.data.verifiers import get_verifier
@@ -73,7 +73,10 @@ class Controller:
                         else self.cursor.take(self.cfg.data.prompts_per_step)
                     )
                     self.stream.launch(self.step + len(pending), prompts)
-                refs = self.stream.collect()
+                try:
+                    refs = self.stream.collect()
+                except EmptyBatch:  # every sample was skipped (the stream said why); a new batch
+                    continue
                 t_gen = time.perf_counter() - t0
                 sleep_s = self._colocated(self.stages.sleep_rollout)  # colocated: free the GPUs
                 try:

@@ -124,12 +124,17 @@ def run(cfg: Config) -> dict[str, float]:
 
 @hydra.main(config_path=RECIPES, config_name="config", version_base=None)
 def _hydra_main(raw: DictConfig) -> None:
+    from framework.actors.streaming import RunStopped, StageFailure
+
     try:
         cfg = to_config(raw)
         final = run(cfg)
     except ConfigError as e:  # also raised by resource checks and model resolution at start-up
         print(str(e), file=sys.stderr)
         sys.exit(2)
+    except (RunStopped, StageFailure) as e:  # a stage failed for good: the stream already said why
+        print(f"[tokenbridge] run stopped: {e}", file=sys.stderr)
+        sys.exit(3)
     scalars = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}  # preference runs nest
     say("[tokenbridge] done: " + "  ".join(f"{k}={v}" for k, v in scalars.items()))
 

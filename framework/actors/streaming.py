@@ -5,16 +5,27 @@ samples are ready are chained at once into one mapping → teacher → mapping h
 micro-batching). The driver holds only ObjectRefs, and reads one small integer per hop (how many
 samples came out) to learn that the hop succeeded.
 
-Repair, so that a sample is never lost nor trained twice:
-- an engine that died (its stream raised) or hung (no sample for ``rollout_timeout_s`` and no answer
-  to a ping) is replaced, re-synced to the current weights, and its prompts of every in-flight batch
-  are regenerated under the same sample ids; its partial output is discarded;
-- a hop that failed or is overdue (``teacher_timeout_s + mapping_timeout_s``) has its unresponsive
-  mapping worker / teacher replica replaced and is redone from the same rollouts.
+Every failure is classified from the exception the actor raised (``framework.actors.failures``):
+- dead or hung actor: an engine that died (its stream raised an actor error) or hung (no sample for
+  ``rollout_timeout_s`` and no answer to a ping) is replaced, re-synced to the current weights, and
+  its prompts of every in-flight batch are regenerated under the same sample ids (its partial output
+  is discarded); a hop whose mapping worker / teacher replica died or is overdue
+  (``teacher_timeout_s + mapping_timeout_s``) has the unresponsive actor replaced and is redone from
+  the same rollouts;
+- data error (a sample the stage cannot take): the failed unit (a hop's rollouts, an engine's
+  prompts) is halved and redone until the culprit is alone; it is skipped and counted
+  (``faults/skipped_<reason>``), the rest of the batch goes on. A batch left with no sample raises
+  :class:`EmptyBatch` (the step is skipped); ``RetryPolicy.max_empty_batches`` in a row stop the run;
+- transient error from a live actor: the unit is retried after an exponential backoff, within a
+  per-unit budget (``faults/<stage>_retry``);
+- configuration error (HTTP 401/403/404, ...) or the same error from a live actor several times in
+  a row: the run stops with :class:`RunStopped`, naming the stage and the original error.
+So that a sample is never lost nor trained twice, a unit is always redone as a whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -23,7 +34,9 @@ from dataclasses import dataclass, field
 import ray
 
 from framework.actors.cluster import Stages
+from framework.actors.failures import Attempts, Failure, Kind, RetryPolicy, RunStopped, Supervisor, classify
 from framework.config import Config
+from framework.logging import say
 from framework.types import Prompt
 
 RAY_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, ray.exceptions.ObjectLostError)
@@ -31,6 +44,14 @@ RAY_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, ray.e
 
 class StageFailure(RuntimeError):
     """A stage kept failing after ``trainer.max_restarts`` replacements."""
+
+
+class EmptyBatch(RuntimeError):
+    """Every sample of the oldest in-flight batch was skipped (data errors); it was dropped from the
+    in-flight batches and the caller should skip the step (the next batch takes its place)."""
+
+
+__all__ = ["RAY_FAILURES", "EmptyBatch", "FaultBook", "RunStopped", "SampleStream", "StageFailure"]
 
 
 @dataclass
@@ -42,6 +63,14 @@ class Chain:  # one mapping → teacher → mapping hop
     count_ref: ray.ObjectRef  # how many samples survived: the only thing the driver reads
     started: float
     done: bool = False
+    requests_ref: ray.ObjectRef | None = None  # the mapping's teacher inputs (None: sft_samples)
+    scores_ref: ray.ObjectRef | None = None  # the teacher's scores (None: sft_samples)
+    for_training: bool = True
+    mapper_actor: object | None = None  # the handles the hop was given (to tell a replaced actor)
+    teacher_actor: object | None = None
+    count: int = 0  # read from count_ref once the hop succeeded
+    attempts: Attempts = field(default_factory=Attempts)
+    retry_at: float | None = None  # backing off after a transient failure: redo at this time
 
 
 @dataclass
@@ -52,6 +81,8 @@ class EngineChunk:  # the prompts of one batch given to one rollout engine
     generator: object | None = None
     last_progress: float = 0.0
     chains: list[Chain] = field(default_factory=list)
+    attempts: Attempts = field(default_factory=Attempts)
+    retry_at: float | None = None  # backing off after a transient failure: restart the stream then
 
 
 @dataclass
@@ -70,19 +101,28 @@ class FaultBook:
     log: list[tuple[float, str]] = field(default_factory=list)
 
     def record(self, what: str, restarts_so_far: int) -> None:
-        self.counts[what] += 1
-        self.log.append((time.time(), what))
+        self.note(what)
         if restarts_so_far >= self.max_restarts:
             raise StageFailure(f"{what}: {self.max_restarts} actor restarts (trainer.max_restarts) used up")
+
+    def note(self, what: str, n: int = 1) -> None:
+        """Count a fault that needs no actor restart (a retry, a skipped sample)."""
+        self.counts[what] += n
+        self.log.append((time.time(), what))
 
 
 class SampleStream:
     """The in-flight batches of a run (oldest first) and the dataflow that fills them."""
 
-    def __init__(self, cfg: Config, stages: Stages, faults: FaultBook, version: Callable[[], int]):
+    def __init__(
+        self, cfg: Config, stages: Stages, faults: FaultBook, version: Callable[[], int],
+        policy: RetryPolicy | None = None, emit: Callable[[str], None] = say,
+    ):  # fmt: skip
         self.cfg, self.stages, self.faults, self.version = cfg, stages, faults, version
+        self.supervisor = Supervisor(policy or RetryPolicy(), emit)
         self.pending: deque[InflightBatch] = deque()
         self.rr = 0
+        self.empty_in_a_row = 0
         r = cfg.rollout
         self.sampling = dict(
             n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens
@@ -108,33 +148,49 @@ class SampleStream:
         chunk.generator = engine.generate_stream.options(num_returns="streaming").remote(
             chunk.prompts, sampling
         )
-        chunk.last_progress, chunk.chains = time.time(), []
+        chunk.last_progress, chunk.chains, chunk.retry_at = time.time(), [], None
 
-    def chain(self, rollout_refs: list, for_training: bool = True) -> Chain:
+    def chain(self, rollout_refs: list, for_training: bool = True, attempts: Attempts | None = None) -> Chain:
         """One mapping → teacher → mapping hop for the samples that are ready now (sft_teacher: re-tokenize)."""
         self.rr += 1
         m, t = self.rr % len(self.stages.mapping), self.rr % len(self.stages.teacher)
         mapper, teacher = self.stages.mapping[m], self.stages.teacher[t]
+        requests = scores = None
         if for_training and self.stages.teacher_generators:
             out, count = mapper.sft_samples.options(num_returns=2).remote(*rollout_refs)
         else:
             requests = mapper.prepare.remote(*rollout_refs)
             scores = teacher.score.remote(requests)
             out, count = mapper.finish.options(num_returns=2).remote(requests, scores, *rollout_refs)
-        return Chain(rollout_refs, m, t, out, count, time.time())
+        return Chain(
+            rollout_refs, m, t, out, count, time.time(), requests_ref=requests, scores_ref=scores,
+            for_training=for_training, mapper_actor=mapper, teacher_actor=teacher, attempts=attempts or Attempts(),
+        )  # fmt: skip
 
-    def _pump(self, chunk: EngineChunk) -> None:
+    def _redo(self, chain: Chain, refs: list | None = None, keep_attempts: bool = True) -> Chain:
+        return self.chain(
+            chain.rollout_refs if refs is None else refs, chain.for_training,
+            chain.attempts if keep_attempts else None,
+        )  # fmt: skip
+
+    # ---------------------------------------------------------------- rollout engines
+    def _pump(self, batch: InflightBatch, chunk: EngineChunk) -> None:
+        if chunk.retry_at is not None:  # backing off after a transient failure of this stream
+            if time.time() >= chunk.retry_at:
+                self._start(chunk)
+            return
         gen = chunk.generator
         if gen is None:
             return
         ready = []
         try:
             while gen.next_ready():  # type: ignore[attr-defined]
-                ready.append(next(gen))  # type: ignore[call-overload]
-        except StopIteration:
-            pass
-        except RAY_FAILURES:
-            self._engine_failed(chunk, "died")
+                try:
+                    ready.append(next(gen))  # type: ignore[call-overload]
+                except StopIteration:
+                    break
+        except RAY_FAILURES as error:  # an error is normally carried by the stream's next ref instead
+            self._stream_failed(batch, chunk, error)
             return
         if gen.is_finished():  # type: ignore[attr-defined]
             chunk.generator = None
@@ -150,6 +206,47 @@ class SampleStream:
             else:
                 chunk.last_progress = time.time()  # busy but alive: keep waiting
 
+    def _stream_failed(self, batch: InflightBatch, chunk: EngineChunk, error: BaseException) -> None:
+        """An engine's stream of ``chunk`` failed: replace the engine, halve the prompts, retry or stop."""
+        role, engines = self._engines()
+        failure = classify(error, role)
+        if failure.kind is Kind.DATA:
+            self._split_chunk(batch, chunk, failure)
+            return
+        if failure.kind is Kind.DEAD or not self.stages.alive(
+            engines[chunk.engine], self.cfg.trainer.health_timeout_s
+        ):
+            self._engine_failed(chunk, "died")
+            return
+        delay = self.supervisor.retry(failure, chunk.attempts)  # raises RunStopped when hopeless
+        self.faults.note(f"{role}_retry")
+        self._discard(chunk)
+        chunk.generator, chunk.retry_at = None, time.time() + delay
+
+    def _discard(self, chunk: EngineChunk) -> None:
+        """Drop a stream's partial output (its prompts are generated again, under the same sample ids)."""
+        self.faults.counts["requeued_samples"] += sum(len(c.rollout_refs) for c in chunk.chains)
+        chunk.chains = []
+
+    def _split_chunk(self, batch: InflightBatch, chunk: EngineChunk, failure: Failure) -> None:
+        """A prompt of ``chunk`` is bad: halve the chunk until the bad prompt is alone, then skip it."""
+        self._discard(chunk)
+        if len(chunk.prompts) <= 1:
+            self._skip(failure, len(chunk.prompts) * self.cfg.rollout.samples_per_prompt)
+            chunk.prompts, chunk.generator, chunk.retry_at = [], None, None
+            return
+        half = len(chunk.prompts) // 2
+        other = EngineChunk(chunk.engine, chunk.prompts[half:], (chunk.seed * 1_000_003 + half) % 2**31)
+        chunk.prompts = chunk.prompts[:half]
+        batch.chunks.append(other)
+        self._start(chunk)
+        self._start(other)
+
+    def _skip(self, failure: Failure, samples: int) -> None:
+        key = f"skipped_{failure.reason}"
+        self.faults.note(key, samples)
+        self.supervisor.skipped(failure, samples, self.faults.counts[key])
+
     def _restart(self, role: str, index: int, what: str) -> None:
         self.faults.record(what, sum(self.stages.restarts.values()))
         self.stages.restart(role, index, self.version(), self.cfg.trainer.actor_start_timeout_s)
@@ -163,53 +260,175 @@ class SampleStream:
         self._restart(role, index, f"{role}_{how}")
         for batch in self.pending:  # every stream of that engine is gone
             for other in batch.chunks:
-                if other.engine == index and (other.generator is not None or other is also):
+                if other.engine == index and (
+                    other.generator is not None or other.retry_at is not None or other is also
+                ):
                     self.faults.counts["requeued_samples"] += (
                         len(other.prompts) * self.cfg.rollout.samples_per_prompt
                     )
                     self._start(other)
 
-    def _settle(self, chunk: EngineChunk) -> bool:
-        """True when every hop of ``chunk`` has its mapped samples; repairs a failed or overdue hop."""
+    # ---------------------------------------------------------------- hops
+    def _settle(self, batch: InflightBatch, chunk: EngineChunk) -> bool:
+        """True when every hop of ``chunk`` has its mapped samples; repairs failed or overdue hops."""
         t = self.cfg.trainer
-        for k, chain in enumerate(chunk.chains):
+        kept: list[Chain] = []
+        for chain in chunk.chains:
             if chain.done:
+                kept.append(chain)
                 continue
+            if chain.retry_at is not None:  # backing off after a transient failure
+                kept.append(self._redo(chain) if time.time() >= chain.retry_at else chain)
+                continue
+            error: BaseException | None = None
             ready, _ = ray.wait([chain.count_ref], timeout=0)
-            try:
-                if ready:
-                    ray.get(chain.count_ref)  # raises if any hop of the chain failed
+            if ready:
+                try:
+                    chain.count = int(ray.get(chain.count_ref))  # raises if any hop of the chain failed
                     chain.done = True
-                    continue
-            except RAY_FAILURES:
-                pass
-            else:
-                if time.time() - chain.started < t.teacher_timeout_s + t.mapping_timeout_s:
-                    return False
-            # the hop failed or is overdue: find the culprit, replace it, redo the hop
-            try:
-                ray.get(chain.rollout_refs, timeout=t.health_timeout_s)
-            except RAY_FAILURES:
-                self._engine_failed(chunk, "died")
+                except ray.exceptions.RayError as e:
+                    error = e
+            elif time.time() - chain.started < t.teacher_timeout_s + t.mapping_timeout_s:
+                kept.append(chain)
+                continue
+            if chain.done:
+                self.supervisor.succeeded(self._engines()[0], "mapping", "teacher")
+                kept.append(chain)
+                continue
+            replacement = self._repair(batch, chunk, chain, error)
+            if replacement is None:  # the engine's stream starts over: all its hops are gone
                 return False
-            for role, index in (("mapping", chain.mapper), ("teacher", chain.teacher)):
-                if not self.stages.alive(self.stages.pool(role)[index], t.health_timeout_s):
-                    self._restart(role, index, f"{role}_failed")
-            self.faults.counts["requeued_samples"] += len(chain.rollout_refs)
-            chunk.chains[k] = self.chain(chain.rollout_refs)
-            return False
-        return True
+            kept.extend(replacement)
+        chunk.chains = kept
+        return all(c.done for c in kept)
 
+    def _repair(
+        self, batch: InflightBatch, chunk: EngineChunk, chain: Chain, error: BaseException | None
+    ) -> list[Chain] | None:
+        """What replaces a failed (``error``) or overdue (None) hop; None when the chunk's stream restarts."""
+        t = self.cfg.trainer
+        if error is not None:
+            self._drain(chain)
+        try:
+            ray.get(chain.rollout_refs, timeout=t.health_timeout_s)
+        except (ray.exceptions.RayError, TimeoutError) as rollout_error:  # the rollouts themselves failed
+            self._stream_failed(batch, chunk, rollout_error)
+            return None
+        if error is None:  # overdue: replace whoever stopped answering, else redo within the budget
+            if not self._replace_unresponsive(chain):
+                overdue = TimeoutError(
+                    f"hop not done after teacher_timeout_s + mapping_timeout_s = "
+                    f"{t.teacher_timeout_s + t.mapping_timeout_s:.0f} s while its actors answer pings"
+                )
+                self.supervisor.retry(classify(overdue, "mapping/teacher"), chain.attempts)
+                self.faults.note("hop_overdue")
+            self.faults.counts["requeued_samples"] += len(chain.rollout_refs)
+            return [self._redo(chain)]
+        failure = classify(*self._locate(chain, error))
+        if failure.kind is Kind.DATA:
+            if len(chain.rollout_refs) <= 1:
+                self._skip(failure, len(chain.rollout_refs))
+                return []
+            half = len(chain.rollout_refs) // 2
+            refs = chain.rollout_refs
+            return [self._redo(chain, refs[:half], False), self._redo(chain, refs[half:], False)]
+        if failure.kind is Kind.DEAD and self._replace_unresponsive(chain, failure):
+            self.faults.counts["requeued_samples"] += len(chain.rollout_refs)
+            return [self._redo(chain)]
+        # a live actor raised (or nobody turned out dead): retry after a backoff, or stop
+        delay = self.supervisor.retry(failure, chain.attempts)
+        self.faults.note(f"{failure.stage}_retry")
+        chain.retry_at = time.time() + delay
+        return [chain]
+
+    def _drain(self, chain: Chain, ready_only: bool = False) -> None:
+        """Read the failed results of a hop once. They hold the error already classified from the count
+        (an upstream error reaches every later task); unread, Ray prints each again as an "unhandled
+        error" when its ref is dropped."""
+        refs = [
+            r for r in (chain.count_ref, chain.out_ref, chain.requests_ref, chain.scores_ref) if r is not None
+        ]
+        if ready_only:
+            refs, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in refs:
+            with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
+                ray.get(ref, timeout=self.cfg.trainer.health_timeout_s)
+
+    def _locate(self, chain: Chain, error: BaseException) -> tuple[BaseException, str]:
+        """The stage of the hop that raised ``error`` (an upstream error reaches every later task)."""
+        for stage, ref in (("mapping", chain.requests_ref), ("teacher", chain.scores_ref)):
+            if ref is None:
+                continue
+            try:
+                ray.get(ref, timeout=self.cfg.trainer.health_timeout_s)
+            except (ray.exceptions.RayError, TimeoutError) as e:
+                return e, stage
+        return error, "mapping"
+
+    def _replace_unresponsive(self, chain: Chain, failure: Failure | None = None) -> bool:
+        """Replace the hop's mapping worker / teacher replica that does not answer a ping (or whose
+        engine died inside it); True when one was replaced, now or since the hop was submitted."""
+        replaced = False
+        for role, index, used in (
+            ("mapping", chain.mapper, chain.mapper_actor),
+            ("teacher", chain.teacher, chain.teacher_actor),
+        ):
+            actor = self.stages.pool(role)[index]
+            if used is not None and actor is not used:  # replaced already (another hop found it dead)
+                replaced = True
+                continue
+            broken = failure is not None and failure.engine_died and failure.stage == role
+            if broken or not self.stages.alive(actor, self.cfg.trainer.health_timeout_s):
+                self._restart(role, index, f"{role}_failed")
+                replaced = True
+        return replaced
+
+    # ---------------------------------------------------------------- the batch
     def collect(self) -> list:
-        """Drive every in-flight batch until the oldest has all its mapped samples; return their refs."""
+        """Drive every in-flight batch until the oldest has all its mapped samples; return their refs.
+
+        Raises :class:`EmptyBatch` (after dropping that batch) when every one of its samples was
+        skipped, and :class:`RunStopped` when a failure cannot be repaired.
+        """
+        try:
+            return self._collect()
+        except RunStopped:  # quiet the other failed hops: the reason was said once, above
+            for chain in [ch for b in self.pending for c in b.chunks for ch in c.chains if not ch.done]:
+                self._drain(chain, ready_only=True)
+            raise
+
+    def _collect(self) -> list:
         batch = self.pending[0]
         while True:
             live = [c.generator for b in self.pending for c in b.chunks if c.generator is not None]
-            waitables = live + [ch.count_ref for c in batch.chunks for ch in c.chains if not ch.done]
+            waitables = live + [
+                ch.count_ref for c in batch.chunks for ch in c.chains if not ch.done and ch.retry_at is None
+            ]
             if waitables:
                 ray.wait(waitables, num_returns=1, timeout=0.05)
+            else:  # only backoffs to wait for
+                time.sleep(0.01)
             for b in self.pending:
-                for chunk in b.chunks:
-                    self._pump(chunk)
-            if all(c.generator is None for c in batch.chunks) and all(self._settle(c) for c in batch.chunks):
-                return [ch.out_ref for c in batch.chunks for ch in c.chains]
+                for chunk in b.chunks:  # a chunk appended while halving is pumped too
+                    self._pump(b, chunk)
+            if all(c.generator is None and c.retry_at is None for c in batch.chunks) and all(
+                self._settle(batch, c) for c in batch.chunks
+            ):
+                break
+        refs = [ch.out_ref for c in batch.chunks for ch in c.chains]
+        if sum(ch.count for c in batch.chunks for ch in c.chains) > 0:
+            self.empty_in_a_row = 0
+            return refs
+        self.pending.popleft()
+        self.empty_in_a_row += 1
+        skipped = {k: v for k, v in self.faults.counts.items() if k.startswith("skipped_")}
+        line = (
+            f"every sample of batch {batch.step} ({len(batch.prompts)} prompts) was skipped; skipped so "
+            f"far: {skipped or 'none (every hop returned no sample)'}"
+        )
+        if self.empty_in_a_row >= self.supervisor.policy.max_empty_batches:
+            message = f"{line}. {self.empty_in_a_row} batches in a row had no usable sample: stopping the run"
+            self.supervisor.emit(f"[tokenbridge] STOPPING: {message}")
+            raise RunStopped(message)
+        self.supervisor.emit(f"[tokenbridge] {line}: the step is skipped")
+        raise EmptyBatch(line)

@@ -17,7 +17,22 @@ from typing import Protocol
 
 import numpy as np
 
+from framework.data.prompts import DataError
 from framework.types import TeacherRequest, TeacherScores
+
+
+class TeacherInputTooLong(DataError):
+    """A teacher sequence (prompt in the teacher's template + response) is longer than the teacher
+    accepts. A data error: the driver skips and counts that sample, the rest of the batch goes on."""
+
+    def __init__(self, message: str, sample_ids: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.sample_ids = sample_ids
+
+
+class TeacherConfigError(ValueError):
+    """The teacher cannot serve the run as configured (e.g. ``top_k`` above its ``max_logprobs``):
+    the same on every request, so the driver stops the run instead of retrying."""
 
 
 class TeacherBackend(Protocol):
@@ -38,18 +53,19 @@ def check_request(req: TeacherRequest, max_len: int | None = None) -> np.ndarray
             f"[1, {len(ids)}] (the first response token needs at least one token before it)"
         )
     if max_len is not None and len(ids) > max_len:
-        raise ValueError(
+        raise TeacherInputTooLong(
             f"TeacherRequest {req.sample_id!r} has {len(ids)} tokens; the teacher accepts at most "
-            f"{max_len} (raise the teacher's max_model_len or shorten the sample)"
+            f"{max_len} (raise the teacher's max_model_len or shorten the sample)",
+            (req.sample_id,),
         )
     return ids.astype(np.int64)
 
 
 def check_top_k(top_k: int, max_top_k: int | None = None) -> None:
     if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (got {top_k})")
+        raise TeacherConfigError(f"top_k must be >= 0 (got {top_k})")
     if max_top_k is not None and top_k > max_top_k:
-        raise ValueError(
+        raise TeacherConfigError(
             f"top_k={top_k} exceeds the teacher engine's max_logprobs={max_top_k}; "
             "start the teacher with max_logprobs >= top_k"
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import ssl
 import urllib.error
 import urllib.request
@@ -17,16 +18,40 @@ import warnings
 from typing import Any
 from urllib.parse import urlparse
 
-from framework.teacher.base import check_request, check_top_k, empty_scores, scores_from_candidates
+from framework.teacher.base import (
+    TeacherInputTooLong,
+    check_request,
+    check_top_k,
+    empty_scores,
+    scores_from_candidates,
+)
 from framework.types import TeacherRequest, TeacherScores
 
 
 class TeacherHTTPError(RuntimeError):
-    """The teacher server answered with an error (or not at all)."""
+    """The teacher server answered with an error (or not at all).
 
-    def __init__(self, message: str, status: int | None = None):
+    ``retryable``: a fault that may clear by itself (no answer, a timeout, HTTP 408/429/5xx); the
+    driver retries those with backoff and stops the run on the others (see ``framework.actors.failures``).
+    """
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool = False):
         super().__init__(message)
         self.status = status
+        self.retryable = retryable
+
+
+class TeacherHTTPInputTooLong(TeacherHTTPError, TeacherInputTooLong):
+    """HTTP 400 because a sequence exceeds the server's context length: a data error (skipped, counted)."""
+
+    def __init__(self, message: str, status: int | None = 400):
+        TeacherHTTPError.__init__(self, message, status)
+        self.sample_ids = ()
+
+
+RETRYABLE_STATUS = (408, 425, 429, 500, 502, 503, 504)
+# how vLLM's server words a prompt longer than its max_model_len (older and newer releases)
+_TOO_LONG = re.compile(r"maximum context length|longer than the maximum model length", re.IGNORECASE)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -96,16 +121,18 @@ class HttpTeacher:
                     f"teacher server {self.completions_url} rejected the API key (HTTP {e.code}): {hint}",
                     e.code,
                 ) from None
-            raise TeacherHTTPError(
-                f"teacher server {self.completions_url} answered HTTP {e.code}: {detail}", e.code
-            ) from None
+            message = f"teacher server {self.completions_url} answered HTTP {e.code}: {detail}"
+            if e.code == 400 and _TOO_LONG.search(detail):
+                raise TeacherHTTPInputTooLong(message, e.code) from None
+            raise TeacherHTTPError(message, e.code, retryable=e.code in RETRYABLE_STATUS) from None
         except urllib.error.URLError as e:
             raise TeacherHTTPError(
-                f"cannot reach teacher server {self.completions_url}: {e.reason}"
+                f"cannot reach teacher server {self.completions_url}: {e.reason}", retryable=True
             ) from None
         except TimeoutError:
             raise TeacherHTTPError(
-                f"teacher server {self.completions_url} did not answer within {self.timeout_s} s"
+                f"teacher server {self.completions_url} did not answer within {self.timeout_s} s",
+                retryable=True,
             ) from None
 
     def score(self, requests: list[TeacherRequest], top_k: int) -> list[TeacherScores]:
