@@ -1,4 +1,4 @@
-"""Token-mapping throughput on ONE CPU core (DESIGN.md §3).
+"""Token-mapping throughput on ONE CPU core (docs/design.md §3).
 
     python benchmarks/mapping.py [--student DIR --teacher DIR] [--tokens 1000000] [--gold-fraction 1.0]
 

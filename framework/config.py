@@ -75,7 +75,7 @@ class TeacherConfig:
 
 @dataclass
 class MappingConfig:
-    """The token-mapping worker pool (DESIGN.md §3)."""
+    """The token-mapping worker pool (docs/design.md §3)."""
 
     num_workers: int = 1
     credit: str = "proportional"  # proportional | uniform | last
@@ -102,7 +102,7 @@ class LearnerConfig:
 
 @dataclass
 class AlgoConfig:
-    """The objective (DESIGN.md §4)."""
+    """The objective (docs/design.md §4)."""
 
     name: str = "opd"  # opd | opd_topk | sft_teacher | ctpd | dpo
     clip_eps: float = 0.2

@@ -204,7 +204,7 @@ def distillation_metrics(
 
     ``distill/reverse_kl`` = (1/N) Σ_t m_t (log π_behaviour(y_t) − log p_T(y_t)): a per-token Monte-Carlo
     estimate of KL(π_S || p_T) on the student's own samples (with credited chunk logprobs the per-sequence
-    sum is exact chunk by chunk, §3.5). ``distill/student_entropy`` = (1/N) Σ_t m_t H_t.
+    sum is exact chunk by chunk, docs/design.md §3.5). ``distill/student_entropy`` = (1/N) Σ_t m_t H_t.
     """
     student = as_token_logprobs(student)
     n = denominator((counts or LossCounts.of(batch)).tokens)

@@ -1,4 +1,5 @@
-"""``opd_topk``: dense KL on the teacher's top-k projected onto the student vocabulary (DESIGN §3.6).
+"""``opd_topk``: dense KL on the teacher's top-k projected onto the student vocabulary
+(docs/design.md §3.6, §4.3).
 
 At each of P positions the target is a distribution over ``support ∪ {other}``, following the
 byte-prefix marginal of "Cross-Tokenizer On-Policy Distillation via Byte-Prefix Marginalization"

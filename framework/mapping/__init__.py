@@ -1,4 +1,4 @@
-"""Token mapping between a student and a teacher tokenizer (DESIGN.md §3): pure Python/NumPy.
+"""Token mapping between a student and a teacher tokenizer (docs/design.md §3): pure Python/NumPy.
 
 Main entry point: :class:`TokenMapper` (``TokenMapper.from_paths(student, teacher)``), with
 ``teacher_requests`` / ``map_samples`` (batched) and ``teacher_request`` / ``map_sample``.

@@ -1,11 +1,12 @@
-"""Byte-offset chunk alignment between two tokenizations of the same bytes (DESIGN.md §3.4).
+"""Byte-offset chunk alignment between two tokenizations of the same bytes (docs/design.md §3.4).
 
 Given token byte lengths ``l_i`` (student) and ``m_j`` (teacher) of the same byte string, the token
 *end* offsets ``e_i = Σ_{i'≤i} l_i'`` and ``f_j = Σ_{j'≤j} m_j'`` are strictly increasing (zero-length
 tokens aside). The sync points are the offsets present on both sides, ``S = {e_i} ∩ {f_j}``; the
 chunks are the byte spans between consecutive sync points, each with a contiguous student token range
-and a contiguous teacher token range (the dual-pointer chunking of Niu et al. 2026, DESIGN.md §6 [1],
-computed without a pointer loop). Token i belongs to the chunk closed by the first sync point ≥ e_i.
+and a contiguous teacher token range (the dual-pointer chunking of Niu et al. 2026, docs/design.md
+§12 [1], computed without a pointer loop). Token i belongs to the chunk closed by the first sync
+point ≥ e_i.
 
 Everything is vectorised over a *batch*: the samples' byte ranges are laid end to end in one global
 coordinate (sample b occupies ``(base_b, base_b + covered_b]``), one ``searchsorted`` finds all sync
@@ -115,7 +116,7 @@ def align_flat(
 def boundary_pairs(
     alignment: FlatAlignment, student_lens: np.ndarray, teacher_lens: np.ndarray, teacher_ok: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Student tokens that start exactly where a teacher token starts (DESIGN.md §3.6).
+    """Student tokens that start exactly where a teacher token starts (docs/design.md §3.6).
 
     Both models then condition on the same byte prefix, so the teacher's next-token row there is a
     valid target for the student's next token. Returns (student flat index int64[P], teacher flat

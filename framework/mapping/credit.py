@@ -1,4 +1,4 @@
-"""Sampled-path chunk credit (DESIGN.md §3.5; Niu et al. 2026, "Breaking the Tokenizer Barrier" [1]).
+"""Sampled-path chunk credit (docs/design.md §3.5; Niu et al. 2026 [1], "Breaking the Tokenizer Barrier").
 
 For each aligned chunk c (a student token range and a teacher token range over the same bytes):
 

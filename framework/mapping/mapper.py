@@ -1,4 +1,4 @@
-"""`TokenMapper`: the student↔teacher token mapping of one tokenizer pair (DESIGN.md §3).
+"""`TokenMapper`: the student↔teacher token mapping of one tokenizer pair (docs/design.md §3).
 
 Two calls per sample, both batched for throughput (Python overhead is paid per batch, not per token):
 

@@ -1,4 +1,4 @@
-"""Per-tokenizer facts and teacher-input rendering (DESIGN.md §3.2–3.3).
+"""Per-tokenizer facts and teacher-input rendering (docs/design.md §3.2–3.3).
 
 The teacher scores the student's response in the teacher's own format: the conversation is rendered
 with the TEACHER's chat template (``add_generation_prompt=True``), and the student response *text*

@@ -1,4 +1,4 @@
-"""Raw bytes of every token id of a tokenizer (DESIGN.md §3.1).
+"""Raw bytes of every token id of a tokenizer (docs/design.md §3.1).
 
 Token mapping works on bytes, never on per-token ``decode()`` strings: a token may hold part of a
 UTF-8 character. Two tokenizer kinds are supported, detected from the backend (``tokenizer.json``):

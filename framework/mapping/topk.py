@@ -1,5 +1,5 @@
-"""Teacher top-k → student vocabulary by byte prefix (DESIGN.md §3.6), following the byte-prefix
-marginal of "Cross-Tokenizer On-Policy Distillation via Byte-Prefix Marginalization" [4].
+"""Teacher top-k → student vocabulary by byte prefix (docs/design.md §3.6), following the
+byte-prefix marginal of "Cross-Tokenizer On-Policy Distillation via Byte-Prefix Marginalization" [4].
 
 At a student position that is also a teacher token boundary both models condition on the same bytes.
 The teacher's next-token distribution there is a distribution over how the continuation starts:

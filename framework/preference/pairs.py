@@ -7,12 +7,12 @@ For one response ``y`` (the chosen or the rejected text of a `PreferencePair`):
   prompt/response boundary), then the student's end-of-turn token so that stopping is scored too.
 - **Teacher request.** Built by `TokenMapper.teacher_requests` from that student response, exactly as
   for an on-policy rollout: the conversation in the TEACHER's chat template, ``y`` re-tokenized by the
-  teacher, the teacher's end-of-turn token (DESIGN.md §3.3).
-- **Aligned spans.** The byte-offset chunking of DESIGN.md §3.4 between the two tokenizations of ``y``:
+  teacher, the teacher's end-of-turn token (docs/design.md §3.3).
+- **Aligned spans.** The byte-offset chunking of docs/design.md §3.4 between the two tokenizations of ``y``:
   span ``k`` is a student token range and a teacher token range covering the same bytes. The student
   stop token and the teacher stop token form one more span (stop-token bridging, §3.5). Identical
   tokenizers give one token per span. These are CTPD's aligned spans (Nguyen et al. 2026, arXiv
-  2601.11865, DESIGN.md §6 [2]).
+  2601.11865, docs/design.md §12 [2]).
 
 After teacher scoring, the teacher span logprob is the sum of the realised teacher token logprobs in
 the span, ``τ_k = Σ_{j ∈ k} log p_T(t_j | t_<j)``; the spans telescope, ``Σ_k τ_k = log p_T(y)`` when

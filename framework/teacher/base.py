@@ -7,7 +7,8 @@ distribution *before* response token ``j``, i.e. ``log p_T(. | input_ids[: s + j
 - ``token_logprobs[j] = log p_T(input_ids[s + j] | input_ids[: s + j])`` (the realised token), and
 - ``topk_ids[j], topk_logprobs[j]``: the ``k`` most likely tokens there, best first.
 
-These are the sampled-path signal of Niu et al. [1] and the dense top-k signal of DESIGN.md §3.6.
+These are the sampled-path signal of Niu et al. [1] and the dense top-k signal of
+docs/design.md §3.6 (references: docs/design.md §12).
 """
 
 from __future__ import annotations

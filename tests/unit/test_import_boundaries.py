@@ -1,4 +1,4 @@
-"""DESIGN.md §2: only actors/, controller.py and train.py import Ray; algo/ and mapping/ stay pure."""
+"""docs/design.md §2.4: only actors/, controller.py and train.py import Ray; algo/ and mapping/ stay pure."""
 
 from __future__ import annotations
 
