@@ -113,7 +113,9 @@ def _teacher(name: str, family: str, arch: str) -> ModelSpec:
 
 
 def _student(name: str, family: str, arch: str) -> ModelSpec:
-    # Half the depth of a teacher, stopped early in its learning curve (a short warm-up).
+    # Half the depth of a teacher, stopped early in its learning curve (a short warm-up). At 0.25 on
+    # 64 validation problems the stop was too noisy: student-llama3 stopped at 11% test accuracy on an
+    # AMD host (34.5% elsewhere), too weak for 60 OPD steps to show; 0.35 starts them near 30%.
     return ModelSpec(
         name=name,
         family=family,
@@ -129,7 +131,7 @@ def _student(name: str, family: str, arch: str) -> ModelSpec:
         min_steps=200,
         max_steps=800,
         eval_every=25,
-        stop_at_val_accuracy=0.25,
+        stop_at_val_accuracy=0.35,
     )
 
 
