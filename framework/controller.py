@@ -34,7 +34,7 @@ from framework.data import PromptCursor
 from framework.data.verifiers import get_verifier
 from framework.eval import accuracy, generation_rows, teacher_kl
 from framework.ledger import Ledger
-from framework.logging import RunLogger, plot_run, read_metrics, say
+from framework.logging import RunLogger, open_run_log, plot_run, read_metrics, say
 from framework.types import Prompt
 
 
@@ -55,6 +55,7 @@ class Controller:
     # ---------------------------------------------------------------- the loop
     def run(self) -> dict[str, float]:
         t = self.cfg.trainer
+        open_run_log(self.output_dir)  # what the console shows also goes to OUTPUT/train.log
         self._restore()
         log = RunLogger(self.cfg, self.output_dir, total_steps=t.steps, start_step=self.step)
         final: dict[str, float] = {}
