@@ -74,29 +74,26 @@ def _built(path: Path) -> bool:
     return (path / COMPLETE).is_file()
 
 
-def real_tokenizer_path(name: str) -> Path:
-    """Folder of a real tokenizer (``llama3``, ``qwen3``, ``gemma3``, ``smollm2``); it must be built."""
-    if name not in REAL_TOKENIZERS:
-        raise KeyError(f"unknown real tokenizer {name!r}; known: {list(REAL_TOKENIZERS)}")
-    path = _entry_dir("tokenizer", name)
+def _built_entry(kind: str, name: str, known: tuple[str, ...], how: str) -> Path:
+    if name not in known:
+        raise KeyError(f"unknown real {kind} {name!r}; known: {list(known)}")
+    path = _entry_dir(kind, name)
     if not _built(path):
         raise RealTierNotBuiltError(
-            f"real tokenizer {name!r} is not built (expected {path}); build it with `{TOKENIZERS_COMMAND}` "
-            f"(or everything with `{BUILD_COMMAND}`)"
+            f"real {kind} {name!r} is not built (expected {path}); build it with {how}"
         )
     return path
+
+
+def real_tokenizer_path(name: str) -> Path:
+    """Folder of a real tokenizer (``llama3``, ``qwen3``, ``gemma3``, ``smollm2``); it must be built."""
+    how = f"`{TOKENIZERS_COMMAND}` (or everything with `{BUILD_COMMAND}`)"
+    return _built_entry("tokenizer", name, REAL_TOKENIZERS, how)
 
 
 def real_model_path(name: str) -> Path:
     """Folder of a real model (``smollm2-135m-instruct``, ``gemma3-270m``); it must be built."""
-    if name not in REAL_MODELS:
-        raise KeyError(f"unknown real model {name!r}; known: {list(REAL_MODELS)}")
-    path = _entry_dir("model", name)
-    if not _built(path):
-        raise RealTierNotBuiltError(
-            f"real model {name!r} is not built (expected {path}); build it with `{BUILD_COMMAND}`"
-        )
-    return path
+    return _built_entry("model", name, REAL_MODELS, f"`{BUILD_COMMAND}`")
 
 
 def read_entry(path: Path) -> dict[str, Any]:

@@ -405,3 +405,17 @@ def unicode_text(max_pieces: int = 12):
     chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\u2581")
     piece = st.one_of(st.sampled_from(_FRAGMENTS), st.text(chars, min_size=1, max_size=6))
     return st.lists(piece, max_size=max_pieces).map("".join)
+
+
+def stop_target(mapper, scores) -> float:
+    """logsumexp of the realised teacher stop logprob and the other teacher stop ids in the top-k row:
+    what the mapper's stop bridge should put on the student's stop token."""
+    import numpy as np
+
+    terms = [float(scores.token_logprobs[-1])]
+    seen = {int(mapper.teacher.stop_token_to_append)}
+    for tid, lp in zip(scores.topk_ids[-1].tolist(), scores.topk_logprobs[-1].tolist()):
+        if tid in mapper.teacher.stop_ids and tid not in seen:
+            seen.add(tid)
+            terms.append(lp)
+    return float(np.logaddexp.reduce(terms))

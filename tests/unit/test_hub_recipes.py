@@ -29,15 +29,6 @@ def _compose(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
-@pytest.fixture
-def empty_offline_cache(tmp_path, monkeypatch) -> Path:
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path / "hf" / "hub"
-
-
 @pytest.mark.parametrize("pair", HUB_PAIRS)
 @pytest.mark.parametrize("cluster", [None, "gpu_8x_disaggregated", "gpu_8x_colocated"])
 def test_hub_recipes_pass_start_up_validation(pair, cluster):
@@ -49,17 +40,17 @@ def test_hub_recipes_pass_start_up_validation(pair, cluster):
 
 
 @pytest.mark.parametrize("pair", HUB_PAIRS)
-def test_hub_recipe_ids_offline_and_not_cached_are_one_clear_error(pair, empty_offline_cache):
+def test_hub_recipe_ids_offline_and_not_cached_are_one_clear_error(pair, offline_cache):
     cfg = to_config(_compose([f"pair={pair}", "cluster=gpu_8x_disaggregated"]))
     with pytest.raises(ModelPathError) as info:
         resolve_pair(cfg)
     err = info.value
     assert err.key == "pair.student" and cfg.pair.student in err.problem
-    assert str(empty_offline_cache) in err.problem and "HF_HUB_OFFLINE" in err.fix
+    assert str(offline_cache) in err.problem and "HF_HUB_OFFLINE" in err.fix
     assert "\n" not in str(err) and err.__cause__ is None
 
 
-def test_train_run_refuses_before_anything_starts(empty_offline_cache, monkeypatch):
+def test_train_run_refuses_before_anything_starts(offline_cache, monkeypatch):
     from framework.train import run
 
     cfg = to_config(_compose(["pair=qwen3_8b_to_llama3.2_1b", "cluster=gpu_8x_disaggregated"]))
@@ -69,7 +60,7 @@ def test_train_run_refuses_before_anything_starts(empty_offline_cache, monkeypat
         run(cfg)
 
 
-def test_tokenbridge_train_prints_one_line_and_exits_2(empty_offline_cache, tmp_path):
+def test_tokenbridge_train_prints_one_line_and_exits_2(offline_cache, tmp_path):
     """The entry point itself: a Hub recipe offline with an empty cache → exit 2, one line, no traceback."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     env.pop("HF_HUB_CACHE", None)

@@ -16,6 +16,7 @@ from framework.mapping import MissingChatTemplateError, TokenMapper, align_token
 from tests.unit.mapping_fixtures import (
     make_rollout,
     random_scores,
+    stop_target,
     tokenizer_dir,
     tokenizer_names,
     unicode_text,
@@ -28,17 +29,6 @@ K = 6
 
 def mapper_for(student: str, teacher: str, **kw) -> TokenMapper:
     return TokenMapper.from_paths(tokenizer_dir(student), tokenizer_dir(teacher), **kw)
-
-
-def _stop_target(mapper, scores) -> float:
-    """logsumexp of the realised teacher stop logprob and the other teacher stop ids in the top-k row."""
-    terms = [float(scores.token_logprobs[-1])]
-    seen = {int(mapper.teacher.stop_token_to_append)}
-    for tid, lp in zip(scores.topk_ids[-1].tolist(), scores.topk_logprobs[-1].tolist()):
-        if tid in mapper.teacher.stop_ids and tid not in seen:
-            seen.add(tid)
-            terms.append(lp)
-    return float(np.logaddexp.reduce(terms))
 
 
 def check_invariants(mapper, rollout, request, scores, sample):
@@ -97,7 +87,7 @@ def check_invariants(mapper, rollout, request, scores, sample):
     if split.stopped:
         if appended:
             assert sample.mask[-1] == 1.0
-            assert sample.teacher_logprobs[-1] == pytest.approx(_stop_target(mapper, scores), abs=1e-5)
+            assert sample.teacher_logprobs[-1] == pytest.approx(stop_target(mapper, scores), abs=1e-5)
         else:
             assert sample.mask[-1] == 0.0
 

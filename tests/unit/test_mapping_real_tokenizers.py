@@ -37,7 +37,7 @@ from framework.mapping.render import TokenizerInfo
 from framework.mapping.topk import MAX_GROUP_SIZE
 from framework.types import TeacherScores
 from framework.zoo import FAMILIES, tokenizer_path
-from tests.unit.mapping_fixtures import make_rollout, unicode_text
+from tests.unit.mapping_fixtures import make_rollout, stop_target, unicode_text
 
 REAL = ("llama3", "qwen3", "gemma3", "smollm2")
 PAIRS = list(itertools.product(REAL, repeat=2))
@@ -166,17 +166,6 @@ def teacher_scores(request, vocab: int, rng: np.random.Generator) -> TeacherScor
         ids[row] = [t_ids[row], *distinct_ids(rng, vocab, K - 1, exclude=(int(t_ids[row]),))]
     probs = rng.dirichlet(np.ones(K + 1), size=n)[:, :K] if n else np.zeros((0, K))
     return TeacherScores(request.sample_id, token_lp, ids, np.log(probs).astype(np.float32))
-
-
-def stop_target(mapper: TokenMapper, scores: TeacherScores) -> float:
-    """logsumexp of the realised teacher stop logprob and the other teacher stop ids of the top-k row."""
-    terms = [float(scores.token_logprobs[-1])]
-    seen = {int(mapper.teacher.stop_token_to_append)}
-    for tid, lp in zip(scores.topk_ids[-1].tolist(), scores.topk_logprobs[-1].tolist()):
-        if tid in mapper.teacher.stop_ids and tid not in seen:
-            seen.add(tid)
-            terms.append(lp)
-    return float(np.logaddexp.reduce(terms))
 
 
 def check_case(mapper: TokenMapper, response_ids, finish_reason: str, seed: int):

@@ -70,18 +70,6 @@ def _as_hub_cache(model: Path, cache: Path, repo_id: str, refs: tuple[str, ...] 
     return snapshot
 
 
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch) -> Path:
-    """An empty hub cache under a tmp HF_HOME, and HF_HUB_OFFLINE=1 (nothing is ever downloaded)."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cache = tmp_path / "hf_home" / "hub"
-    cache.mkdir(parents=True)
-    return cache
-
-
 # ------------------------------------------------------------------------------------------ local folders
 
 
