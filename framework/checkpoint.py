@@ -5,6 +5,10 @@ Layout: ``OUTPUT/checkpoints/step_000040/{student/, learner/, controller.json, C
 checkpoint is written under a ``.tmp-`` name and renamed only after every part (student weights,
 learner state, controller state) is on disk, then marked ``COMPLETE``; a half-written folder is never
 picked by :func:`latest_complete`. Nothing here unpickles anything.
+
+Nothing of a previous run is erased: a fresh run into a folder that already holds one refuses to start
+unless ``trainer.overwrite=true``, which moves the old files into ``previous-<timestamp>/``
+(:func:`prepare_fresh_run`).
 """
 
 from __future__ import annotations
@@ -12,11 +16,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from framework.config import ConfigError
+from framework.logging import say
+
 COMPLETE = "COMPLETE"
+# what a run writes into its folder; a fresh run with overwrite=true moves these aside
+RUN_FILES = (
+    "checkpoints", "best", ".tmp-best", ".old-best", "ledger.jsonl", "metrics.jsonl", "generations.jsonl",
+    "resumed_from.json", "resolved_config.json", "curves.png", "train.log", "logs", "wandb",
+)  # fmt: skip
 
 
 def checkpoints_root(output_dir: str | Path) -> Path:
@@ -44,13 +57,36 @@ def commit(tmp: Path, controller_state: dict[str, Any]) -> Path:
     return final
 
 
-def latest_complete(output_dir: str | Path) -> Path | None:
-    """The newest checkpoint folder that carries the COMPLETE marker, if any."""
-    root = checkpoints_root(output_dir)
+def _complete(root: Path) -> list[Path]:
+    """The ``step_N`` folders under ``root`` that carry the COMPLETE marker, oldest first."""
     if not root.is_dir():
-        return None
-    done = [p for p in root.iterdir() if p.name.startswith("step_") and (p / COMPLETE).exists()]
-    return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
+        return []
+    done = [
+        p
+        for p in root.iterdir()
+        if p.name.startswith("step_") and p.name[5:].isdigit() and (p / COMPLETE).exists()
+    ]
+    return sorted(done, key=lambda p: int(p.name[5:]))
+
+
+def latest_complete(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint whose ``controller.json`` reads back, if any.
+
+    A folder marked COMPLETE whose controller state is missing or unreadable (a disk that filled up, a
+    file damaged later) is skipped with a warning, and the one before it is used.
+    """
+    for ckpt in reversed(_complete(checkpoints_root(output_dir))):
+        try:
+            state = load_controller_state(ckpt)
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError("no step recorded")
+        except FileNotFoundError:
+            say(f"[tokenbridge] warning: skipping checkpoint {ckpt}: controller.json is missing")
+        except (OSError, ValueError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            say(f"[tokenbridge] warning: skipping checkpoint {ckpt}: controller.json is unreadable ({e})")
+        else:
+            return ckpt
+    return None
 
 
 def load_controller_state(checkpoint: Path) -> dict[str, Any]:
@@ -59,15 +95,81 @@ def load_controller_state(checkpoint: Path) -> dict[str, Any]:
 
 def prune(output_dir: str | Path, keep: int) -> None:
     """Delete all but the ``keep`` newest complete checkpoints, and any stale temporary folders."""
-    root = checkpoints_root(output_dir)
-    if not root.is_dir():
-        return
-    done = sorted(
-        (p for p in root.iterdir() if p.name.startswith("step_") and (p / COMPLETE).exists()),
-        key=lambda p: int(p.name.split("_")[1]),
-    )
+    done = _complete(checkpoints_root(output_dir))
     for old in done[: max(0, len(done) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
+    _remove_tmp_steps(output_dir)
+
+
+def _remove_tmp_steps(output_dir: str | Path) -> None:
+    root = checkpoints_root(output_dir)
+    if root.is_dir():
+        for tmp in root.glob(".tmp-step_*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(output_dir: str | Path) -> None:
+    """Remove what an interrupted write left behind: ``checkpoints/.tmp-step_*`` and ``.tmp-best``.
+
+    ``.old-best`` is the previous best while a new one is being swapped in: if ``best/`` is missing
+    the swap was cut short, so it is put back; otherwise it is an outdated copy and goes.
+    """
+    root = Path(output_dir)
+    _remove_tmp_steps(root)
+    shutil.rmtree(root / ".tmp-best", ignore_errors=True)
+    old, best = root / ".old-best", root / "best"
+    if old.is_dir() and not best.exists():
+        os.replace(old, best)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def previous_run_files(output_dir: str | Path) -> list[str]:
+    """What in ``output_dir`` shows that a run already trained there: checkpoints, a kept best
+    student, or a ledger / metrics log with lines. Empty for a missing or fresh folder."""
+    root = Path(output_dir)
+    found = []
+    ckpts = checkpoints_root(root)
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        found.append("checkpoints/")
+    if (root / "best").is_dir():
+        found.append("best/")
+    for name in ("ledger.jsonl", "metrics.jsonl"):
+        if (root / name).is_file() and (root / name).stat().st_size > 0:
+            found.append(name)
+    return found
+
+
+def prepare_fresh_run(output_dir: str | Path, overwrite: bool) -> Path | None:
+    """Make ``output_dir`` ready for a run from step 0 without erasing anything of an earlier run.
+
+    A folder with no earlier run in it (see :func:`previous_run_files`) is left as it is. Otherwise,
+    without ``overwrite`` it raises :class:`ConfigError` and touches nothing; with ``overwrite`` the
+    earlier run's files are moved, intact, into ``output_dir/previous-<timestamp>/``, which is returned.
+    """
+    root = Path(output_dir)
+    found = previous_run_files(root)
+    if not found:
+        return None
+    if not overwrite:
+        raise ConfigError(
+            "trainer.output_dir",
+            f"{root} already holds a previous run ({', '.join(found)}) and trainer.resume=none would "
+            "start over in it",
+            "trainer.resume=auto to continue it, trainer.overwrite=true to start over (the old files are "
+            f"moved to {root}/previous-<timestamp>/, not deleted), or another trainer.output_dir",
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = root / f"previous-{stamp}", 1
+    while aside.exists():
+        n += 1
+        aside = root / f"previous-{stamp}-{n}"
+    aside.mkdir()
+    for name in RUN_FILES:
+        if (root / name).exists() or (root / name).is_symlink():
+            os.replace(root / name, aside / name)
+    _fsync_dir(root)
+    say(f"[tokenbridge] trainer.overwrite=true: the previous run's files were moved to {aside}")
+    return aside
 
 
 def eval_score(metrics: dict[str, float]) -> tuple[str, float] | None:

@@ -141,6 +141,7 @@ class TrainerConfig:
     output_dir: str = "auto"  # auto = the Hydra run directory (outputs/DATE/TIME_pair_algo)
     seed: int = 0
     resume: str = "none"  # none | auto | PATH
+    overwrite: bool = False  # resume=none into a folder with a previous run: move it to previous-*/
     rollout_timeout_s: float = 300.0
     teacher_timeout_s: float = 300.0
     mapping_timeout_s: float = 120.0

@@ -17,7 +17,6 @@ importance ratio in the loss corrects for the older behaviour policy. Faults: se
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from framework.data import PromptCursor
 from framework.data.verifiers import get_verifier
 from framework.eval import accuracy, generation_rows, teacher_kl
 from framework.ledger import Ledger
-from framework.logging import RunLogger, open_run_log, plot_run, read_metrics, say
+from framework.logging import RunLogger, open_run_log, plot_run, read_metrics, say, truncate_metrics_after
 from framework.types import Prompt
 
 
@@ -230,12 +229,12 @@ class Controller:
         return final
 
     def _restore(self, ckpt: Path | None = None) -> None:
-        resume = self.cfg.trainer.resume
+        resume, startup = self.cfg.trainer.resume, ckpt is None  # else: a learner recovery mid-run
         if ckpt is None and resume != "none":
             ckpt = checkpoint.latest_complete(self.output_dir) if resume == "auto" else Path(resume)
-        if ckpt is None:
-            self.ledger.truncate_after(0)  # a fresh run: nothing trained yet, whatever the folder held
-            shutil.rmtree(self.output_dir / "best", ignore_errors=True)  # nor is an older run's best its own
+        checkpoint.remove_stale(self.output_dir)
+        if ckpt is None:  # from step 0: refuse (resume=none) or move aside an earlier run, never erase it
+            checkpoint.prepare_fresh_run(self.output_dir, self.cfg.trainer.overwrite or resume == "auto")
             return
         state = checkpoint.load_controller_state(ckpt)
         self.stages.learner.load(ckpt, timeout_s=self.cfg.trainer.learner_timeout_s)
@@ -244,6 +243,8 @@ class Controller:
         by_id = {p.prompt_id: p for p in self.train_prompts}
         self.requeued = deque([by_id[i] for i in ids] for ids in state.get("requeued_prompt_ids", []))
         self.ledger.truncate_after(self.step)  # steps trained after the checkpoint are redone
+        if startup:  # (mid-run the log file is open for appending; read_metrics keeps the last row)
+            truncate_metrics_after(self.output_dir / "metrics.jsonl", self.step)
         # a record of where this process picked up (the run's log says it too)
         checkpoint.write_json(
             self.output_dir / "resumed_from.json", {"checkpoint": str(ckpt), "step": self.step}

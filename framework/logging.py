@@ -112,6 +112,25 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     return sorted(by_step.values(), key=lambda r: r["step"])
 
 
+def truncate_metrics_after(path: Path, step: int) -> None:
+    """Keep only the rows of ``metrics.jsonl`` with step <= ``step`` (a resume from the checkpoint of
+    ``step`` redoes the later ones, which would otherwise appear twice). Lines that do not parse (cut
+    short by a killed run) are dropped. Atomic: a temporary file replaces the log."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            if int(row["step"]) <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)$", re.IGNORECASE)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from framework import checkpoint
 from framework.config import Config, ConfigError, register_configs, to_config
 from framework.logging import ACTOR_LOG_ENV, open_run_log, say
 
@@ -97,11 +98,15 @@ def run(cfg: Config) -> dict[str, float]:
         max_bad_lines=cfg.data.max_bad_lines,
     )
     output_dir = _output_dir(cfg)
+    preference = cfg.algo.name in ("ctpd", "dpo")  # offline preference pairs: no rollouts, one learner rank
+    if cfg.trainer.resume == "none" and not preference:
+        # before anything is written or started: an earlier run in the folder is refused or moved aside
+        checkpoint.prepare_fresh_run(output_dir, cfg.trainer.overwrite)
     open_run_log(output_dir)
     os.environ[ACTOR_LOG_ENV] = str((output_dir / "logs" / "actors.log").resolve())
     if train_report.skipped:
         say(f"[tokenbridge] skipped {train_report.skipped} bad records: {train_report.reasons}")
-    if cfg.algo.name in ("ctpd", "dpo"):  # offline preference pairs: no rollouts, one learner rank
+    if preference:
         from framework.preference.from_config import settings_from_config
         from framework.preference.run import run_preference
 
