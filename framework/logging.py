@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from framework.config import Config
 
@@ -131,6 +131,8 @@ def truncate_metrics_after(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+# the config's validated choices, typed as wandb.init wants them
+_WANDB_MODES: dict[str, Literal["online", "offline"]] = {"online": "online", "offline": "offline"}
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)$", re.IGNORECASE)
 
 
@@ -166,7 +168,7 @@ class RunLogger:
                 project=cfg.logging.project,
                 name=cfg.logging.run_name or output_dir.name,
                 dir=str(output_dir),
-                mode=cfg.logging.wandb_mode,
+                mode=_WANDB_MODES[cfg.logging.wandb_mode],
                 config=config_dict,
                 resume="allow",
                 id=_stable_run_id(output_dir),
@@ -204,8 +206,9 @@ class RunLogger:
         if self.wandb is not None:
             import wandb
 
-            columns = list(rows[0].keys())
-            table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+            names = list(rows[0].keys())
+            columns: list[str | int] = [*names]
+            table = wandb.Table(columns=columns, data=[[r.get(c) for c in names] for r in rows])
             self.wandb.log({"eval/generations": table}, step=step)
 
     def close(self) -> None:
