@@ -140,7 +140,7 @@ class Stages:
                 try:
                     out[role].append(ray.get(ref))
                 except ray.exceptions.RayActorError:
-                    pass
+                    continue  # a dead actor has no stats to give; the stream replaces it
         return out
 
     def actors(self) -> list:

@@ -72,5 +72,5 @@ def kill_local_tree(node_ip: str, pids: list[int]) -> int:
             psutil.Process(pid).kill()
             killed += 1
         except psutil.Error:
-            pass
+            continue  # already gone (or never ours): nothing left to kill
     return killed
