@@ -132,7 +132,7 @@ class Controller:
         if best is not None:
             say(f"[tokenbridge] best {best['metric']}={best['value']:.4f} at step {best['step']}: "
                 f"{self.output_dir / 'best' / 'student'}")  # fmt: skip
-        plot = plot_run(self.output_dir)
+        plot = plot_run(self.output_dir, rows)  # the rows read above, not the file again
         if plot is not None:
             say(f"[tokenbridge] curves: {plot}")
 

@@ -67,9 +67,10 @@ def route_actor_output() -> None:
     os.close(fd)
 
 
-def plot_run(output_dir: Path) -> Path | None:
-    """``curves.png`` in the run folder: held-out accuracy and teacher-KL against training steps,
-    read back from ``metrics.jsonl`` (None when nothing was evaluated or matplotlib is missing)."""
+def plot_run(output_dir: Path, rows: list[dict[str, float]] | None = None) -> Path | None:
+    """``curves.png`` in the run folder: held-out accuracy and teacher-KL against training steps, from
+    ``rows`` (default: read back from ``metrics.jsonl``); None when nothing was evaluated or matplotlib
+    is missing."""
     try:
         import matplotlib
 
@@ -77,7 +78,8 @@ def plot_run(output_dir: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = read_metrics(output_dir / "metrics.jsonl")
+    if rows is None:
+        rows = read_metrics(output_dir / "metrics.jsonl")
     series = {
         key: [(r["step"], r[key]) for r in rows if key in r] for key in ("eval/accuracy", "eval/teacher_kl")
     }
