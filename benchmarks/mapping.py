@@ -1,17 +1,31 @@
-"""Token-mapping throughput on ONE CPU core (docs/design.md §3).
+"""Token-mapping cost on ONE CPU core (docs/design.md §3): pair preparation and per-token throughput.
 
     python benchmarks/mapping.py [--student DIR --teacher DIR] [--tokens 1000000] [--gold-fraction 1.0]
+    python benchmarks/mapping.py --pairs real [--tokens 200000] [--out results/mapping_real.json]
 
-Rows (same inputs for all; mixed arithmetic / prose / code / CJK+emoji responses, ~8 samples/prompt):
+Pairs: by default the zoo's llama3 student with its qwen teacher (or ``--student/--teacher``);
+``--pairs real`` runs the real tier's vendor tokenizers (``tokenbridge-zoo --real-tokenizers``), written
+teacher → student: Gemma-3 → Llama-3 and Qwen3 → Llama-3.
+
+Preparation (per pair, each in a fresh Python process, imports excluded): ``TokenMapper.from_paths``
++ the top-k projection map + the teacher's continuation encoder, i.e. everything before the first
+batch. ``cold`` starts from an empty table cache (a temporary ``TOKENBRIDGE_MAPPING_CACHE``), ``warm``
+reads the tables the cold run left there (an actor restart). Peak RSS is the child's high-water mark
+(``VmHWM``, Rust allocations included) after preparation, with its value after the imports beside it.
+
+Throughput rows (same inputs for all; mixed arithmetic / prose / code / CJK+emoji responses, ~8
+samples/prompt, teacher top-k rows with the realised teacher token first and k-1 random ids):
   (a) teacher tokenization of the response texts alone (batched, `tokenizers`) — the floor;
   (b) our sampled path end to end: teacher input rendering (chat template, cached per conversation) +
       response bytes + teacher tokenization + alignment + chunk credit + stop bridging, given random
       teacher logprobs;
-  (c) our top-k projection at k = 20 (positions/s), as the extra cost of dense targets inside
-      map_samples, and the bare projection kernel;
+  (c) the top-k projection at k = 20 as the mapper runs it (direct ids + byte-prefix groups, packed per
+      sample), in positions/s: the extra time of map_samples with top-k over (b)'s map_samples; and
+      the bare grouped kernel (`project_topk_groups`) on every teacher row;
   (d) TRL's GOLD byte-offset alignment + probability merge (trl.experimental.gold, called, not copied)
-      on the same responses.
-Targets: (b) <= 1.5x (a); (b) >= 10x faster than (d); (c) >= 200k positions/s.
+      on the same responses (zoo pair only unless ``--gold``).
+Targets: preparation <= 5 s per real pair (warm); (b) <= 1.5x (a); (b) >= 10x faster than (d);
+(c) >= 200k positions/s. ``--pairs real`` also writes the figures to ``--out`` as JSON.
 """
 
 from __future__ import annotations
@@ -22,8 +36,13 @@ for _var, _val in (("RAYON_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false
     os.environ[_var] = _val
 
 import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
 import random  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -31,7 +50,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from framework.mapping import TokenMapper, project_topk  # noqa: E402
+from framework.mapping import TokenMapper  # noqa: E402
+from framework.mapping.cache import ENV as CACHE_ENV  # noqa: E402
+from framework.mapping.topk import project_topk_groups  # noqa: E402
 from framework.types import Prompt, Rollout, TeacherScores  # noqa: E402
 
 _WORDS = [
@@ -122,6 +143,8 @@ def make_rollouts(mapper: TokenMapper, total_tokens: int, samples_per_prompt: in
 
 
 def random_scores(requests, vocab: int, k: int | None, seed: int = 1):
+    """Random teacher logprobs; top-k rows hold the realised teacher token first (as a real teacher's
+    rows mostly do) and k-1 uniformly random ids, with descending Dirichlet probabilities."""
     rng = np.random.default_rng(seed)
     out = []
     for q in requests:
@@ -130,6 +153,7 @@ def random_scores(requests, vocab: int, k: int | None, seed: int = 1):
         ids = lps = None
         if k:
             ids = rng.integers(0, vocab, size=(n, k), dtype=np.int32)
+            ids[:, 0] = q.input_ids[q.response_start :]
             probs = -np.sort(-rng.dirichlet(np.ones(k + 1), size=n)[:, :k], axis=1)
             lps = np.log(probs).astype(np.float32)
         out.append(TeacherScores(q.sample_id, lp, ids, lps))
@@ -189,31 +213,77 @@ def gold_alignment(mapper: TokenMapper, rollouts, requests, scores, fraction: fl
     return seconds, tokens
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--student", help="student tokenizer dir (default: zoo llama3, else test fixture)")
-    parser.add_argument("--teacher", help="teacher tokenizer dir (default: zoo qwen, else test fixture)")
-    parser.add_argument("--tokens", type=int, default=1_000_000, help="student response tokens")
-    parser.add_argument("--samples-per-prompt", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=512, help="samples per map call")
-    parser.add_argument("--gold-fraction", type=float, default=1.0, help="share of samples run through GOLD")
-    parser.add_argument("--skip-gold", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best is kept)")
-    args = parser.parse_args(argv)
-    student_dir, teacher_dir = args.student, args.teacher
-    if student_dir is None or teacher_dir is None:
-        try:
-            from framework.zoo import tokenizer_path
+def _peak_rss_mib() -> float:
+    """Peak resident set of this process image: ``VmHWM`` of /proc/self/status (``ru_maxrss`` would
+    carry the parent's peak across fork + exec); ``ru_maxrss`` where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
-            student_dir, teacher_dir = str(tokenizer_path("llama3")), str(tokenizer_path("qwen"))
-        except ImportError:
-            from tests.unit.mapping_fixtures import fixture_tokenizer_dirs
 
-            dirs = fixture_tokenizer_dirs()
-            student_dir, teacher_dir = dirs["bl_group"], dirs["bl_single"]
+def prepare_child(student_dir: str, teacher_dir: str) -> dict:
+    """(In a fresh process) prepare one pair as an actor does before its first batch, imports excluded
+    (transformers and the two tokenizer classes, timed apart)."""
+    start = time.perf_counter()
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    for folder in (student_dir, teacher_dir):
+        config = Path(folder) / "tokenizer_config.json"
+        name = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+        if name:
+            tokenizer_class_from_name(name)
+    imports = time.perf_counter() - start
+    rss_before = _peak_rss_mib()
+    wall, cpu = time.perf_counter(), time.process_time()
+    mapper = TokenMapper.from_paths(student_dir, teacher_dir, topk=True)
+    tables = time.perf_counter()
+    _ = mapper.projection
+    projection = time.perf_counter()
+    _ = mapper.teacher.continuation
+    end = time.perf_counter()
+    return {
+        "seconds": end - wall,
+        "cpu_seconds": time.process_time() - cpu,
+        "tokenizers_seconds": tables - wall,
+        "projection_seconds": projection - tables,
+        "continuation_seconds": end - projection,
+        "import_seconds": imports,
+        "rss_after_imports_mib": rss_before,
+        "peak_rss_mib": _peak_rss_mib(),
+        "groups": mapper.projection.num_groups,
+    }
+
+
+def measure_preparation(student_dir: str, teacher_dir: str, cache: str) -> dict:
+    """Cold (empty ``cache`` folder) then warm (the tables it left) preparation, each in a new process."""
+    env = {**os.environ, CACHE_ENV: cache}
+    out = {}
+    for phase in ("cold", "warm"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--prepare-child",
+            "--student",
+            student_dir,
+            "--teacher",
+            teacher_dir,
+        ]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"preparation child failed:\n{done.stderr[-4000:]}")
+        out[phase] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def run_pair(student_dir: str, teacher_dir: str, args, gold: bool) -> dict:
+    """Throughput rows (a)-(d) of one pair (module docstring); prints them, returns the figures."""
     sampled = TokenMapper.from_paths(student_dir, teacher_dir, topk=False)
     dense = TokenMapper.from_paths(student_dir, teacher_dir, topk=True)
-    _ = dense.projection  # built once per pair (reported separately)
+    _ = dense.projection  # built once per pair (reported as preparation)
     print(f"student {student_dir}\nteacher {teacher_dir}\nidentity={sampled.is_identity}")
     rollouts, n_tokens = make_rollouts(sampled, args.tokens, args.samples_per_prompt)
     batches = [rollouts[i : i + args.batch] for i in range(0, len(rollouts), args.batch)]
@@ -229,7 +299,7 @@ def main(argv=None) -> int:
     score_k_batches = [scores_k[i : i + args.batch] for i in range(0, len(scores_k), args.batch)]
     rows_ids = np.concatenate([s.topk_ids for s in scores_k])
     rows_lp = np.concatenate([s.topk_logprobs for s in scores_k])
-    t2s = dense.projection.teacher_to_student
+    projection = dense.projection
 
     def floor():  # (a) teacher tokenization of the response texts
         for i in range(0, len(texts), args.batch):
@@ -244,14 +314,14 @@ def main(argv=None) -> int:
     def map_plain():  # (b, part 2)
         return [sampled.map_samples(b, q, s) for b, q, s in zip(batches, req_batches, score_batches)]
 
-    def map_dense():  # (c) the same with top-k projection
+    def map_dense():  # (c) the same with the grouped top-k projection
         return [dense.map_samples(b, q, s) for b, q, s in zip(batches, req_batches, score_k_batches)]
 
-    def kernel():
+    def kernel():  # (c) the bare grouped projection on every teacher row
         for i in range(0, rows_lp.shape[0], 16384):
-            project_topk(rows_ids[i : i + 16384], rows_lp[i : i + 16384], t2s)
+            project_topk_groups(rows_ids[i : i + 16384], rows_lp[i : i + 16384], projection)
 
-    # Rounds interleave the measurements (the machine is shared): the best of each is reported.
+    # Rounds interleave the measurements (the machine may be shared): the best of each is reported.
     best = {name: float("inf") for name in ("a", "req", "map", "dense", "kernel")}
     for _ in range(args.rounds):
         for name, fn in (
@@ -268,6 +338,13 @@ def main(argv=None) -> int:
     mapped, mapped_k = map_plain(), map_dense()
     teacher_tokens = sum(q.input_ids.shape[0] - q.response_start for q in requests)
     positions = sum(m.dense.positions.shape[0] for batch in mapped_k for m in batch)
+    grouped = sum(
+        int((m.dense.group_index >= 0).sum())
+        for batch in mapped_k
+        for m in batch
+        if m.dense.group_index is not None
+    )
+    slots = sum(int((m.dense.support_probs > 0).sum()) for batch in mapped_k for m in batch)
     extra = max(t_dense - t_map, 1e-9)
 
     rows = [
@@ -277,35 +354,156 @@ def main(argv=None) -> int:
         ("    - map_samples (align+credit+stop)", t_map, n_tokens / t_map),
         ("(c) ours: map_samples with top-k k=20", t_dense, n_tokens / t_dense),
     ]
-    gold = None
-    if not args.skip_gold:
+    gold_seconds = None
+    if gold:
         g_seconds, g_tokens = gold_alignment(sampled, rollouts, requests, scores_plain, args.gold_fraction)
-        gold = g_seconds * n_tokens / g_tokens  # scaled to all tokens when run on a fraction
+        gold_seconds = g_seconds * n_tokens / g_tokens  # scaled to all tokens when run on a fraction
         rows.append(
-            (f"(d) TRL GOLD align+merge ({args.gold_fraction:.0%} run, scaled)", gold, n_tokens / gold)
+            (
+                f"(d) TRL GOLD align+merge ({args.gold_fraction:.0%} run, scaled)",
+                gold_seconds,
+                n_tokens / gold_seconds,
+            )
         )
     print(f"\n{'row':52s} {'seconds':>9s} {'student tok/s':>14s}")
     for name, seconds, rate in rows:
         print(f"{name:52s} {seconds:9.3f} {rate:14,.0f}")
     print(
         f"\nteacher tokens: {teacher_tokens}; dense positions: {positions} "
-        f"({positions / n_tokens:.1%} of student tokens)"
+        f"({positions / n_tokens:.1%} of student tokens); {grouped / max(slots, 1):.1%} of the "
+        "non-empty target slots are byte-prefix groups"
     )
+    rate_c = positions / extra
     print(
-        f"(c) top-k projection: {positions / extra:,.0f} positions/s inside map_samples; "
+        f"(c) grouped top-k projection: {rate_c:,.0f} positions/s inside map_samples; "
         f"bare kernel {rows_lp.shape[0] / t_kernel:,.0f} rows/s"
     )
-    masked = np.mean([m.diagnostics["map/masked_frac"] for batch in mapped for m in batch])
-    one = np.mean([m.diagnostics["map/one_to_one_frac"] for batch in mapped for m in batch])
+    masked = float(np.mean([m.diagnostics["map/masked_frac"] for batch in mapped for m in batch]))
+    one = float(np.mean([m.diagnostics["map/one_to_one_frac"] for batch in mapped for m in batch]))
     print(f"mean masked fraction {masked:.3%}, mean 1:1 chunk fraction {one:.1%}")
-    print("\ntargets:")
+    print("targets:")
     print(f"  (b) <= 1.5x (a): {t_b / t_a:.2f}x -> {'MET' if t_b <= 1.5 * t_a else 'NOT MET'}")
-    if gold is not None:
-        print(
-            f"  (b) >= 10x faster than (d): {gold / t_b:.1f}x -> {'MET' if gold >= 10 * t_b else 'NOT MET'}"
-        )
-    rate_c = positions / extra
+    if gold_seconds is not None:
+        verdict = "MET" if gold_seconds >= 10 * t_b else "NOT MET"
+        print(f"  (b) >= 10x faster than (d): {gold_seconds / t_b:.1f}x -> {verdict}")
     print(f"  (c) >= 200k positions/s: {rate_c:,.0f} -> {'MET' if rate_c >= 200_000 else 'NOT MET'}")
+    return {
+        "student_tokens": n_tokens,
+        "teacher_tokens": teacher_tokens,
+        "samples": len(rollouts),
+        "seconds": {
+            "a_floor": t_a,
+            "b_sampled_path": t_b,
+            "b_teacher_requests": t_req,
+            "b_map_samples": t_map,
+            "c_map_samples_topk": t_dense,
+            "c_kernel": t_kernel,
+            **({"d_gold_scaled": gold_seconds} if gold_seconds is not None else {}),
+        },
+        "b_over_a": t_b / t_a,
+        "dense_positions": positions,
+        "group_slot_frac": grouped / max(slots, 1),
+        "c_positions_per_s": rate_c,
+        "c_kernel_rows_per_s": rows_lp.shape[0] / t_kernel,
+        "masked_frac": masked,
+        "one_to_one_chunk_frac": one,
+    }
+
+
+REAL_PAIRS = (("gemma3", "llama3"), ("qwen3", "llama3"))  # (teacher, student)
+
+
+def _print_preparation(prep: dict) -> None:
+    for phase in ("cold", "warm"):
+        p = prep[phase]
+        print(
+            f"preparation {phase}: {p['seconds']:.2f} s wall ({p['cpu_seconds']:.2f} s CPU; tokenizers "
+            f"{p['tokenizers_seconds']:.2f}, projection {p['projection_seconds']:.2f}, teacher continuation "
+            f"encoder {p['continuation_seconds']:.2f}), peak RSS {p['peak_rss_mib']:.0f} MiB "
+            f"({p['rss_after_imports_mib']:.0f} MiB after {p['import_seconds']:.1f} s of imports)"
+        )
+    warm = prep["warm"]["seconds"]
+    print(f"  preparation <= 5 s (warm): {warm:.2f} s -> {'MET' if warm <= 5 else 'NOT MET'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", choices=("zoo", "real"), default="zoo", help="zoo pair or the real tier")
+    parser.add_argument("--student", help="student tokenizer dir (default: zoo llama3, else test fixture)")
+    parser.add_argument("--teacher", help="teacher tokenizer dir (default: zoo qwen, else test fixture)")
+    parser.add_argument(
+        "--tokens", type=int, help="student response tokens (default 1M; real: 200k per pair)"
+    )
+    parser.add_argument("--samples-per-prompt", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=512, help="samples per map call")
+    parser.add_argument("--gold-fraction", type=float, default=1.0, help="share of samples run through GOLD")
+    parser.add_argument("--skip-gold", action="store_true")
+    parser.add_argument("--gold", action="store_true", help="run GOLD on real pairs too (slow)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best is kept)")
+    parser.add_argument("--skip-prepare", action="store_true", help="no preparation timing")
+    parser.add_argument("--out", help="JSON results (default with --pairs real: results/mapping_real.json)")
+    parser.add_argument("--prepare-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.prepare_child:
+        print(json.dumps(prepare_child(args.student, args.teacher)))
+        return 0
+    if args.tokens is None:
+        args.tokens = 200_000 if args.pairs == "real" else 1_000_000
+
+    if args.pairs == "real":
+        from framework.zoo.real import real_tokenizer_path
+
+        pairs = [
+            (f"{t} -> {s}", str(real_tokenizer_path(s)), str(real_tokenizer_path(t))) for t, s in REAL_PAIRS
+        ]
+        gold = args.gold and not args.skip_gold
+        out = args.out or "results/mapping_real.json"
+    else:
+        student_dir, teacher_dir = args.student, args.teacher
+        if student_dir is None or teacher_dir is None:
+            try:
+                from framework.zoo import tokenizer_path
+
+                student_dir, teacher_dir = str(tokenizer_path("llama3")), str(tokenizer_path("qwen"))
+            except ImportError:
+                from tests.unit.mapping_fixtures import fixture_tokenizer_dirs
+
+                dirs = fixture_tokenizer_dirs()
+                student_dir, teacher_dir = dirs["bl_group"], dirs["bl_single"]
+        pairs = [(f"{Path(teacher_dir).name} -> {Path(student_dir).name}", student_dir, teacher_dir)]
+        gold = not args.skip_gold
+        out = args.out
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tb_mapping_bench_") as scratch:
+        for name, student_dir, teacher_dir in pairs:
+            print(f"\n=== {name} (teacher -> student)")
+            cache = str(Path(scratch) / name.replace(" ", ""))
+            os.environ[CACHE_ENV] = cache  # this process reads what the preparation children cached
+            prep = None
+            if not args.skip_prepare:
+                prep = measure_preparation(student_dir, teacher_dir, cache)
+                _print_preparation(prep)
+            figures = run_pair(student_dir, teacher_dir, args, gold)
+            results.append(
+                {"pair": name, "student": student_dir, "teacher": teacher_dir, "preparation": prep, **figures}
+            )
+    if out:
+        args.out = out
+        record = {
+            "benchmark": "benchmarks/mapping.py",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": {
+                "cpus": os.cpu_count(),
+                "load_average": os.getloadavg(),
+                "python": platform.python_version(),
+            },
+            "args": {k: v for k, v in vars(args).items() if k != "prepare_child"},
+            "pairs": results,
+        }
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"\nwrote {out}")
     return 0
 
 

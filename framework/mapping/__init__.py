@@ -1,7 +1,8 @@
 """Token mapping between a student and a teacher tokenizer (docs/design.md §3): pure Python/NumPy.
 
 Main entry point: :class:`TokenMapper` (``TokenMapper.from_paths(student, teacher)``), with
-``teacher_requests`` / ``map_samples`` (batched) and ``teacher_request`` / ``map_sample``.
+``teacher_requests`` / ``map_samples`` (batched) and ``teacher_request`` / ``map_sample``. The
+per-tokenizer tables are cached on disk (:mod:`framework.mapping.cache`).
 """
 
 from framework.mapping.align import Alignment, FlatAlignment, align_flat, align_tokens, boundary_pairs

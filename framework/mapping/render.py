@@ -68,7 +68,21 @@ def continuation_encoder(backend_json: dict) -> Tokenizer:
     encoded as ordinary text (``encode_special_tokens``). Unicode normalizers are dropped too: the
     response bytes are what the student wrote, normalized or not, and the teacher must score those.
     """
-    spec = copy.deepcopy(backend_json)
+    return _continuation_from_json(continuation_spec_json(backend_json))
+
+
+def _continuation_from_json(spec_json: str) -> Tokenizer:
+    encoder = Tokenizer.from_str(spec_json)
+    encoder.encode_special_tokens = True
+    return encoder
+
+
+def continuation_spec_json(backend_json: dict) -> str:
+    """The ``tokenizer.json`` text of :func:`continuation_encoder` (``backend_json`` is not modified)."""
+    # Only the normalizer and the pre-tokenizer are edited: copy those, share the (large) rest.
+    spec = dict(backend_json)
+    for component in ("normalizer", "pre_tokenizer"):
+        spec[component] = copy.deepcopy(backend_json.get(component))
 
     def strip_prefix_rules(node: Any) -> Any:
         if isinstance(node, dict):
@@ -96,9 +110,7 @@ def continuation_encoder(backend_json: dict) -> Tokenizer:
     spec["post_processor"] = None  # never add BOS/EOS to a continuation
     # a saved tokenizer.json may carry padding / truncation settings; a continuation must keep every byte
     spec["padding"], spec["truncation"] = None, None
-    encoder = Tokenizer.from_str(json.dumps(spec))
-    encoder.encode_special_tokens = True
-    return encoder
+    return json.dumps(spec)
 
 
 def tokenizer_fingerprint(backend_json: dict) -> str:
@@ -109,21 +121,52 @@ def tokenizer_fingerprint(backend_json: dict) -> str:
 
 @dataclass
 class TokenizerInfo:
-    """Everything the mapping needs to know about one tokenizer, computed once."""
+    """Everything the mapping needs to know about one tokenizer, computed once.
+
+    ``backend_json`` and ``continuation`` are built on first use (the continuation encoder serves the
+    teacher side only), the latter from the disk cache (:mod:`framework.mapping.cache`) when it has it.
+    """
 
     path: str
     hf: Any  # transformers tokenizer (used only for the chat template)
-    backend_json: dict
     table: TokenByteTable
     prompt_encoder: Tokenizer  # the backend tokenizer as is (rendered prompts contain special tokens)
-    continuation: Tokenizer  # see continuation_encoder
     eos_id: int | None
     end_of_turn_id: int | None  # what the chat template writes after an assistant turn
     stop_ids: frozenset[int]  # eos ∪ end-of-turn ∪ generation_config.json eos_token_id
     stops: StopTokens  # where the three above come from (framework.data.chat.stop_tokens)
     fingerprint: str
     warnings: list[str] = field(default_factory=list)
+    cache_key: str | None = None  # this tokenizer's disk cache entry (None: not cached)
+    _backend_json: dict | None = field(default=None, repr=False)
+    _continuation: Tokenizer | None = field(default=None, repr=False)
     _prompt_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    @property
+    def backend_json(self) -> dict:
+        """The backend tokenizer's JSON (``tokenizer.json`` as transformers built it)."""
+        if self._backend_json is None:
+            self._backend_json = json.loads(self.prompt_encoder.to_str())
+        return self._backend_json
+
+    @property
+    def continuation(self) -> Tokenizer:
+        """See :func:`continuation_encoder`."""
+        if self._continuation is None:
+            from framework.mapping import cache
+
+            cached = cache.load_continuation(self.cache_key) if self.cache_key else None
+            if cached is not None:
+                try:
+                    self._continuation = _continuation_from_json(cached)
+                except Exception:  # a damaged entry is rebuilt below
+                    self._continuation = None
+            if self._continuation is None:
+                spec_json = continuation_spec_json(self.backend_json)
+                self._continuation = _continuation_from_json(spec_json)
+                if self.cache_key:
+                    cache.save_continuation(self.cache_key, spec_json)
+        return self._continuation
 
     @property
     def chat_template(self) -> str | None:
@@ -164,9 +207,16 @@ class TokenizerInfo:
         return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
 
 
-def load_tokenizer_info(path: str) -> TokenizerInfo:
-    """Load a tokenizer directory (anything ``AutoTokenizer.from_pretrained`` accepts locally)."""
+def load_tokenizer_info(path: str, cache: bool = True) -> TokenizerInfo:
+    """Load a tokenizer directory (anything ``AutoTokenizer.from_pretrained`` accepts locally).
+
+    With ``cache`` (and the cache not turned off, see :mod:`framework.mapping.cache`), the byte table
+    and the fingerprint of a tokenizer folder come from the disk cache when it has them, and go there
+    when it does not.
+    """
     from transformers import AutoTokenizer
+
+    from framework.mapping import cache as disk
 
     hf = AutoTokenizer.from_pretrained(str(path))
     backend = getattr(hf, "backend_tokenizer", None)
@@ -175,8 +225,17 @@ def load_tokenizer_info(path: str) -> TokenizerInfo:
             f"tokenizer at {path} is a slow (Python) tokenizer; a fast tokenizer (tokenizer.json) is required. "
             "Convert it once with transformers and save it with save_pretrained."
         )
-    backend_json = json.loads(backend.to_str())
-    table = build_byte_table(backend_json)
+    key = disk.tokenizer_key(path) if cache and disk.cache_dir() is not None else None
+    cached = disk.load_tables(key) if key else None
+    backend_json: dict | None = None
+    if cached is not None:
+        table, fingerprint = cached
+    else:
+        backend_json = json.loads(backend.to_str())
+        table = build_byte_table(backend_json)
+        fingerprint = tokenizer_fingerprint(backend_json)
+        if key:
+            disk.save_tables(key, table, fingerprint)
     warnings: list[str] = []
     if table.undecodable:
         warnings.append(
@@ -190,16 +249,16 @@ def load_tokenizer_info(path: str) -> TokenizerInfo:
     return TokenizerInfo(
         path=str(path),
         hf=hf,
-        backend_json=backend_json,
         table=table,
         prompt_encoder=backend,
-        continuation=continuation_encoder(backend_json),
         eos_id=stops.eos_id,
         end_of_turn_id=stops.end_of_turn_id,
         stop_ids=stops.ids,
         stops=stops,
-        fingerprint=tokenizer_fingerprint(backend_json),
+        fingerprint=fingerprint,
         warnings=warnings,
+        cache_key=key,
+        _backend_json=backend_json,
     )
 
 

@@ -136,6 +136,73 @@ class TokenByteTable:
         # All token bytes end to end (uint8[Σ len]) + each id's start: vectorised gathers for batches.
         self.flat_bytes = np.frombuffer(b"".join(self.token_bytes), dtype=np.uint8)
         self.byte_starts = (np.cumsum(self.byte_lengths, dtype=np.int64) - self.byte_lengths).astype(np.int64)
+        self._byte_order: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(
+        cls,
+        kind: str,
+        flat_bytes: np.ndarray,
+        byte_lengths: np.ndarray,
+        special_ids: np.ndarray,
+        byte_fallback: bool,
+        fallback_ids: np.ndarray,
+        undecodable: np.ndarray,
+        byte_order: np.ndarray | None = None,
+    ) -> TokenByteTable:
+        """Rebuild a table from its array form (`framework.mapping.cache`)."""
+        lengths = np.asarray(byte_lengths, dtype=np.int32)
+        ends = np.cumsum(lengths, dtype=np.int64)
+        raw = np.asarray(flat_bytes, dtype=np.uint8).tobytes()
+        if ends.shape[0] and int(ends[-1]) != len(raw):
+            raise ValueError(f"byte lengths sum to {int(ends[-1])}, not {len(raw)} bytes")
+        token_bytes = [raw[e - n : e] for e, n in zip(ends.tolist(), lengths.tolist())]
+        table = cls(
+            kind,
+            token_bytes,
+            lengths,
+            frozenset(np.asarray(special_ids).tolist()),
+            bool(byte_fallback),
+            frozenset(np.asarray(fallback_ids).tolist()),
+            np.asarray(undecodable).tolist(),
+        )
+        table._byte_order = None if byte_order is None else np.asarray(byte_order, dtype=np.int32)
+        return table
+
+    def sort_keys(self, ids: np.ndarray, width: int) -> np.ndarray:
+        """uint8[N, width + 2]: each id's bytes, zero-padded to ``width`` (at least its length), then the
+        length as two big-endian bytes.
+
+        Compared as raw bytes (``memcmp``; a ``V{width+2}`` view of the rows), the keys sort exactly like
+        the byte strings: the padding ties a string with its extensions by trailing zero bytes only, and
+        the length then puts the shorter (the prefix) first.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        lens = self.byte_lengths[ids].astype(np.int64)
+        if lens.shape[0] and int(lens.max()) > min(width, 0xFFFF):
+            raise ValueError(f"a token of {int(lens.max())} bytes does not fit sort keys of width {width}")
+        keys = np.zeros((ids.shape[0], width + 2), dtype=np.uint8)
+        buf, _ = self.gather(ids)
+        if buf.shape[0]:
+            row_start = np.cumsum(lens) - lens
+            cell = np.arange(buf.shape[0], dtype=np.int64) + np.repeat(
+                np.arange(ids.shape[0], dtype=np.int64) * (width + 2) - row_start, lens
+            )
+            keys.ravel()[cell] = buf
+        keys[:, width] = lens >> 8
+        keys[:, width + 1] = lens & 0xFF
+        return keys
+
+    @property
+    def byte_order(self) -> np.ndarray:
+        """int32[N]: the ids with bytes, sorted by (bytes, id) (built once)."""
+        if self._byte_order is None:
+            ids = np.flatnonzero(self.byte_lengths > 0)
+            width = int(self.byte_lengths[ids].max(initial=0))
+            keys = self.sort_keys(ids, width)
+            order = np.argsort(void_view(keys), kind="stable")  # stable: equal bytes keep id order
+            self._byte_order = ids[order].astype(np.int32)
+        return self._byte_order
 
     def join(self, ids: np.ndarray | list[int]) -> bytes:
         """Concatenated bytes of a token id sequence."""
@@ -154,6 +221,12 @@ class TokenByteTable:
 
     def lengths(self, ids: np.ndarray) -> np.ndarray:
         return self.byte_lengths[ids]
+
+
+def void_view(keys: np.ndarray) -> np.ndarray:
+    """The rows of a C-contiguous uint8[N, W] array as N opaque items (compared with ``memcmp``)."""
+    keys = np.ascontiguousarray(keys)
+    return keys.view(np.dtype((np.void, keys.shape[1]))).reshape(keys.shape[0])
 
 
 def build_byte_table(tokenizer_json: dict | str) -> TokenByteTable:

@@ -46,12 +46,11 @@ Python loop over positions. Per sample, `pack_groups` ships only the student ids
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from framework.mapping.token_bytes import TokenByteTable
+from framework.mapping.token_bytes import TokenByteTable, void_view
 
 MAX_GROUP_SIZE = 1024  # largest E(t) spread over; larger groups stay in `other` (learner memory)
 
@@ -95,12 +94,6 @@ class ProjectionMap:
         return self._codes
 
 
-def _prefix_successor(b: bytes) -> bytes | None:
-    """The smallest byte string above every string that starts with ``b`` (None: no upper bound)."""
-    b = b.rstrip(b"\xff")
-    return b[:-1] + bytes([b[-1] + 1]) if b else None
-
-
 def build_projection_map(
     student: TokenByteTable,
     teacher: TokenByteTable,
@@ -112,48 +105,141 @@ def build_projection_map(
 
     A group larger than ``max_group_size`` student tokens is left unmapped: the learner gathers the
     student's logprob of every member at every position that uses the group.
+
+    Vectorised over the vocabularies: the student's eligible tokens in byte order (``student.byte_order``,
+    cached per tokenizer) are searched with every teacher token at once, as fixed-width keys that sort
+    like the byte strings (`TokenByteTable.sort_keys`).
     """
-    by_bytes: dict[bytes, int] = {}
-    eligible: list[int] = []
-    for sid, b in enumerate(student.token_bytes):
-        if not b or sid in student.special_ids:
-            continue
-        eligible.append(sid)
-        prev = by_bytes.get(b)
-        # Several ids can share bytes (byte-fallback <0x41> and "A"): prefer the regular piece.
-        if prev is None or (prev in student.fallback_ids and sid not in student.fallback_ids):
-            by_bytes[b] = sid
-    longest = max((len(b) for b in by_bytes), default=0)
-    # byte strings some student token strictly extends: after them the student's next token is open
-    extended = {b[:n] for b in by_bytes for n in range(1, len(b))}
-    eligible.sort(key=lambda sid: (student.token_bytes[sid], sid))
-    order = np.array(eligible, dtype=np.int32)
-    sorted_bytes = [student.token_bytes[sid] for sid in eligible]
-    t2s = np.full(teacher.vocab_size, -1, dtype=np.int32)
-    t2g = np.full(teacher.vocab_size, -1, dtype=np.int32)
-    exact = np.zeros(teacher.vocab_size, dtype=bool)
-    groups: dict[tuple[int, int], int] = {}
-    for tid, b in enumerate(teacher.token_bytes):
-        if not b:
-            if tid in teacher_stop_ids and student_stop_id is not None:
-                t2s[tid] = student_stop_id
-                exact[tid] = True
-            continue
-        if b in extended:  # E(t) = the student tokens in [lo, hi) of the byte order
-            lo = bisect_left(sorted_bytes, b)
-            succ = _prefix_successor(b)
-            hi = len(sorted_bytes) if succ is None else bisect_left(sorted_bytes, succ, lo)
-            if hi - lo <= max_group_size:
-                t2g[tid] = groups.setdefault((lo, hi), len(groups))
-            continue
-        for n in range(min(len(b), longest), 0, -1):
-            match = by_bytes.get(b[:n])
-            if match is not None:
-                t2s[tid] = match
-                exact[tid] = n == len(b)
-                break
-    bounds = np.array(list(groups), dtype=np.int32).reshape(-1, 2)
+    order = student.byte_order
+    if student.special_ids:
+        order = order[~np.isin(order, _id_array(student.special_ids))]
+    N, Vt = order.shape[0], teacher.vocab_size
+    t2s = np.full(Vt, -1, dtype=np.int32)
+    t2g = np.full(Vt, -1, dtype=np.int32)
+    exact = np.zeros(Vt, dtype=bool)
+    if student_stop_id is not None and teacher_stop_ids:
+        stops = np.array(sorted(teacher_stop_ids), dtype=np.int64)
+        stops = stops[(stops >= 0) & (stops < Vt)]
+        stops = stops[teacher.byte_lengths[stops] == 0]
+        t2s[stops], exact[stops] = student_stop_id, True
+    tids = teacher.byte_order.astype(np.int64)  # in byte order: sorted queries search fast
+    if N == 0 or tids.shape[0] == 0:
+        return ProjectionMap(t2s, exact, t2g, np.zeros((0, 2), dtype=np.int32), order)
+    s_len = student.byte_lengths[order].astype(np.int64)
+    t_len = teacher.byte_lengths[tids].astype(np.int64)
+    width = int(max(s_len.max(), t_len.max()))
+    s_keys, t_keys = student.sort_keys(order, width), teacher.sort_keys(tids, width)
+    s_void, t_void = void_view(s_keys), void_view(t_keys)
+    # Runs of equal student bytes (ids ascending inside a run): the run's DIRECT id is its first regular
+    # piece, else its first byte-fallback piece (<0x41> and "A" share bytes: "A" wins).
+    new_run = np.ones(N, dtype=bool)
+    new_run[1:] = s_void[1:] != s_void[:-1]
+    run_start = np.flatnonzero(new_run)
+    run_of = np.cumsum(new_run) - 1
+    regular = ~np.isin(order, _id_array(student.fallback_ids))
+    first_regular = np.minimum.reduceat(np.where(regular, np.arange(N), N), run_start)
+    run_direct = order[np.where(first_regular < N, first_regular, run_start)]
+
+    # E(t) non-empty beyond bytes(t) itself <=> the first student string above bytes(t) extends it.
+    above = np.searchsorted(s_void, t_void, side="right")
+    ok = above < N
+    rows = np.flatnonzero(ok)
+    extended = np.zeros(tids.shape[0], dtype=bool)
+    extended[rows] = _starts_with(s_keys[above[rows]], s_len[above[rows]], t_keys[rows], t_len[rows])
+
+    # groups: E(t) = [lo, hi) of the byte order, with hi the position of the prefix successor of bytes(t)
+    ext = np.flatnonzero(extended)
+    lo = np.searchsorted(s_void, t_void[ext], side="left")
+    succ, has_succ = _prefix_successors(t_keys[ext], t_len[ext], width)
+    hi = np.full(ext.shape[0], N, dtype=np.int64)
+    hi[has_succ] = np.searchsorted(s_void, void_view(succ[has_succ]), side="left")
+    fits = hi - lo <= max_group_size
+    bounds = np.zeros((0, 2), dtype=np.int32)
+    if fits.any():
+        # number groups by first use in teacher id order; teacher ids sharing E(t) share the group
+        members = tids[ext[fits]]
+        pair = lo[fits] * (N + 1) + hi[fits]
+        uniq, inverse = np.unique(pair, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        first = np.full(uniq.shape[0], Vt, dtype=np.int64)
+        np.minimum.at(first, inverse, members)  # a group's number: its first teacher id's rank
+        by_first = np.argsort(first)
+        number = np.empty(uniq.shape[0], dtype=np.int64)
+        number[by_first] = np.arange(uniq.shape[0])
+        t2g[members] = number[inverse]
+        bounds = np.stack([uniq[by_first] // (N + 1), uniq[by_first] % (N + 1)], axis=1).astype(np.int32)
+
+    # direct: the longest student string that is a prefix of bytes(t)
+    rest = np.flatnonzero(~extended)
+    pos = np.searchsorted(s_void, t_void[rest], side="left")
+    hit = np.zeros(rest.shape[0], dtype=bool)
+    inside = pos < N
+    hit[inside] = s_void[pos[inside]] == t_void[rest[inside]]
+    t2s[tids[rest[hit]]] = run_direct[run_of[pos[hit]]]
+    exact[tids[rest[hit]]] = True
+    # Otherwise let p be the student string just below the query q (initially bytes(t)): if p prefixes
+    # q it is the longest student prefix of q; if not, no prefix of q is longer than c = lcp(p, q), and
+    # the search goes on with q[:c] (each round shortens q, so at most `width` rounds).
+    rest, pos = rest[~hit], pos[~hit]
+    q_keys, q_len = t_keys[rest], t_len[rest]
+    while rest.shape[0]:
+        below = pos - 1
+        has_below = below >= 0
+        rest, q_keys, q_len, below = rest[has_below], q_keys[has_below], q_len[has_below], below[has_below]
+        p_len = s_len[below]
+        c = np.minimum(_common_prefix(s_keys[below, :width], q_keys[:, :width]), np.minimum(p_len, q_len))
+        found = c == p_len
+        t2s[tids[rest[found]]] = run_direct[run_of[below[found]]]
+        go_on = ~found & (c > 0)
+        rest, q_keys, c = rest[go_on], q_keys[go_on], c[go_on]
+        q_keys[:, :width][np.arange(width)[None, :] >= c[:, None]] = 0  # the query becomes q[:c]
+        q_keys[:, width], q_keys[:, width + 1] = c >> 8, c & 0xFF
+        q_len = c
+        q_void = void_view(q_keys)
+        pos = np.searchsorted(s_void, q_void, side="left")
+        hit = np.zeros(rest.shape[0], dtype=bool)
+        inside = pos < N
+        hit[inside] = s_void[pos[inside]] == q_void[inside]
+        t2s[tids[rest[hit]]] = run_direct[run_of[pos[hit]]]
+        rest, pos, q_keys, q_len = rest[~hit], pos[~hit], q_keys[~hit], q_len[~hit]
     return ProjectionMap(t2s, exact, t2g, bounds, order)
+
+
+def _id_array(ids: frozenset[int]) -> np.ndarray:
+    return np.fromiter(ids, dtype=np.int64, count=len(ids))
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """int64[N]: index of the first differing column of two uint8[N, W] arrays (W where none differs)."""
+    differ = a != b
+    return np.where(differ.any(axis=1), differ.argmax(axis=1), a.shape[1]).astype(np.int64)
+
+
+def _starts_with(
+    keys: np.ndarray, lens: np.ndarray, prefix_keys: np.ndarray, prefix_lens: np.ndarray
+) -> np.ndarray:
+    """bool[N]: row i of ``keys`` is strictly longer than, and starts with, row i of ``prefix_keys``."""
+    width = keys.shape[1] - 2
+    same = _common_prefix(keys[:, :width], prefix_keys[:, :width]) >= prefix_lens
+    return same & (lens > prefix_lens)
+
+
+def _prefix_successors(keys: np.ndarray, lens: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of the smallest byte string above every string that starts with each row's bytes (strip
+    trailing 0xFF bytes, add one to the last byte), and whether it exists (not for all-0xFF rows)."""
+    body = keys[:, :width]
+    cols = np.arange(width)[None, :]
+    raisable = (body != 0xFF) & (cols < lens[:, None])
+    has = raisable.any(axis=1)
+    last = width - 1 - raisable[:, ::-1].argmax(axis=1)
+    succ = np.where(cols < last[:, None], body, 0).astype(np.uint8)
+    rows = np.arange(keys.shape[0])
+    succ[rows, last] = body[rows, last] + 1  # wraps only on rows without a successor (not used)
+    out = np.zeros_like(keys)
+    out[:, :width] = succ
+    n = last + 1
+    out[:, width], out[:, width + 1] = n >> 8, n & 0xFF
+    return out, has
 
 
 def identity_projection(vocab_size: int) -> ProjectionMap:
@@ -249,9 +335,29 @@ def pack_groups(
     used, inverse = np.unique(group_ids_PK[slots], return_inverse=True)
     local = np.full(group_ids_PK.shape, -1, dtype=np.int32)
     local[slots] = inverse
-    lo, hi = projection.group_bounds[used, 0].astype(np.int64), projection.group_bounds[used, 1]
-    sizes = hi - lo
-    ranks = np.arange(int(sizes.sum()), dtype=np.int64) + np.repeat(lo - (np.cumsum(sizes) - sizes), sizes)
-    ranks = np.unique(ranks)  # positions in the pair's byte order: sorted, distinct
+    lo = projection.group_bounds[used, 0].astype(np.int64)
+    hi = projection.group_bounds[used, 1].astype(np.int64)
+    ranks = _union_of_ranges(lo, hi)  # positions in the pair's byte order: sorted, distinct
     bounds = np.stack([np.searchsorted(ranks, lo), np.searchsorted(ranks, hi)], axis=1).astype(np.int32)
     return local, projection.student_order[ranks], bounds
+
+
+def _union_of_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """int64[M]: every integer of the half-open ranges ``[lo[i], hi[i])``, sorted and distinct.
+
+    The ranges are merged first (sorted by start, a new run begins where a start passes every earlier
+    end), so the work is O(G log G + M), not a sort of the members of all ranges with their overlaps.
+    """
+    keep = hi > lo
+    lo, hi = lo[keep], hi[keep]
+    if lo.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(lo, kind="stable")
+    lo, hi = lo[order], hi[order]
+    reach = np.maximum.accumulate(hi)
+    starts = np.flatnonzero(np.concatenate(([True], lo[1:] > reach[:-1])))
+    run_lo = lo[starts]
+    run_hi = reach[np.concatenate((starts[1:], [lo.shape[0]])) - 1]
+    sizes = run_hi - run_lo
+    total = int(sizes.sum())
+    return np.arange(total, dtype=np.int64) + np.repeat(run_lo - (np.cumsum(sizes) - sizes), sizes)
