@@ -3,12 +3,20 @@
 A record is either ``{"id": str?, "messages": [{"role", "content"}, ...], "answer": str?}`` or the
 short form ``{"id": str?, "prompt": str, "answer": str?}``. A bad record either fails the start-up
 with a message that names the file, the line and the fix, or, when ``max_bad_lines > 0``, is skipped
-and counted (never trained on).
+and counted (never trained on). An answer that is NaN or infinite (JSON ``NaN``, a float column's
+missing value) or null in a Parquet answer column is a bad record: it is a missing value, not the
+answer ``"nan"``.
+
+A file's format is read from its first and last bytes, not from its name: Parquet starts and ends
+with ``PAR1``; anything else is read as JSONL. A ``.parquet`` / ``.pq`` file that is not Parquet, a
+truncated or corrupt Parquet file, and compressed or Arrow files are refused with one message naming
+the file and the fix.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +26,17 @@ from framework.types import Prompt
 
 ROLES = ("system", "user", "assistant")
 ZOO_TASK = "zoo:arith"
+PARQUET_MAGIC = b"PAR1"
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# leading bytes of formats that are neither JSONL nor Parquet (read as JSONL they are garbage lines)
+_OTHER_FORMATS = (
+    (b"\x1f\x8b", "a gzip-compressed file", "decompress it (gunzip)"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file", "decompress it (zstd -d)"),
+    (b"BZh", "a bzip2-compressed file", "decompress it (bunzip2)"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file", "decompress it (unxz)"),
+    (b"PK\x03\x04", "a zip archive", "extract the JSONL or Parquet file from it"),
+    (b"ARROW1", "an Arrow IPC (Feather) file", "write it as Parquet or JSONL"),
+)
 
 
 class DataError(ValueError):
@@ -62,6 +81,8 @@ def _check_record(record: Any) -> Prompt:
     answer = record.get("answer")
     if answer is not None and not isinstance(answer, str | int | float):
         raise DataError("field 'answer' must be a string or a number")
+    if isinstance(answer, float) and not math.isfinite(answer):
+        raise DataError("field 'answer' is NaN or infinite (a missing value), not an answer")
     pid = record.get("id")
     if pid is not None and not isinstance(pid, str | int):
         raise DataError("field 'id' must be a string or an integer")
@@ -89,19 +110,73 @@ def _records_jsonl(path: Path):
 
 
 def _records_parquet(path: Path):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(
+            f"{path}: not a readable Parquet file ({_one_line(e)}). Fix: write it again (e.g. "
+            "pandas.DataFrame.to_parquet) or give the prompts as JSONL"
+        ) from None
+    # a column of nulls only carries no answers at all (not a missing one per record)
+    answers = "answer" in table.column_names and not pa.types.is_null(table.schema.field("answer").type)
+    for row, record in enumerate(table.to_pylist(), start=1):
+        if answers and record.get("answer") is None:
+            yield row, DataError("field 'answer' is null (a missing value) in the Parquet answer column")
+        else:
+            yield row, record
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _sniff(path: Path) -> str:
+    """``"parquet"`` or ``"jsonl"`` from the file's bytes; DataError for what is neither."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            size = f.seek(0, 2)
+            f.seek(max(0, size - 4))
+            tail = f.read(4)
+    except OSError as e:
+        raise DataError(
+            f"{path}: cannot be read ({e.strerror or _one_line(e)}). Fix: point data.train / data.eval at a "
+            "readable JSONL or Parquet file"
+        ) from None
+    if head.startswith(PARQUET_MAGIC):
+        if size < 12 or tail != PARQUET_MAGIC:
+            raise DataError(
+                f"{path}: a truncated or corrupt Parquet file (it starts with PAR1 but does not end with "
+                "it). Fix: copy or write the file again"
+            )
+        return "parquet"
+    for magic, what, fix in _OTHER_FORMATS:
+        if head.startswith(magic):
+            raise DataError(f"{path}: {what}, not JSONL or Parquet. Fix: {fix}")
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        raise DataError(
+            f"{path}: named like a Parquet file but it is not one (no PAR1 signature). Fix: rename it "
+            "to .jsonl if it holds JSON lines, or write it again as Parquet"
+        )
+    return "jsonl"
 
 
 def load_prompt_file(path: str | Path, *, max_bad_lines: int = 0) -> tuple[list[Prompt], LoadReport]:
-    """Load and validate a JSONL or Parquet prompt file."""
+    """Load and validate a prompt file: Parquet or JSONL, told apart by content (see the module doc)."""
     path = Path(path)
     if not path.exists():
         raise DataError(
             f"{path}: no such file. Fix: point data.train / data.eval at an existing JSONL or Parquet file"
         )
-    reader = _records_parquet if path.suffix == ".parquet" else _records_jsonl
+    if path.is_dir():
+        raise DataError(
+            f"{path}: a folder, not a file. Fix: point data.train / data.eval at a JSONL or Parquet file"
+        )
+    reader = _records_parquet if _sniff(path) == "parquet" else _records_jsonl
     report = LoadReport(source=str(path))
     prompts: list[Prompt] = []
     seen: set[str] = set()

@@ -148,10 +148,14 @@ def test_actor_kill_and_hang_are_detected_recovered_and_nothing_is_lost(ray_loca
         assert detected[0] - t_inj <= budget + TIMEOUTS["health"] + 30, f"{role} {sig} detected late"
 
 
-def test_driver_sigkill_then_resume_trains_every_sample_exactly_once(tmp_path):
+@pytest.mark.parametrize("staleness", [0, 1], ids=["on_policy", "async"])
+def test_driver_sigkill_then_resume_trains_every_sample_exactly_once(tmp_path, staleness):
+    """With ``max_staleness=1`` a batch is in flight at every checkpoint: its prompts are recorded
+    there and regenerated after the resume, so the ledger still equals the uninterrupted schedule."""
     steps = 6
     overrides = [*FAST, f"trainer.steps={steps}", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=3",
-                 f"trainer.output_dir={tmp_path}", "trainer.resume=auto"]  # fmt: skip
+                 f"trainer.output_dir={tmp_path}", "trainer.resume=auto", f"trainer.max_staleness={staleness}",
+                 f"trainer.max_inflight_batches={staleness + 1}"]  # fmt: skip
     cmd = [sys.executable, "-m", "framework.train", *overrides]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     kill_after = random.randint(3, 5)  # a random step after the first checkpoint
@@ -173,6 +177,8 @@ def test_driver_sigkill_then_resume_trains_every_sample_exactly_once(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     resumed_from = json.loads((tmp_path / "resumed_from.json").read_text())
     assert resumed_from["step"] in (2, 4)
+    in_flight = json.loads((Path(resumed_from["checkpoint"]) / "controller.json").read_text())
+    assert len(in_flight["requeued_prompt_ids"]) == staleness  # the batch launched ahead, if any
     cfg = compose_config(overrides)
     trained = [s for ids in _ledger_ids(tmp_path) for s in ids]
     assert len(_ledger_ids(tmp_path)) == steps

@@ -58,8 +58,9 @@ def two_node_cluster():
     )
     env.pop("RAY_ADDRESS", None)
     # Ray's CLI rewrites 127.0.0.1 in an address to the machine's IP, so a node bound to loopback is
-    # unreachable by `ray status` / a second node: both nodes use the machine's own IP
-    ip = services.get_node_ip_address()
+    # unreachable by `ray status` / a second node: both nodes use the machine's own IP (asked of the
+    # network, not of this session's loopback-only Ray, whose node address is 127.0.0.1)
+    ip = services.node_ip_address_from_perspective()
     common = [f"--node-ip-address={ip}", "--num-cpus=3", "--num-gpus=0"]
     # each node's dashboard agent needs its own HTTP port: the default (52365) is taken by any other Ray
     # on this machine (the test session's own), and a node without an agent cannot take a job

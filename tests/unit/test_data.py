@@ -71,3 +71,98 @@ def test_cursor_resume_continues_the_same_order():
     assert head + [p.prompt_id for p in resumed.take(11)] == uninterrupted
     # every epoch is a permutation: each prompt once per 7 draws
     assert sorted(uninterrupted[:7]) == sorted(p.prompt_id for p in prompts)
+
+
+# ---------------------------------------------------------------- formats are read from the bytes
+def _write_parquet(path: Path, columns: dict) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_parquet_is_read_by_content_whatever_its_name(tmp_path):
+    columns = {"id": ["a", "b"], "prompt": ["What is 1 + 1?", "What is 2 + 2?"], "answer": ["2", "4"]}
+    for name in ("prompts.parquet", "prompts.pq", "prompts.jsonl", "prompts"):
+        prompts, report = load_prompt_file(_write_parquet(tmp_path / name, columns))
+        assert [(p.prompt_id, p.answer) for p in prompts] == [("a", "2"), ("b", "4")], name
+        assert report.loaded == 2 and report.skipped == 0
+
+
+@pytest.mark.parametrize("name", ["prompts.pq", "prompts.parquet"])
+def test_parquet_name_with_jsonl_content_is_refused(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(GOOD)
+    with pytest.raises(DataError) as info:
+        load_prompt_file(path)
+    message = str(info.value)
+    assert str(path) in message and "not one" in message and "Fix:" in message and "\n" not in message
+
+
+def test_corrupt_parquet_is_refused(tmp_path):
+    good = _write_parquet(tmp_path / "good.parquet", {"prompt": ["What is 1 + 1?"] * 50})
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_prompt_file(truncated)
+    scrambled = tmp_path / "scrambled.parquet"  # both signatures intact, the footer length garbage
+    scrambled.write_bytes(data[:-8] + b"\xff\xff\xff\x7f" + b"PAR1")
+    with pytest.raises(DataError) as info:
+        load_prompt_file(scrambled)
+    assert "not a readable Parquet file" in str(info.value) and str(scrambled) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_compressed_file_is_refused_with_the_fix(tmp_path):
+    import gzip
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(gzip.compress(GOOD))
+    with pytest.raises(DataError, match=r"gzip-compressed.*Fix: decompress"):
+        load_prompt_file(path)
+
+
+def test_nan_or_null_answer_is_a_bad_record_not_the_string_nan(tmp_path):
+    import pyarrow as pa
+
+    jsonl = tmp_path / "nan.jsonl"
+    jsonl.write_bytes(
+        GOOD
+        + b'{"id": "n", "prompt": "0 / 0?", "answer": NaN}\n{"id": "i", "prompt": "1 / 0?", "answer": Infinity}\n'
+    )
+    prompts, report = load_prompt_file(jsonl, max_bad_lines=2)
+    assert [p.prompt_id for p in prompts] == ["g1"] and report.skipped == 2
+    assert report.reasons == {"field 'answer' is NaN or infinite": 2}
+    numbers = _write_parquet(
+        tmp_path / "numbers.parquet",
+        {"prompt": ["a", "b", "c"], "answer": pa.array([4.0, float("nan"), None])},
+    )
+    prompts, report = load_prompt_file(numbers, max_bad_lines=2)
+    assert [p.answer for p in prompts] == ["4.0"] and report.skipped == 2
+    assert set(report.reasons) == {"field 'answer' is NaN or infinite", "field 'answer' is null"}
+    with pytest.raises(DataError, match=r"numbers\.parquet:2: field 'answer' is NaN"):
+        load_prompt_file(numbers)
+    # a column of nulls only is no answers at all, not a missing one per record
+    no_answers = _write_parquet(
+        tmp_path / "none.parquet", {"prompt": ["a", "b"], "answer": pa.array([None, None])}
+    )
+    prompts, _ = load_prompt_file(no_answers)
+    assert [p.answer for p in prompts] == [None, None]
+
+
+def test_data_problems_at_start_up_name_their_config_key(tmp_path):
+    from framework.config import ConfigError, to_config
+    from framework.train import _load_split
+
+    bad = tmp_path / "prompts.pq"
+    bad.write_bytes(GOOD)
+    cfg = to_config({"data": {"train": str(bad), "eval": "zoo:no-such-task"}})
+    with pytest.raises(ConfigError) as info:
+        _load_split(cfg, "train")
+    assert info.value.key == "data.train" and str(bad) in str(info.value) and "Fix:" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        _load_split(cfg, "eval")
+    assert info.value.key == "data.eval" and "unknown built-in dataset" in str(info.value)
+    assert "\n" not in str(info.value)

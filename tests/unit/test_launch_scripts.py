@@ -276,6 +276,31 @@ def test_kuberay_rayjob_manifest_is_a_rayjob_whose_entrypoint_fits_its_cluster()
     assert plan.gpus_needed == totals["GPU"]
 
 
+def test_kuberay_manifest_turns_on_ray_token_auth_with_the_token_from_a_secret():
+    text = (LAUNCH / "kuberay" / "rayjob.yaml").read_text()
+    cluster = yaml.safe_load(text)["spec"]["rayClusterSpec"]
+    # KubeRay's authOptions: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the named Secret on every
+    # Ray container and the submitter; the operator polls the job API with the same token
+    auth = cluster["authOptions"]
+    assert auth["mode"] == "token"
+    secret = auth["secretName"]
+    assert isinstance(secret, str) and secret
+    major, minor = (int(x) for x in cluster["rayVersion"].split(".")[:2])
+    assert (major, minor) >= (2, 52)  # Ray's first version with token authentication
+    # the header creates that Secret, with a generated token under the key KubeRay reads
+    assert f"kubectl create secret generic {secret}" in text
+    assert 'auth_token="$(openssl rand' in text
+    # no literal token anywhere: a container that names RAY_AUTH_TOKEN itself takes it from a Secret
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for container in (c for g in groups for c in g["template"]["spec"]["containers"]):
+        for var in container.get("env", []):
+            if var["name"] == "RAY_AUTH_TOKEN":
+                assert "value" not in var and var["valueFrom"]["secretKeyRef"]["name"]
+            if var["name"] == "RAY_AUTH_MODE":
+                assert var["value"] == "token"
+    assert "RAY_AUTH_TOKEN" not in yaml.safe_load(text)["spec"].get("runtimeEnvYAML", "")
+
+
 # ---- docker -----------------------------------------------------------------------------------
 
 
