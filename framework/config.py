@@ -70,7 +70,12 @@ class TeacherConfig:
     http_model: str | None = None  # http backend: model name on that server
     api_key_env: str = "TOKENBRIDGE_TEACHER_API_KEY"  # the key is read from this env var, never stored
     verify_tls: bool = True
-    ca_cert: str | None = None
+    ca_cert: str | None = None  # http backend: CA file of the server's certificate (else the system store)
+    # http backend: seconds for each network step of one request (connect, send, each read)
+    http_timeout_s: float = 60.0
+    # http backend: tries per request on HTTP 408/425/429/500/502/503/504, timeouts and refused connections
+    # (exponential backoff between them); other errors fail at the first answer
+    http_max_attempts: int = 3
 
 
 @dataclass
@@ -268,6 +273,8 @@ def validate(cfg: Config) -> None:
         ("teacher.num_replicas", cfg.teacher.num_replicas),
         ("teacher.top_k", cfg.teacher.top_k),
         ("teacher.max_tokens_per_batch", cfg.teacher.max_tokens_per_batch),
+        ("teacher.http_timeout_s", cfg.teacher.http_timeout_s),
+        ("teacher.http_max_attempts", cfg.teacher.http_max_attempts),
         ("mapping.num_workers", cfg.mapping.num_workers),
         ("learner.num_ranks", cfg.learner.num_ranks),
         ("learner.lr", cfg.learner.lr),
@@ -346,6 +353,15 @@ def validate(cfg: Config) -> None:
     if cfg.teacher.backend == "http" and not cfg.teacher.url:
         raise ConfigError(
             "teacher.url", "teacher.backend=http needs a server URL", "set teacher.url=https://host:port/v1"
+        )
+    http_worst_s = cfg.teacher.http_timeout_s * cfg.teacher.http_max_attempts
+    if cfg.teacher.backend == "http" and http_worst_s >= cfg.trainer.teacher_timeout_s:
+        # else the driver declares the hop overdue while the client is still retrying one request
+        raise ConfigError(
+            "teacher.http_timeout_s",
+            f"http_timeout_s × http_max_attempts = {http_worst_s:g} s does not fit in "
+            f"trainer.teacher_timeout_s={cfg.trainer.teacher_timeout_s:g}",
+            "lower teacher.http_timeout_s or teacher.http_max_attempts, or raise trainer.teacher_timeout_s",
         )
     if cfg.trainer.max_staleness > 0 and cfg.trainer.max_inflight_batches < cfg.trainer.max_staleness + 1:
         raise ConfigError(

@@ -27,6 +27,7 @@ import ray
 
 from framework import checkpoint
 from framework.actors.cluster import Stages
+from framework.actors.failures import Kind, RunStopped, classify, first_line
 from framework.actors.streaming import RAY_FAILURES, EmptyBatch, FaultBook, SampleStream
 from framework.config import Config
 from framework.data import PromptCursor
@@ -34,7 +35,11 @@ from framework.data.verifiers import get_verifier
 from framework.eval import accuracy, generation_rows, teacher_kl
 from framework.ledger import Ledger
 from framework.logging import RunLogger, open_run_log, plot_run, read_metrics, say, truncate_metrics_after
+from framework.memory import PeakMemory
 from framework.types import Prompt
+
+# what eval, sync and checkpoint may raise and the run survives (see _outside_step_failed)
+OUTSIDE_STEP_FAILURES = (*RAY_FAILURES, ray.exceptions.GetTimeoutError, OSError)
 
 
 class Controller:
@@ -49,6 +54,7 @@ class Controller:
         self.faults = FaultBook(cfg.trainer.max_restarts)
         self.stream = SampleStream(cfg, stages, self.faults, version=lambda: self.version)
         self.busy_prev: dict[str, float] = {}
+        self.node_memory = PeakMemory(node=True)  # the driver's node: what an OOM kill looks at
         self.ledger = Ledger(output_dir / "ledger.jsonl")
 
     # ---------------------------------------------------------------- the loop
@@ -113,7 +119,7 @@ class Controller:
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
                     self._checkpoint()
             final = self._evaluate(log)
-            final["checkpoint"] = str(self._checkpoint())  # type: ignore[assignment]
+            final["checkpoint"] = str(self._checkpoint(last=True))  # type: ignore[assignment]
         finally:
             log.close()
         self._summary(final)
@@ -128,6 +134,11 @@ class Controller:
             if values:
                 say(f"[tokenbridge] held-out {name} by eval (steps {evals[0]['step']}..{evals[-1]['step']}): "
                     + " → ".join(values))  # fmt: skip
+        last = next((r for r in reversed(rows) if "memory/node_peak_gib" in r), {})  # peaks only grow
+        peaks = {k: v for k, v in last.items() if k.startswith("memory/")}
+        if peaks:
+            say("[tokenbridge] peak memory GiB: " + "  ".join(
+                f"{k[len('memory/'):-len('_peak_gib')]}={v:.1f}" for k, v in sorted(peaks.items())))  # fmt: skip
         best = checkpoint.best_record(self.output_dir)
         if best is not None:
             say(f"[tokenbridge] best {best['metric']}={best['value']:.4f} at step {best['step']}: "
@@ -137,10 +148,26 @@ class Controller:
             say(f"[tokenbridge] curves: {plot}")
 
     def _sync(self) -> float:
+        """Weights into the engines. Engines lost on the way are replaced; a failed export (the
+        learner's side) is a learner fault: new ranks, back to the last checkpoint."""
         start = time.perf_counter()
-        for index in self.stages.sync_weights(self.version, timeout_s=self.cfg.trainer.sync_timeout_s):
+        try:
+            lost = self.stages.sync_weights(self.version, timeout_s=self.cfg.trainer.sync_timeout_s)
+        except OUTSIDE_STEP_FAILURES as exc:
+            self._outside_step_failed("sync", exc)
+            self._recover_learner()
+            return time.perf_counter() - start
+        for index in lost:
             self._replace_rollout(index, "lost_in_sync")
         return time.perf_counter() - start
+
+    def _outside_step_failed(self, what: str, exc: BaseException) -> None:
+        """Eval, sync or checkpoint failed: stop on a configuration error, else count it and say it."""
+        failure = classify(exc, what)
+        if failure.kind is Kind.FATAL:
+            raise RunStopped(f"{what} at step {self.step}: {failure.text}") from None
+        self.faults.note(f"{what}_failed")
+        say(f"[tokenbridge] {what} at step {self.step} failed ({failure.text}); the run goes on")
 
     def _colocated(self, call: Callable[[float], list[int]]) -> float:
         """Colocated placement only (else 0 s): a sleep/wake ``call`` on the engines; lost ones restart awake."""
@@ -172,10 +199,21 @@ class Controller:
             self.busy_prev[stage], self.busy_prev[f"{stage}#items"] = busy, items
             for key in {k for s in stats for k in s if k.startswith("skipped_")}:
                 out[f"counts/{stage}/{key}"] = sum(s.get(key, 0.0) for s in stats)
+            if stats:  # the largest actor of the stage (process tree, vLLM engine processes included)
+                out[f"memory/{stage}_peak_gib"] = max(s.get("peak_mem_gib", 0.0) for s in stats)
+        out["memory/node_peak_gib"] = self.node_memory.snapshot()["peak_mem_gib"]
         return out
 
     # ---------------------------------------------------------------- eval
     def _evaluate(self, log: RunLogger) -> dict[str, float]:
+        """An evaluation that fails is skipped (counted, said); lost engines are repaired on next use."""
+        try:
+            return self._run_eval(log)
+        except OUTSIDE_STEP_FAILURES as exc:
+            self._outside_step_failed("eval", exc)
+            return {}
+
+    def _run_eval(self, log: RunLogger) -> dict[str, float]:
         """Held-out accuracy (greedy) and teacher reverse-KL on the student's own samples (T = 1, fixed seed)."""
         engines, prompts, timeout = self.stages.rollout, self.eval_prompts, self.cfg.trainer.rollout_timeout_s
         verify = get_verifier(self.cfg.data.eval)
@@ -214,7 +252,21 @@ class Controller:
         )
 
     # ---------------------------------------------------------------- checkpoints
-    def _checkpoint(self) -> Path:
+    def _checkpoint(self, last: bool = False) -> Path | None:
+        """A checkpoint that cannot be written (disk full, a learner lost while saving) leaves the
+        previous ones intact and the run going; the run's last checkpoint must be written."""
+        try:
+            return self._write_checkpoint()
+        except OUTSIDE_STEP_FAILURES as exc:
+            checkpoint.remove_stale(self.output_dir)  # the half-written folder
+            if last:
+                raise RunStopped(f"the final checkpoint (step {self.step}): {first_line(exc)}") from None
+            self._outside_step_failed("checkpoint", exc)
+            if not isinstance(exc, OSError):
+                self._recover_learner()
+            return None
+
+    def _write_checkpoint(self) -> Path:
         tmp = checkpoint.begin(self.output_dir, self.step)
         self.stages.learner.save(tmp, timeout_s=self.cfg.trainer.learner_timeout_s)
         state = {

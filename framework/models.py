@@ -271,7 +271,7 @@ def _resolve_zoo(spec: str, key: str, build: bool) -> str:
     except ZooModelMissing as err:
         raise ModelPathError(
             key, f"zoo model {err.name!r} is not built (looked in {err.path})",
-            "run `tokenbridge-zoo` once to build the zoo (or set TOKENBRIDGE_HOME to the home of a built one)",
+            f"run `{err.command}` once to build it (or set TOKENBRIDGE_HOME to the home of a built one)",
         ) from None  # fmt: skip
     except ValueError as err:  # an unknown zoo name
         raise ModelPathError(key, f"{spec!r}: {err}", "use one of the names listed above") from None

@@ -13,15 +13,19 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
 from framework import checkpoint
 from framework.config import Config, ConfigError, register_configs, to_config
+from framework.data.prompts import DataError, LoadReport, load_prompts
 from framework.logging import ACTOR_LOG_ENV, open_run_log, say
+from framework.types import Prompt
 
 RECIPES = str(Path(__file__).resolve().parent.parent / "recipes")
+LOOPBACK = "127.0.0.1"
 
 
 def _output_dir(cfg: Config) -> Path:
@@ -33,6 +37,25 @@ def _output_dir(cfg: Config) -> Path:
         return Path(HydraConfig.get().runtime.output_dir)
     except ValueError:  # called outside @hydra.main (tests, notebooks)
         return Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def _load_split(cfg: Config, split: str) -> tuple[list[Prompt], LoadReport]:
+    """``data.train`` / ``data.eval``; a data problem becomes a ConfigError naming that key."""
+    key = f"data.{split}"
+    train = split == "train"
+    try:
+        return load_prompts(
+            cfg.data.train if train else cfg.data.eval,
+            n=cfg.data.num_train if train else cfg.data.num_eval,
+            seed=cfg.trainer.seed if train else cfg.trainer.seed + 1,
+            split=split,
+            max_bad_lines=cfg.data.max_bad_lines,
+        )
+    except DataError as err:
+        problem, _, fix = " ".join(str(err).split()).partition(". Fix: ")
+        raise ConfigError(
+            key, problem, fix.rstrip(".") or f"point {key} at a JSONL or Parquet file"
+        ) from None
 
 
 def _init_ray(cfg: Config) -> None:
@@ -58,11 +81,39 @@ def _init_ray(cfg: Config) -> None:
     elif address:
         ray.init(address=address, runtime_env=runtime_env, **quiet)
     else:
-        # a private, loopback-only Ray for one machine (no dashboard, nothing listening outside)
-        ray.init(
-            address="local", _node_ip_address="127.0.0.1", include_dashboard=False, runtime_env=runtime_env,
-            num_cpus=max(4, os.cpu_count() or 1), **quiet,
-        )  # fmt: skip
+        start_local_ray(runtime_env=runtime_env, num_cpus=max(4, os.cpu_count() or 1), **quiet)
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """A private Ray for this machine whose every server listens on 127.0.0.1 only.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` alone is not enough: Ray replaces a loopback node
+    address with the machine's routable one (``services.resolve_ip_for_localhost``) unless its
+    ``ray_constants.ENABLE_RAY_CLUSTER`` switch is off (read once, at import, from
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``; off by default only on macOS/Windows). With the node address
+    really 127.0.0.1, the GCS, the raylet (node and object manager), every worker's gRPC server and the
+    dashboard / runtime-env agents bind to it; there is no dashboard. The switch is off during the
+    ``ray.init`` call only (after it, Ray takes the address from the started node) and nothing is put
+    in the environment, so a ``ray start`` run later from this process behaves as usual. Token
+    authentication stays as Ray sets it: on for a new local cluster unless ``RAY_AUTH_MODE`` says
+    otherwise. ``tests/integration/test_loopback.py`` lists the Ray processes' sockets and checks them.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    init_kwargs.setdefault("include_dashboard", False)
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", _node_ip_address=LOOPBACK, **init_kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != LOOPBACK:  # a Ray version that resolves the address some other way
+        ray.shutdown()
+        raise RuntimeError(
+            f"the local Ray node took address {node_ip}, not {LOOPBACK}: refusing to run on it"
+        )
 
 
 def run(cfg: Config) -> dict[str, float]:
@@ -71,8 +122,8 @@ def run(cfg: Config) -> dict[str, float]:
 
     from framework.actors.cluster import start_stages
     from framework.controller import Controller
-    from framework.data import load_prompts
     from framework.models import resolve_pair
+    from framework.preflight import check_before_start
 
     # zoo:NAME, a local folder or a Hub id (downloaded here unless HF_HUB_OFFLINE is set), checked
     # before anything starts; the actors then read local folders only (HF_HUB_OFFLINE=1 below)
@@ -83,21 +134,11 @@ def run(cfg: Config) -> dict[str, float]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if cfg.cluster.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    train, train_report = load_prompts(
-        cfg.data.train,
-        n=cfg.data.num_train,
-        seed=cfg.trainer.seed,
-        split="train",
-        max_bad_lines=cfg.data.max_bad_lines,
-    )
-    evals, _ = load_prompts(
-        cfg.data.eval,
-        n=cfg.data.num_eval,
-        seed=cfg.trainer.seed + 1,
-        split="eval",
-        max_bad_lines=cfg.data.max_bad_lines,
-    )
+    train, train_report = _load_split(cfg, "train")
+    evals, _ = _load_split(cfg, "eval")
     output_dir = _output_dir(cfg)
+    # chat templates, prompt lengths, the output folder: refused here in one line, not in an actor later
+    warnings = check_before_start(cfg, student, teacher, train, evals, output_dir)
     preference = cfg.algo.name in ("ctpd", "dpo")  # offline preference pairs: no rollouts, one learner rank
     if cfg.trainer.resume == "none" and not preference:
         # before anything is written or started: an earlier run in the folder is refused or moved aside
@@ -106,6 +147,8 @@ def run(cfg: Config) -> dict[str, float]:
     os.environ[ACTOR_LOG_ENV] = str((output_dir / "logs" / "actors.log").resolve())
     if train_report.skipped:
         say(f"[tokenbridge] skipped {train_report.skipped} bad records: {train_report.reasons}")
+    for line in warnings:
+        say(line)
     if preference:
         from framework.preference.from_config import settings_from_config
         from framework.preference.run import run_preference
@@ -122,7 +165,10 @@ def run(cfg: Config) -> dict[str, float]:
         plan = check_resources(cfg, ray.cluster_resources(), alive_node_resources(ray.nodes()))
         say("[tokenbridge] " + plan.summary())
         stages = start_stages(cfg, student, teacher)
-        return Controller(cfg, stages, train, evals, output_dir).run()
+        try:
+            return Controller(cfg, stages, train, evals, output_dir).run()
+        finally:
+            stages.close()  # the weight-sync folder, removed on the learner's node
     finally:
         ray.shutdown()
 
@@ -136,6 +182,9 @@ def _hydra_main(raw: DictConfig) -> None:
         final = run(cfg)
     except ConfigError as e:  # also raised by resource checks and model resolution at start-up
         print(str(e), file=sys.stderr)
+        sys.exit(2)
+    except DataError as e:  # a data file read after the start-up checks (e.g. preference pairs)
+        print(f"data error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
     except (RunStopped, StageFailure) as e:  # a stage failed for good: the stream already said why
         print(f"[tokenbridge] run stopped: {e}", file=sys.stderr)

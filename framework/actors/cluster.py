@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +40,11 @@ class Stages:
     factories: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # role -> make actor i
     restarts: Counter[str] = field(default_factory=Counter)
     trees: dict[tuple[str, int], tuple[str, list[int]]] = field(default_factory=dict)  # for orphan cleanup
+    # CPU weight sync (see sync_weights): the folder on learner rank 0's node, the last file written
+    sync_folder: str | None = None
+    latest_weights: tuple[int, str] | None = None  # (version, path)
+    _learner_ip: str | None = field(default=None, init=False, repr=False)
+    _cleanup: weakref.finalize | None = field(default=None, init=False, repr=False)
 
     def record_trees(self) -> None:
         """Remember each engine's process tree while it answers, to clean up orphans if it dies."""
@@ -44,19 +53,88 @@ class Stages:
                 self.trees[(role, i)] = ray.get(actor.process_tree.remote(), timeout=60)
 
     def sync_weights(self, version: int, timeout_s: float, engines: list | None = None) -> list[int]:
-        """Learner → rollout engines (the driver only passes the blob's ObjectRef along).
+        """Learner → rollout engines through ONE safetensors file on the shared node's filesystem.
+
+        Learner rank 0 writes ``weights-v{version}.safetensors`` into the sync folder (every rank
+        joins the gather), then each engine reloads it in place, streaming one tensor at a time. Only
+        the path travels through Ray: the weights exist once on disk / in the page cache, not as a
+        byte string copied through the object store, this driver, the engine actor and vLLM's RPC.
+        That needs learner rank 0 and every engine on ONE node (a local file); a sync that would cross
+        nodes raises (the cross-node GPU path, ``rollout/weight_sync.py:NcclWeightSync``, is not
+        wired). After the loads, older files are deleted: only the latest stays, so that a restarted
+        engine (``engines=[new]``, same ``version``) reloads it without a new export.
 
         Returns the indexes of engines that died or hung during the sync (the caller replaces them);
         a learner failure raises.
         """
         targets = self.rollout if engines is None else engines
-        blob_refs = self.learner.export_refs()
-        loads = [engine.load_weights.remote(blob_refs[0], version) for engine in targets]
-        ray.get(blob_refs, timeout=timeout_s)
+        self._check_one_node(targets, timeout_s)
+        if engines is not None and self.latest_weights is not None and self.latest_weights[0] == version:
+            path = self.latest_weights[1]  # a replacement engine: the current weights are on disk
+        else:
+            path = os.path.join(self._sync_folder(timeout_s), f"weights-v{version}.safetensors")
+            ray.get(self.learner.export_refs(path), timeout=timeout_s)  # paths only; raises if a rank failed
+            self.latest_weights = (version, path)
+        loads = [engine.load_weights.remote(path, version) for engine in targets]
         failed = self._failed(loads, targets, timeout_s)
+        # every load has finished (or its engine is dead / hung and about to be replaced): drop the rest
+        ray.get(self.learner.ranks[0].remove_sync_files.remote(self.sync_folder, path), timeout=timeout_s)
         if engines is not None and failed:
             raise RuntimeError(f"a freshly started engine failed its first weight sync: {failed}")
         return failed
+
+    def _sync_folder(self, timeout_s: float) -> str:
+        """The run's sync folder, made once by learner rank 0 in its node's system temp dir.
+
+        Not under the run's output folder: that one may be a network volume shared by every node
+        (slow for a full model per step, and kept after the run), while the file only has to live
+        until the engines on this node have read it. The temp dir honours ``TMPDIR``; where it is a
+        tmpfs (RAM), point ``TMPDIR`` at a disk folder to keep the file out of memory. ``close``
+        removes the folder; a driver on the learner's node also removes it when it exits.
+        """
+        if self.sync_folder is None:
+            self.sync_folder = ray.get(self.learner.ranks[0].make_sync_folder.remote(), timeout=timeout_s)
+            if self._learner_ip == ray.util.get_node_ip_address():  # a run that ends without close()
+                self._cleanup = weakref.finalize(self, shutil.rmtree, self.sync_folder, True)
+        return self.sync_folder
+
+    def _check_one_node(self, targets: list, timeout_s: float) -> None:
+        """The engines read a file learner rank 0 writes: raise unless they all run on its node."""
+        if self._learner_ip is None:
+            self._learner_ip = ray.get(self.learner.ranks[0].process_tree.remote(), timeout=timeout_s)[0]
+        nodes: dict[int, str] = {}
+        asked = {}
+        for i, engine in enumerate(targets):
+            index = next((j for j, e in enumerate(self.rollout) if e == engine), None)
+            tree = self.trees.get(("rollout", index)) if index is not None else None
+            if tree is not None:
+                nodes[i] = tree[0]  # recorded at start-up / restart
+            else:
+                asked[i] = engine.process_tree.remote()
+        if asked:
+            ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=self.health_timeout_s)
+            for i, ref in asked.items():
+                if ref in ready:
+                    with contextlib.suppress(ray.exceptions.RayError):  # a dead one fails its load instead
+                        nodes[i] = ray.get(ref)[0]
+        away = sorted({ip for ip in nodes.values() if ip != self._learner_ip})
+        if away:
+            raise RuntimeError(
+                f"the CPU weight sync passes a file on the local filesystem, but learner rank 0 runs on "
+                f"node {self._learner_ip} and rollout engines on {', '.join(away)}: place the learner's "
+                "rank 0 and every rollout engine on one node (the cross-node NCCL sync is not wired)"
+            )
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Remove the weight-sync folder (learner rank 0 deletes it on its node). Call before the
+        actors are killed; a learner that is gone already is skipped (the driver's exit hook, where
+        it shares the node, still removes the folder)."""
+        if self.sync_folder is not None:
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(self.learner.ranks[0].remove_sync_files.remote(self.sync_folder), timeout=timeout_s)
+            if self._cleanup is not None:
+                self._cleanup()
+        self.sync_folder, self.latest_weights = None, None
 
     def sleep_rollout(self, timeout_s: float) -> list[int]:
         """Colocated: free every rollout engine's GPU for the learner step (vLLM sleep level 1: weights
@@ -125,6 +203,8 @@ class Stages:
             ray.kill(rank, no_restart=True)
         self.learner = LearnerGroup([self.factories["learner"](r) for r in range(len(self.learner.ranks))])
         self.restarts["learner"] += 1
+        # new ranks: a new node perhaps, and the weights on disk are not theirs (the folder stays)
+        self._learner_ip, self.latest_weights = None, None
 
     def stats(self) -> dict[str, list[dict[str, float]]]:
         groups = {
@@ -295,7 +375,8 @@ def _teacher_kwargs(cfg: Config, teacher_path: str) -> dict:
         )
     return dict(
         base_url=t.url, model=t.http_model or teacher_path, api_key_env=t.api_key_env,
-        verify_tls=t.verify_tls, ca_cert=t.ca_cert,
+        verify_tls=t.verify_tls, ca_cert=t.ca_cert, timeout_s=t.http_timeout_s,
+        max_attempts=t.http_max_attempts,
     )  # fmt: skip
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +82,22 @@ class LearnerWorker(Health):
             ids = [s.sample_id for s in samples] if self.rank == 0 else []
             return {**stats, **metrics, "sample_ids": ids}
 
-    def export_weights(self) -> bytes:
+    def export_weights(self, path: str) -> str:
+        """Write the full weights to ``path`` (collective; rank 0 writes and returns ``path``, the
+        other ranks return ``""``). Only a short string comes back through Ray."""
         with self.clock:
-            return self.learner.export_state_dict_blob()
+            return self.learner.export_weights_file(path)
+
+    def make_sync_folder(self) -> str:
+        """A fresh folder for the weight-sync files, in the system temp dir of THIS node (rank 0 is
+        asked: it writes the files, and the engines that read them run on its node)."""
+        return tempfile.mkdtemp(prefix="tokenbridge-sync-")
+
+    def remove_sync_files(self, folder: str, keep: str | None = None) -> int:
+        """Delete the weight-sync files in ``folder`` but ``keep``; ``keep=None``: the folder too."""
+        from framework.learner.weights import remove_weights_files
+
+        return remove_weights_files(folder, keep)
 
     def save(self, folder: str) -> bool:
         with self.clock:
@@ -123,9 +137,10 @@ class LearnerGroup:
         results = ray.get([r.train_step.remote(sample_refs, version) for r in self.ranks], timeout=timeout_s)
         return results[0]
 
-    def export_refs(self) -> list:
-        """Rank 0's ref holds the safetensors blob; the others' are empty but must be awaited."""
-        return [r.export_weights.remote() for r in self.ranks]
+    def export_refs(self, path: str) -> list:
+        """Every rank joins the export; rank 0 writes ``path`` (its ref holds ``path``, the others
+        ``""``, and all must be awaited)."""
+        return [r.export_weights.remote(path) for r in self.ranks]
 
     def save(self, folder: Path, timeout_s: float) -> None:
         ray.get([r.save.remote(str(folder)) for r in self.ranks], timeout=timeout_s)

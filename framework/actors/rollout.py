@@ -74,11 +74,12 @@ class RolloutWorker(Health):
                 self._rollout(p, pid, i, s) for p, pid, g in zip(kept, ids, groups) for i, s in enumerate(g)
             ]
 
-    def load_weights(self, blob: bytes, version: int) -> float:
-        """In-place weight reload (CPU path); returns the seconds it took."""
+    def load_weights(self, path: str, version: int) -> float:
+        """In-place weight reload from the safetensors file learner rank 0 wrote at ``path`` (CPU
+        path; this engine runs on rank 0's node); returns the seconds it took."""
         start = time.perf_counter()
         with self.clock:
-            self.engine.load_weights(blob, version)
+            self.engine.load_weights(path, version)
             self.version = version
         return time.perf_counter() - start
 

@@ -8,11 +8,15 @@ from collections import Counter
 
 import ray
 
+from framework.memory import PeakMemory
+
 
 class BusyClock:
-    """Accumulates the seconds an actor spends inside its work methods, plus event counters."""
+    """Accumulates the seconds an actor spends inside its work methods, plus event counters, and samples
+    the peak memory of the actor's process tree (its vLLM engine processes included)."""
 
     def __init__(self) -> None:
+        self.memory = PeakMemory()
         self.busy_s = 0.0
         self.calls = 0
         self.items = 0
@@ -30,6 +34,7 @@ class BusyClock:
     def snapshot(self) -> dict[str, float]:
         out = {"busy_s": self.busy_s, "calls": float(self.calls), "items": float(self.items)}
         out.update({k: float(v) for k, v in self.counters.items()})
+        out.update(self.memory.snapshot())
         return out
 
 

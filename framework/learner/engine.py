@@ -43,7 +43,7 @@ from framework.learner.weights import (
     gather_state_dict,
     iter_full_weights,
     save_hf_dir,
-    state_dict_blob,
+    save_weights_file,
 )
 from framework.types import MappedSample
 
@@ -88,13 +88,18 @@ class LearnerSettings:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
 
 
+ZERO_BUCKETS = {"reduce_bucket_size": 50_000_000, "allgather_bucket_size": 50_000_000}
+
+
 def deepspeed_config(s: LearnerSettings) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": 1,  # nominal: micro-batches are token-budgeted here
         "gradient_accumulation_steps": 1,
         "managed_gradient_accumulation": False,  # every engine.step() is one optimizer update
         "gradient_clipping": float(s.grad_clip or 0.0),
-        "zero_optimization": {"stage": s.zero_stage},
+        # DeepSpeed's default buckets are 5e8 elements (2 GB in fp32, allocated whether the model fills
+        # them or not); 5e7 keeps the reduce/all-gather calls large while bounding that buffer.
+        "zero_optimization": {"stage": s.zero_stage, **ZERO_BUCKETS},
         "bf16": {"enabled": s.dtype == "bfloat16"},
         "steps_per_print": 1 << 62,
         "wall_clock_breakdown": False,
@@ -323,12 +328,18 @@ class LearnerRank:
             self._module, rank=self.rank, bucket_bytes=bucket_bytes or self.settings.export_bucket_bytes
         )
 
-    def export_state_dict_blob(self) -> bytes:
-        """Full weights as a safetensors byte string on rank 0, ``b""`` on other ranks (collective)."""
+    def export_weights_file(self, path: str | Path) -> str:
+        """Full weights as one safetensors file at ``path``, written by rank 0 (collective: every rank
+        joins the gather). Returns ``path`` on rank 0 and ``""`` on the other ranks.
+
+        The rollout engines reload from this file (CPU weight sync), so they must run on rank 0's node
+        (same filesystem). Rank 0 writes ``path + ".tmp"`` and renames it: a reader never sees a
+        partial file.
+        """
         state = gather_state_dict(
             self._module, rank=self.rank, bucket_bytes=self.settings.export_bucket_bytes
         )
-        return state_dict_blob(state) if self.rank == 0 else b""
+        return save_weights_file(state, path) if self.rank == 0 else ""
 
     def save_hf(self, out_dir: str | Path) -> None:
         """Write the student as a Hugging Face model directory (rank 0 writes; collective)."""

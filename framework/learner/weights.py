@@ -7,10 +7,12 @@ them. Under ZeRO-0/1/2 the parameters are whole on every rank and no communicati
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import safetensors.torch
@@ -91,9 +93,59 @@ def gather_state_dict(
     return state
 
 
-def state_dict_blob(state: dict[str, torch.Tensor]) -> bytes:
-    """A safetensors byte string (what vLLM's in-place reload receives on CPU)."""
-    return safetensors.torch.save(state, metadata={"format": "pt"})
+def save_weights_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> str:
+    """Write a full HF-named state dict as ONE safetensors file, atomically; returns the path.
+
+    This is what the rollout engines reload from (CPU weight sync): they read it back one tensor at
+    a time, so the weights exist once on disk / in the page cache instead of as a byte string copied
+    through every process on the way. The file is written to ``path + ".tmp"`` and renamed, so a
+    reader never sees a partial file (an engine still reading an older file of the same name keeps
+    its own copy: the rename does not touch the open inode). Tensors are moved to CPU, made
+    contiguous and unshared (safetensors refuses tensors that alias each other, e.g. tied
+    embedding / lm_head, or that are views into a larger buffer, e.g. DeepSpeed's flat buffers).
+    """
+    if not state:
+        raise ValueError("state dict is empty; pass the model's full HF-named state dict")
+    path = os.fspath(path)
+    flat = _unshare({name: t.detach().to("cpu").contiguous() for name, t in state.items()})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        safetensors.torch.save_file(flat, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def remove_weights_files(folder: str | os.PathLike, keep: str | os.PathLike | None = None) -> int:
+    """Delete the ``weights-v*.safetensors`` files (and ``.tmp`` leftovers of failed writes) in
+    ``folder`` except ``keep``; with ``keep=None`` remove the folder itself. Returns the files removed."""
+    keep_name = None if keep is None else os.path.basename(os.fspath(keep))
+    removed = 0
+    for f in Path(folder).glob("weights-v*.safetensors*"):
+        if f.name != keep_name:
+            f.unlink(missing_ok=True)
+            removed += 1
+    if keep is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def _unshare(flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give every tensor its own exact storage: clone aliases (tied weights) and views into a larger
+    buffer, both of which safetensors refuses to save. Tensors that already own theirs are kept."""
+    owners: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, t in flat.items():
+        storage = t.untyped_storage()
+        if storage.data_ptr() in owners or storage.nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+        owners.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    return out
 
 
 def save_hf_dir(

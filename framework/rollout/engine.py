@@ -15,6 +15,7 @@ step). At ``T = 1`` both modes give the same numbers.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -248,13 +249,26 @@ class StudentEngine:
         self._weight_version = int(version)
         self.last_sync_seconds = seconds
 
-    def load_weights(self, blob: bytes, version: int, *, timeout_s: float | None = 600.0) -> float:
-        """CPU (any device) in-place reload from a safetensors byte string of the full HF-named state
-        dict; returns the seconds it took. See ``worker_ext.TokenbridgeWorkerExtension``."""
-        if not isinstance(blob, bytes | bytearray | memoryview):
-            raise TypeError(f"blob must be safetensors bytes (got {type(blob).__name__})")
+    def load_weights(
+        self, path: str | os.PathLike, version: int, *, timeout_s: float | None = 600.0
+    ) -> float:
+        """In-place reload from a safetensors file of the full HF-named state dict (the CPU sync; works
+        on any device); returns the seconds it took. See ``worker_ext.TokenbridgeWorkerExtension``.
+
+        Only the path crosses into vLLM's worker processes, which read the file one tensor at a time:
+        the weights are never held as one more full copy in this process or in the RPC. The file must
+        be on this node's filesystem (learner rank 0 writes it on the same node).
+        """
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a safetensors file path (got {type(path).__name__})")
+        path = os.path.abspath(os.fspath(path))  # vLLM's workers may run in another directory
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"weights file {path} does not exist on this node: learner rank 0 writes it on its own "
+                "node, and the CPU weight sync needs the rollout engines on that node"
+            )
         start = time.perf_counter()
-        loaded = self.llm.collective_rpc("tokenbridge_load_weights", timeout=timeout_s, args=(bytes(blob),))
+        loaded = self.llm.collective_rpc("tokenbridge_load_weights", timeout=timeout_s, args=(path,))
         if not loaded or min(loaded) == 0:
             raise RuntimeError(f"weight reload loaded no tensors on some worker: {loaded}")
         seconds = time.perf_counter() - start

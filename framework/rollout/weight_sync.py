@@ -1,21 +1,20 @@
-"""Learner -> rollout weight sync behind one interface.
+"""Learner -> rollout weight sync over NCCL (GPU), behind the ``WeightSync`` interface.
 
-A ``WeightSync`` lives on the learner's sending rank (rank 0, which holds the full, gathered,
-Hugging Face-named state dict) and pushes it to one or more rollout engines:
+The path training uses is NOT here: on CPU (and, until this one is wired, on every device) learner
+rank 0 writes the full HF-named state dict as one safetensors file
+(``LearnerRank.export_weights_file``) and every engine reloads it in place, one tensor at a time
+(``StudentEngine.load_weights(path, version)``); ``actors/cluster.py:Stages.sync_weights`` drives
+it. That file path needs learner rank 0 and the engines on one node.
 
-- ``SafetensorsBlobSync`` (CPU, or any device): the state dict becomes one safetensors byte string;
-  each receiver reloads it in place (``StudentEngine.load_weights``). Bytes travel anywhere (Ray's
-  object store, a pipe), which is why this is the CPU path.
-- ``NcclWeightSync`` (GPU): rank 0 broadcasts the tensors in packed buckets over an NCCL group that
-  it shares with every vLLM worker, using vLLM's native weight-transfer engine
-  (``vllm.distributed.weight_transfer``, backend ``"nccl"``); engines must be started with
-  ``weight_transfer_backend="nccl"``.
+``NcclWeightSync`` (GPU) lives on the learner's sending rank (rank 0, which holds the full, gathered
+state dict) and broadcasts the tensors in packed buckets over an NCCL group that it shares with every
+vLLM worker, using vLLM's native weight-transfer engine (``vllm.distributed.weight_transfer``,
+backend ``"nccl"``); engines must be started with ``weight_transfer_backend="nccl"``. It is written
+but not wired into training; its only caller is a two-GPU test.
 
-Receivers are duck-typed so the Ray layer can hand in actor proxies: a blob receiver has
-``load_weights(blob, version)``; a transfer receiver has ``init_weight_transfer(init_info)`` and
-``receive_weights(update_info, version)`` (``StudentEngine`` has all three). Both syncs record
-``last_sync_seconds``. This module does not import vLLM at import time (the learner may not have it
-when it only uses the blob path).
+Receivers are duck-typed so the Ray layer can hand in actor proxies: a transfer receiver has
+``init_weight_transfer(init_info)`` and ``receive_weights(update_info, version)`` (``StudentEngine``
+has both). A sync records ``last_sync_seconds``. This module does not import vLLM at import time.
 """
 
 from __future__ import annotations
@@ -43,10 +42,6 @@ class WeightSync(Protocol):
     def close(self) -> None: ...
 
 
-class BlobReceiver(Protocol):
-    def load_weights(self, blob: bytes, version: int) -> Any: ...
-
-
 class TransferReceiver(Protocol):
     def init_weight_transfer(self, init_info: dict[str, Any]) -> Any: ...
 
@@ -63,68 +58,6 @@ def _call_all(fns: Sequence, timeout_s: float | None) -> list[Any]:
         return [f.result(timeout=timeout_s) for f in futures]
     finally:
         pool.shutdown(wait=False)  # on a timeout, do not wait for the hung call
-
-
-# ----------------------------------------------------------------------------- CPU: safetensors bytes
-
-
-class SafetensorsBlobSync:
-    """State dict -> ``safetensors.torch.save`` bytes -> ``receiver.load_weights(blob, version)``."""
-
-    def __init__(self, receivers: Sequence[BlobReceiver] = (), *, timeout_s: float | None = 600.0):
-        self.receivers = list(receivers)
-        self.timeout_s = timeout_s
-        self.last_sync_seconds: float | None = None
-        self.last_encode_seconds: float | None = None
-        self.last_blob_bytes: int | None = None
-
-    @staticmethod
-    def encode(state_dict: StateDict) -> bytes:
-        """Full HF-named state dict -> safetensors bytes (CPU copies; tensors that share storage,
-        e.g. tied embedding / lm_head, are cloned because safetensors refuses shared memory)."""
-        from safetensors.torch import save
-
-        if not state_dict:
-            raise ValueError("state_dict is empty; pass the model's full HF-named state dict")
-        flat = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
-        return save(_unshare(flat))
-
-    @staticmethod
-    def decode(blob: bytes) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load
-
-        return load(bytes(blob))
-
-    def push(self, state_dict: StateDict, version: int) -> float:
-        start = time.perf_counter()
-        blob = self.encode(state_dict)
-        self.last_encode_seconds = time.perf_counter() - start
-        self.last_blob_bytes = len(blob)
-        self.push_blob(blob, version)
-        self.last_sync_seconds = time.perf_counter() - start
-        return self.last_sync_seconds
-
-    def push_blob(self, blob: bytes, version: int) -> None:
-        if not self.receivers:
-            raise RuntimeError("SafetensorsBlobSync has no receivers; pass the rollout engines")
-        _call_all([lambda r=r: r.load_weights(blob, version) for r in self.receivers], self.timeout_s)
-
-    def close(self) -> None:
-        pass
-
-
-def _unshare(flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Give every tensor its own exact storage: clone aliases (tied weights) and views into a larger
-    buffer (e.g. a flat parameter buffer), both of which safetensors refuses to save."""
-    owners: set[int] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, t in flat.items():
-        storage = t.untyped_storage()
-        if storage.data_ptr() in owners or storage.nbytes() != t.numel() * t.element_size():
-            t = t.clone()
-        owners.add(t.untyped_storage().data_ptr())
-        out[name] = t
-    return out
 
 
 # ----------------------------------------------------------------------------- GPU: vLLM native NCCL
@@ -205,7 +138,10 @@ class NcclWeightSync:
         if self._broken:
             raise RuntimeError("NcclWeightSync is unusable after a failed push; rebuild the transfer group")
         if not torch.cuda.is_available():
-            raise RuntimeError("NcclWeightSync needs CUDA; use SafetensorsBlobSync on CPU")
+            raise RuntimeError(
+                "NcclWeightSync needs CUDA; on CPU the engines reload a weights file "
+                "(StudentEngine.load_weights)"
+            )
         start = time.perf_counter()
         self._holder.state_dict = state_dict
         self._client.version = version

@@ -367,24 +367,27 @@ def remove_zoo(settings: ZooSettings | None = None) -> None:
 class ZooModelMissing(FileNotFoundError):
     """A zoo model was asked for without building it, and it is not built yet."""
 
-    def __init__(self, name: str, path: Path):
+    def __init__(self, name: str, path: Path, command: str = "tokenbridge-zoo"):
         super().__init__(
-            f"zoo model {name!r} is not built (looked in {path}); run `tokenbridge-zoo` once to build "
-            "the zoo (set TOKENBRIDGE_HOME to use a zoo somewhere else)"
+            f"zoo model {name!r} is not built (looked in {path}); run `{command}` once to build "
+            "it (set TOKENBRIDGE_HOME to use a zoo somewhere else)"
         )
-        self.name, self.path = name, path
+        self.name, self.path, self.command = name, path, command
 
 
 def resolve_model(spec: str, build: bool = True) -> str:
-    """``"zoo:NAME"`` → the path of zoo model NAME; any other string unchanged.
+    """``"zoo:NAME"`` → the path of zoo model NAME; any other string unchanged. ``"zoo:real/NAME"`` is a
+    model of the real tier (``framework.zoo.real``: ``smollm2-135m-instruct``, ``gemma3-270m``).
 
     A missing model is built first (minutes) unless ``build=False``: then :class:`ZooModelMissing`
-    says where it was looked for and to run ``tokenbridge-zoo``. An unknown NAME is a ``ValueError``
+    says where it was looked for and the command that builds it. An unknown NAME is a ``ValueError``
     listing the known names.
     """
     if not spec.startswith("zoo:"):
         return spec
     name = spec[len("zoo:") :]
+    if name.startswith(REAL_PREFIX):
+        return _resolve_real(name[len(REAL_PREFIX) :], build)
     if build:
         return str(model_path(name))
     try:
@@ -395,6 +398,25 @@ def resolve_model(spec: str, build: bool = True) -> str:
     if not _is_complete(final, _INFO_FILE):
         raise ZooModelMissing(name, final)
     return str(final)
+
+
+REAL_PREFIX = "real/"
+
+
+def _resolve_real(name: str, build: bool) -> str:
+    from framework.zoo.real import REAL_MODELS, build_real_tier, real_model_path, real_root
+    from framework.zoo.real_sources import BUILD_COMMAND
+
+    if name not in REAL_MODELS:
+        raise ValueError(
+            f"unknown real model {name!r}; known: {', '.join(REAL_PREFIX + m for m in REAL_MODELS)}"
+        )
+    if build:
+        build_real_tier(models=(name,), progress=True)  # reuses what is built; fetches the rest
+    try:
+        return str(real_model_path(name))
+    except FileNotFoundError:
+        raise ZooModelMissing(REAL_PREFIX + name, real_root() / "models" / name, BUILD_COMMAND) from None
 
 
 __all__ = [

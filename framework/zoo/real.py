@@ -362,13 +362,12 @@ class _Entry:
     needs_gguf: bool
 
 
-def _entries(tokenizers_only: bool) -> list[_Entry]:
+def _entries(tokenizers_only: bool, models: tuple[str, ...] | None = None) -> list[_Entry]:
     entries = [_Entry("tokenizer", name, True, False) for name in VENDOR_TOKENIZERS]
     entries.append(_Entry("tokenizer", "smollm2", False, True))
     if not tokenizers_only:  # the Gemma model takes the vendor Gemma-3 tokenizer built above
         entries += [
-            _Entry("model", "smollm2-135m-instruct", False, True),
-            _Entry("model", "gemma3-270m", False, True),
+            _Entry("model", name, False, True) for name in REAL_MODELS if name in (models or REAL_MODELS)
         ]
     return entries
 
@@ -386,17 +385,26 @@ def _build_entry(
 
 
 def build_real_tier(
-    *, tokenizers_only: bool = False, progress: bool = True, rebuild: bool = False, root: Path | None = None
+    *,
+    tokenizers_only: bool = False,
+    models: tuple[str, ...] | None = None,
+    progress: bool = True,
+    rebuild: bool = False,
+    root: Path | None = None,
 ) -> dict[str, Any]:
     """Fetch and convert the real tier into ``root`` (default ``$TOKENBRIDGE_HOME/real``).
 
-    ``tokenizers_only``: the three vendor tokenizers and SmolLM2's (a 98 MB download) but no model.
+    ``tokenizers_only``: the three vendor tokenizers and SmolLM2's (a 98 MB download) but no model;
+    ``models``: the tokenizers and only these models (default: every model of ``REAL_MODELS``).
     Complete entries are reused (``rebuild`` deletes and rebuilds the selected ones). Returns
     ``{"root", "tokenizers": [...], "models": [...]}``, one record per entry (path, source, bytes,
     build_seconds, reused). Raises :class:`RealTierError` naming what to install or check.
     """
     root = Path(root) if root is not None else real_root()
-    entries = _entries(tokenizers_only)
+    unknown = sorted(set(models or ()) - set(REAL_MODELS))
+    if unknown:
+        raise RealTierError(f"unknown real model(s) {unknown}; known: {', '.join(REAL_MODELS)}")
+    entries = _entries(tokenizers_only, models)
     with _locked(root):
         _remove_leftovers(root)
         if rebuild:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from framework.rollout.weight_sync import SafetensorsBlobSync
+from framework.learner.weights import save_weights_file
 from framework.types import TeacherRequest
 
 pytestmark = [
@@ -46,15 +46,15 @@ def model_dir(tmp_path_factory) -> str:
     return path
 
 
-def test_blob_from_cuda_state_dict_roundtrips_bitwise(model_dir):
+def test_weights_file_from_cuda_state_dict_roundtrips_bitwise(model_dir, tmp_path):
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda()
     state = model.state_dict()
     # Tied weights alias one CUDA storage; safetensors would refuse them without the clone.
     assert state["lm_head.weight"].data_ptr() == state["model.embed_tokens.weight"].data_ptr()
-    blob = SafetensorsBlobSync.encode(state)
-    back = SafetensorsBlobSync.decode(blob)
+    back = load_file(save_weights_file(state, tmp_path / "weights.safetensors"))
     assert set(back) == set(state)
     for name, t in state.items():
         assert back[name].dtype == t.dtype and torch.equal(back[name], t.cpu()), name

@@ -31,10 +31,10 @@ def compose_config(overrides: list[str]):
 def ray_local():
     import ray
 
-    ray.init(
-        address="local",
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
+    from framework.train import start_local_ray
+
+    # the trainer's own local mode: every Ray server on 127.0.0.1 (tests/integration/test_loopback.py)
+    start_local_ray(
         num_cpus=8,
         runtime_env={
             "env_vars": {k: os.environ[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "DS_ACCELERATOR", "WANDB_MODE")}
@@ -47,5 +47,21 @@ def ray_local():
 def stop_stages(stages) -> None:
     import ray
 
+    stages.close()  # the weight-sync folder first: learner rank 0 removes it
     for actor in stages.actors():
         ray.kill(actor)
+
+
+def start_run(overrides: list[str], output_dir) -> tuple:
+    """The recipes plus ``overrides``, with their actors started and prompts loaded:
+    ``(cfg, stages, train prompts, eval prompts)`` (models resolved, and built if missing)."""
+    from framework.actors.cluster import start_stages
+    from framework.data import load_prompts
+    from framework.zoo import resolve_model
+
+    cfg = compose_config(overrides)
+    cfg.trainer.output_dir = str(output_dir)
+    stages = start_stages(cfg, resolve_model(cfg.pair.student), resolve_model(cfg.pair.teacher))
+    train, _ = load_prompts(cfg.data.train, n=cfg.data.num_train, seed=0, split="train")
+    evals, _ = load_prompts(cfg.data.eval, n=cfg.data.num_eval, seed=1, split="eval")
+    return cfg, stages, train, evals

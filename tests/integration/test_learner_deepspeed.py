@@ -127,7 +127,7 @@ def worker(spec: dict) -> None:
     report["steps"] = [learner.train_step(step_shard(s, rank, world_size)) for s in (1, 2)]
 
     t = time.perf_counter()
-    blob = learner.export_state_dict_blob()
+    exported = learner.export_weights_file(out / "weights.safetensors")  # rank 0 writes, others return ""
     report["export_seconds"] = time.perf_counter() - t
     buckets = [
         [(n, t.detach().clone()) for n, t in b] for b in learner.iter_named_weights(bucket_bytes=1 << 17)
@@ -139,17 +139,15 @@ def worker(spec: dict) -> None:
     mine = list(range(len(seqs))) if rank == 0 else []  # rank 1 joins the collective with nothing
     logprobs = learner.compute_logprobs([seqs[i] for i in mine], [starts[i] for i in mine])
     learner.save_hf(out / "hf")
+    report["exported"] = exported
     if rank == 0:
-        (out / "blob.safetensors").write_bytes(blob)
         np.savez(out / "logprobs.npz", *logprobs)
-    else:
-        report["blob_len"] = len(blob)
 
     t = time.perf_counter()
     learner.save_state(out / "state")
     report["save_state_seconds"] = time.perf_counter() - t
     report["step3"] = learner.train_step(step_shard(3, rank, world_size))
-    blob3 = learner.export_state_dict_blob()
+    learner.export_weights_file(out / "weights3.safetensors")
     version3 = learner.version
     t = time.perf_counter()
     learner.load_state(out / "state")
@@ -157,10 +155,7 @@ def worker(spec: dict) -> None:
     report["version_after_load"] = learner.version
     report["step3_again"] = learner.train_step(step_shard(3, rank, world_size))
     report["versions"] = [version3, learner.version]
-    blob3_again = learner.export_state_dict_blob()
-    if rank == 0:
-        (out / "blob3.safetensors").write_bytes(blob3)
-        (out / "blob3_again.safetensors").write_bytes(blob3_again)
+    learner.export_weights_file(out / "weights3_again.safetensors")
     (out / f"report_rank{rank}.json").write_text(json.dumps(report))
 
 
@@ -297,10 +292,10 @@ def reference(tiny_model_dir) -> dict:
     return {"steps": steps, "weights": weights}
 
 
-def load_blob(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
 
-    return load(path.read_bytes())
+    return load_file(path)
 
 
 # --------------------------------------------------------------------------- tests
@@ -319,32 +314,36 @@ def test_steps_match_single_process_torch(runs, reference, name):
         assert got["tokens"] > 0
     for r in reports[1:]:  # every rank reports the same (all-reduced) metrics
         assert [s["loss"] for s in r["steps"]] == [s["loss"] for s in reports[0]["steps"]]
-    blob = load_blob(runs[name]["out"] / "blob.safetensors")
-    assert set(blob) == set(reference["weights"])
-    worst = max(float((blob[k] - w).abs().max()) for k, w in reference["weights"].items())
+    exported = load_weights(runs[name]["out"] / "weights.safetensors")
+    assert set(exported) == set(reference["weights"])
+    worst = max(float((exported[k] - w).abs().max()) for k, w in reference["weights"].items())
     loss_gap = max(abs(g["loss"] - w["loss"]) for g, w in zip(reports[0]["steps"], reference["steps"]))
     print(f"[learner-ds] {name}: max |w - w_ref| = {worst:.2e}, max |loss - loss_ref| = {loss_gap:.2e}")
     for k, w in reference["weights"].items():
-        torch.testing.assert_close(blob[k], w, atol=2e-5, rtol=1e-4, msg=lambda m, k=k: f"{name} {k}: {m}")
+        torch.testing.assert_close(
+            exported[k], w, atol=2e-5, rtol=1e-4, msg=lambda m, k=k: f"{name} {k}: {m}"
+        )
 
 
 def test_zero3_and_zero2_agree_across_ranks(runs):
-    a = load_blob(runs["z2_r2"]["out"] / "blob.safetensors")
-    b = load_blob(runs["z3_r2"]["out"] / "blob.safetensors")
+    a = load_weights(runs["z2_r2"]["out"] / "weights.safetensors")
+    b = load_weights(runs["z3_r2"]["out"] / "weights.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_export_blob_is_the_model_the_engine_runs(runs, name):
-    """A fresh HF model loaded with the blob reproduces the engine's own compute_logprobs."""
+def test_exported_weights_file_is_the_model_the_engine_runs(runs, name):
+    """A fresh HF model loaded with the exported file reproduces the engine's own compute_logprobs."""
     from transformers import AutoModelForCausalLM
 
     out = runs[name]["out"]
-    if RUNS[name][1] == 2:
-        assert runs[name]["reports"][1]["blob_len"] == 0  # non-zero ranks return b""
+    reports = runs[name]["reports"]
+    assert reports[0]["exported"] == str(out / "weights.safetensors")
+    assert all(r["exported"] == "" for r in reports[1:])  # non-zero ranks write nothing
+    assert not list(out.glob("*.tmp"))  # written to .tmp, then renamed
     model = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(load_blob(out / "blob.safetensors"), strict=False)
+    missing, unexpected = model.load_state_dict(load_weights(out / "weights.safetensors"), strict=False)
     assert not unexpected and not [m for m in missing if "rotary" not in m]
     engine_logprobs = np.load(out / "logprobs.npz")
     seqs, starts = eval_sequences()
@@ -357,17 +356,17 @@ def test_export_blob_is_the_model_the_engine_runs(runs, name):
 
 
 @pytest.mark.parametrize("name", ["z2_r2", "z3_r2"])
-def test_bucketed_weight_iterator_matches_the_blob(runs, name):
+def test_bucketed_weight_iterator_matches_the_exported_file(runs, name):
     from safetensors.torch import load_file
 
     rank0, rank1 = runs[name]["reports"]
     assert len(rank0["bucket_sizes"]) > 1 and sum(rank0["bucket_sizes"]) == 21  # several gathers
     assert sum(rank1["bucket_sizes"]) == 0 and len(rank1["bucket_sizes"]) == len(rank0["bucket_sizes"])
     buckets = load_file(runs[name]["out"] / "buckets.safetensors")
-    blob = load_blob(runs[name]["out"] / "blob.safetensors")
-    assert buckets.keys() == blob.keys()
-    for k in blob:
-        assert torch.equal(buckets[k], blob[k]), k
+    exported = load_weights(runs[name]["out"] / "weights.safetensors")
+    assert buckets.keys() == exported.keys()
+    for k in exported:
+        assert torch.equal(buckets[k], exported[k]), k
 
 
 def test_save_hf_loads_in_transformers_with_tokenizer(runs, tiny_model_dir):
@@ -376,10 +375,10 @@ def test_save_hf_loads_in_transformers_with_tokenizer(runs, tiny_model_dir):
 
     hf = runs["z3_r2"]["out"] / "hf"
     weights = load_file(hf / "model.safetensors")
-    blob = load_blob(runs["z3_r2"]["out"] / "blob.safetensors")
-    assert weights.keys() == blob.keys()
+    exported = load_weights(runs["z3_r2"]["out"] / "weights.safetensors")
+    assert weights.keys() == exported.keys()
     for k in weights:
-        assert torch.equal(weights[k], blob[k]), k
+        assert torch.equal(weights[k], exported[k]), k
     saved, source = (
         AutoConfig.from_pretrained(hf).to_dict(),
         AutoConfig.from_pretrained(tiny_model_dir).to_dict(),
@@ -399,7 +398,10 @@ def test_save_load_state_resumes_identically(runs, name):
         for key in ("loss", "grad_norm", "lr", "opd/ratio_mean", "topk/kl"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
     out = runs[name]["out"]
-    first, again = load_blob(out / "blob3.safetensors"), load_blob(out / "blob3_again.safetensors")
+    first, again = (
+        load_weights(out / "weights3.safetensors"),
+        load_weights(out / "weights3_again.safetensors"),
+    )
     for k in first:
         torch.testing.assert_close(again[k], first[k], atol=1e-7, rtol=1e-6)
 

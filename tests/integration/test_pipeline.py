@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.integration.conftest import compose_config, stop_stages
+from tests.integration.conftest import compose_config, start_run, stop_stages
 
 pytestmark = pytest.mark.integration
 
@@ -33,17 +34,13 @@ COMMON = [
 
 @pytest.fixture(scope="module")
 def cross(ray_local, tmp_path_factory):
-    from framework.actors.cluster import start_stages
-    from framework.data import load_prompts
-    from framework.zoo import resolve_model
-
-    cfg = compose_config([*COMMON, f"trainer.steps={STEPS}"])
-    cfg.trainer.output_dir = str(tmp_path_factory.mktemp("cross"))
-    stages = start_stages(cfg, resolve_model(cfg.pair.student), resolve_model(cfg.pair.teacher))
-    train, _ = load_prompts(cfg.data.train, n=cfg.data.num_train, seed=0, split="train")
-    evals, _ = load_prompts(cfg.data.eval, n=cfg.data.num_eval, seed=1, split="eval")
+    cfg, stages, train, evals = start_run(
+        [*COMMON, f"trainer.steps={STEPS}"], tmp_path_factory.mktemp("cross")
+    )
     yield cfg, stages, train, evals
+    folder = stages.sync_folder
     stop_stages(stages)
+    assert folder is None or not Path(folder).exists(), "stop_stages must remove the weight-sync folder"
 
 
 def _read_metrics(output_dir):
@@ -54,8 +51,6 @@ def _read_metrics(output_dir):
 
 
 def test_cross_tokenizer_run_trains_and_teacher_kl_goes_down(cross):
-    from pathlib import Path
-
     from framework.controller import Controller
 
     cfg, stages, train, evals = cross
@@ -81,6 +76,8 @@ def test_cross_tokenizer_run_trains_and_teacher_kl_goes_down(cross):
 
 
 def test_weight_sync_vllm_matches_learner_and_noop_sync_changes_nothing(cross):
+    import time
+
     import ray
 
     _cfg, stages, train, _ = cross
@@ -96,7 +93,17 @@ def test_weight_sync_vllm_matches_learner_and_noop_sync_changes_nothing(cross):
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(learner_lp, vllm_lp))
     # both float32 (rollout.dtype=auto follows the learner); kernels differ, so not bit-equal
     assert diff < 2e-3, f"vLLM and learner logprobs differ by {diff}"
-    stages.sync_weights(version=10_000, timeout_s=300)  # unchanged weights
+    start = time.perf_counter()
+    assert stages.sync_weights(version=10_000, timeout_s=300) == []  # unchanged weights
+    print(f"[measure] weight sync of {len(stages.rollout)} engine(s): {time.perf_counter() - start:.2f} s")
+    again = [ray.get(engine.score.remote(r.prompt_ids.tolist(), r.response_ids.tolist())) for r in rollouts]
+    assert all(np.array_equal(a, b) for a, b in zip(vllm_lp, again))
+    # one file, on learner rank 0's node: only the latest version is kept, and a replacement engine
+    # (engines=[...], same version) reloads that file without a new export
+    folder = Path(stages.sync_folder)
+    assert [f.name for f in folder.iterdir()] == ["weights-v10000.safetensors"]
+    assert stages.sync_weights(version=10_000, timeout_s=300, engines=[engine]) == []
+    assert stages.latest_weights == (10_000, str(folder / "weights-v10000.safetensors"))
     again = [ray.get(engine.score.remote(r.prompt_ids.tolist(), r.response_ids.tolist())) for r in rollouts]
     assert all(np.array_equal(a, b) for a, b in zip(vllm_lp, again))
 

@@ -8,12 +8,14 @@ test depends on nothing but transformers + vLLM.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from framework.rollout import SafetensorsBlobSync, StudentEngine
+from framework.learner.weights import save_weights_file
+from framework.rollout import StudentEngine
 
 pytestmark = pytest.mark.integration
 
@@ -205,7 +207,20 @@ def test_bad_prompts_are_rejected_clearly(engine):
         engine.generate([[1] * 1024], max_tokens=4)
 
 
-def test_weight_sync_matches_transformers_and_unchanged_weights_change_nothing(engine, hf_model, model_dir):
+def sync_file(engine, state, folder, version: int) -> float:
+    """Sync ``state`` into the engine as the learner does: one safetensors file, reloaded in place."""
+    start = time.perf_counter()
+    path = save_weights_file(state, folder / f"weights-v{version}.safetensors")
+    write_s = time.perf_counter() - start
+    load_s = engine.load_weights(path, version)
+    mb = Path(path).stat().st_size / 1e6
+    print(f"[measure] sync v{version} {mb:.2f} MB: write {write_s * 1e3:.0f} ms, load {load_s * 1e3:.0f} ms")
+    return time.perf_counter() - start
+
+
+def test_weight_sync_matches_transformers_and_unchanged_weights_change_nothing(
+    engine, hf_model, model_dir, tmp_path
+):
     rng = np.random.default_rng(6)
     prompt = prompts(rng, [200])[0]  # longer than a KV block, so it lands in the prefix cache
     cont = rng.integers(100, VOCAB, 40).tolist()
@@ -220,16 +235,12 @@ def test_weight_sync_matches_transformers_and_unchanged_weights_change_nothing(e
     with torch.no_grad():
         for p in hf_model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    sync = SafetensorsBlobSync([engine])
-    seconds = sync.push(hf_model.state_dict(), version=1)
+    sync_file(engine, hf_model.state_dict(), tmp_path, version=1)
     assert engine.weight_version == 1
     after = engine.score(prompt, cont)
     ref_after = hf_logprobs(hf_model, prompt, cont)
     diff = float(np.abs(after - ref_after).max())
-    print(
-        f"[measure] sync {sync.last_blob_bytes / 1e6:.2f} MB: {seconds * 1e3:.0f} ms "
-        f"(encode {sync.last_encode_seconds * 1e3:.0f} ms); score vs HF after sync max|diff| = {diff:.2e}"
-    )
+    print(f"[measure] score vs HF after sync max|diff| = {diff:.2e}")
     assert diff < LOGPROB_ATOL
     assert np.abs(after - before).max() > 100 * LOGPROB_ATOL, "the perturbation must be visible"
     # A prompt seen before the sync is continued with the NEW weights (stale prefix KV dropped).
@@ -243,22 +254,37 @@ def test_weight_sync_matches_transformers_and_unchanged_weights_change_nothing(e
 
     # Restore the original weights, then sync them again: nothing may change.
     hf_model.load_state_dict(original)
-    sync.push(original, version=2)
+    sync_file(engine, original, tmp_path, version=2)
     restored = engine.score(prompt, cont)
     np.testing.assert_allclose(restored, before, atol=1e-6)
-    sync.push(original, version=3)
+    sync_file(engine, original, tmp_path, version=3)
     assert engine.weight_version == 3
     np.testing.assert_array_equal(engine.score(prompt, cont), restored)
 
 
-def test_blob_encode_handles_tied_weights_and_views():
-    """safetensors refuses tensors sharing storage; encode must clone aliases and buffer views."""
+def test_weights_file_handles_tied_weights_and_views(tmp_path):
+    """safetensors refuses tensors sharing storage; the writer must clone aliases and buffer views."""
+    from safetensors.torch import load_file
+
     flat = torch.arange(12, dtype=torch.float32)
     emb = torch.randn(4, 3)
     state = {"embed": emb, "lm_head": emb, "a": flat[:6].view(2, 3), "b": flat[6:].view(2, 3)}
-    back = SafetensorsBlobSync.decode(SafetensorsBlobSync.encode(state))
+    back = load_file(save_weights_file(state, tmp_path / "w.safetensors"))
     assert set(back) == set(state)
     for name, t in state.items():
         assert torch.equal(back[name], t), name
     with pytest.raises(ValueError, match="empty"):
-        SafetensorsBlobSync.encode({})
+        save_weights_file({}, tmp_path / "empty.safetensors")
+
+
+def test_a_bad_weights_file_is_refused_and_the_engine_keeps_working(engine, tmp_path):
+    from safetensors.torch import save_file
+
+    version = engine.weight_version
+    with pytest.raises(FileNotFoundError, match="does not exist on this node"):
+        engine.load_weights(tmp_path / "missing.safetensors", version + 1)
+    save_file({}, str(tmp_path / "empty.safetensors"))
+    with pytest.raises(Exception, match="no tensors"):
+        engine.load_weights(tmp_path / "empty.safetensors", version + 1)
+    assert engine.weight_version == version
+    assert len(engine.generate([[1, 5, 7]], n=1, max_tokens=3, seed=0)) == 1

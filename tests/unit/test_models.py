@@ -221,6 +221,22 @@ def test_a_missing_zoo_says_to_run_tokenbridge_zoo_and_builds_nothing(tmp_path, 
         resolve_model_dir("zoo:no-such-model", build_zoo=False)
 
 
+def test_real_tier_models_resolve_as_zoo_real_names(tmp_path, monkeypatch, tiny_model):
+    import framework.zoo.real as real
+
+    monkeypatch.setenv("TOKENBRIDGE_HOME", str(tmp_path / "home"))
+    with pytest.raises(ModelPathError) as info:  # not built, and not allowed to build
+        resolve_model_dir("zoo:real/smollm2-135m-instruct", key="pair.student", build_zoo=False)
+    assert "tokenbridge-zoo --real" in info.value.fix and not (tmp_path / "home").exists()
+    with pytest.raises(ModelPathError, match="unknown real model 'nope'"):
+        resolve_model_dir("zoo:real/nope", build_zoo=False)
+    built = []  # building asks the real tier for that one model only
+    monkeypatch.setattr(real, "build_real_tier", lambda **kw: built.append(kw))
+    monkeypatch.setattr(real, "real_model_path", lambda name: tiny_model)
+    assert resolve_model_dir("zoo:real/gemma3-270m") == str(tiny_model)
+    assert built == [{"models": ("gemma3-270m",), "progress": True}]
+
+
 def test_the_core_does_not_import_the_zoo_or_the_hub_client_at_import_time():
     code = (
         "import sys, framework.models; "
