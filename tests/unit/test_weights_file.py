@@ -73,12 +73,24 @@ def test_remove_weights_files_keeps_only_the_latest_then_removes_the_folder(tmp_
     assert remove_weights_files(folder) == 0  # already gone: nothing to do
 
 
+class UnquantizedEmbeddingMethod:  # vLLM's class name: the re-pack finds the method by its name
+    def __init__(self):
+        self.repacked = 0
+
+    def process_weights_after_loading(self, layer):
+        self.repacked += 1
+
+
 class _Worker(TokenbridgeWorkerExtension):
-    """The vLLM worker stand-in: ``reload_weights`` records what it is handed and when."""
+    """The vLLM worker stand-in: ``reload_weights`` records what it is handed and when; its model has
+    one tied embedding with a CPU-packed GEMM copy (``cpu_linear``) and one plain layer."""
 
     def __init__(self):
         self.seen: list[str] = []
         self.lazy = None
+        embedding = torch.nn.Embedding(4, 2)
+        embedding.quant_method, embedding.cpu_linear = UnquantizedEmbeddingMethod(), None
+        self.model_runner = types.SimpleNamespace(model=torch.nn.Sequential(embedding, torch.nn.Linear(2, 2)))
 
     def reload_weights(self, weights_iterator=None):
         self.lazy = isinstance(weights_iterator, types.GeneratorType)
@@ -97,6 +109,8 @@ def test_worker_extension_streams_the_file_one_tensor_at_a_time(tmp_path):
     assert set(worker.seen) == set(state)
     for name, t in state.items():
         assert torch.equal(worker.received[name], t), name
+    # the tied output layer's packed copy is rebuilt from the reloaded weight, once per reload
+    assert worker.model_runner.model[0].quant_method.repacked == 1
 
 
 def test_worker_extension_refuses_a_missing_or_empty_file(tmp_path):
