@@ -154,7 +154,7 @@ class TrainerConfig:
     sync_timeout_s: float = 300.0
     actor_start_timeout_s: float = 900.0  # a replacement vLLM engine may take minutes on a busy node
     health_timeout_s: float = 10.0  # a ping unanswered this long marks an actor hung
-    max_restarts: int = 20  # actor replacements allowed per run before giving up
+    max_restarts: int = 20  # actor replacements allowed per driver process (a resume starts afresh)
 
 
 @dataclass

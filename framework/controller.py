@@ -18,7 +18,7 @@ importance ratio in the loss corrects for the older behaviour policy. Faults: se
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -52,6 +52,7 @@ class Controller:
         self.step, self.version = 0, 0
         self.requeued: deque[list[Prompt]] = deque()  # prompts of batches in flight at a checkpoint
         self.faults = FaultBook(cfg.trainer.max_restarts)
+        self.restarts_before: Counter[str] = Counter()  # replacements by earlier processes of this run
         self.stream = SampleStream(cfg, stages, self.faults, version=lambda: self.version)
         self.busy_prev: dict[str, float] = {}
         self.node_memory = PeakMemory(node=True)  # the driver's node: what an OOM kill looks at
@@ -108,8 +109,7 @@ class Controller:
                     metrics.update({"time/sleep_s": sleep_s, "time/wake_s": wake_s})
                 metrics["time/step_s"] = time.perf_counter() - t0
                 metrics.update(self._busy(metrics["time/step_s"]))
-                metrics.update({f"faults/{k}": float(v) for k, v in self.faults.counts.items()})
-                metrics.update({f"faults/restarts_{k}": float(v) for k, v in self.stages.restarts.items()})
+                metrics.update(self._fault_metrics())
                 log.log(self.step, metrics)
                 log.advance(
                     {"loss": metrics.get("loss", float("nan")), "kl": metrics.get("batch/reverse_kl", 0.0)}
@@ -184,6 +184,20 @@ class Controller:
             self.stream.replace_engine(index, how)
         else:
             self.stages.restart("rollout", index, self.version, self.cfg.trainer.actor_start_timeout_s)
+
+    def _restarts(self) -> Counter[str]:
+        """Actor replacements per stage over the whole run: earlier processes' (from the checkpoint a
+        resume loaded) plus this one's. Only the logged counter is cumulative: the
+        ``trainer.max_restarts`` budget counts ``stages.restarts``, this process's replacements, so a
+        resumed run gets a fresh budget instead of stopping at its first replacement after a long run
+        (a run that keeps failing still stops, within one process)."""
+        return self.restarts_before + self.stages.restarts
+
+    def _fault_metrics(self) -> dict[str, float]:
+        """``faults/<name>`` and ``faults/restarts_<stage>``: cumulative over resumes (see _restore)."""
+        out = {f"faults/{k}": float(v) for k, v in self.faults.counts.items()}
+        out.update({f"faults/restarts_{k}": float(v) for k, v in self._restarts().items()})
+        return out
 
     def _busy(self, step_s: float) -> dict[str, float]:
         out = {}
@@ -275,6 +289,9 @@ class Controller:
             "cursor": self.cursor.state(),
             # batches already launched but not trained are regenerated after a resume
             "requeued_prompt_ids": [[p.prompt_id for p in b.prompts] for b in self.stream.pending],
+            # the fault counters, so that a resumed run's faults/* metrics continue from here
+            "faults": dict(self.faults.counts),
+            "restarts": dict(self._restarts()),
         }
         final = checkpoint.commit(tmp, state)
         checkpoint.prune(self.output_dir, self.cfg.trainer.keep_checkpoints)
@@ -297,6 +314,11 @@ class Controller:
         self.ledger.truncate_after(self.step)  # steps trained after the checkpoint are redone
         if startup:  # (mid-run the log file is open for appending; read_metrics keeps the last row)
             truncate_metrics_after(self.output_dir / "metrics.jsonl", self.step)
+            # the counters continue from the checkpoint's (an older checkpoint has none: from zero);
+            # faults after it in the process that crashed are not known. Mid-run the live counts
+            # stay: they already hold the checkpoint's and what happened since.
+            self.faults.counts = Counter({str(k): int(v) for k, v in state.get("faults", {}).items()})
+            self.restarts_before = Counter({str(k): int(v) for k, v in state.get("restarts", {}).items()})
         # a record of where this process picked up (the run's log says it too)
         checkpoint.write_json(
             self.output_dir / "resumed_from.json", {"checkpoint": str(ckpt), "step": self.step}

@@ -99,6 +99,7 @@ def test_overwrite_moves_the_old_run_aside_intact(tmp_path, capsys):
 
 
 def _controller(out: Path, **trainer):
+    from framework.actors.streaming import FaultBook
     from framework.controller import Controller
 
     cfg = Config()
@@ -106,6 +107,7 @@ def _controller(out: Path, **trainer):
         setattr(cfg.trainer, key, value)
     ctl = Controller.__new__(Controller)  # no actors: only what _restore reads
     ctl.cfg, ctl.output_dir, ctl.ledger = cfg, out, Ledger(out / "ledger.jsonl")
+    ctl.faults = FaultBook(cfg.trainer.max_restarts)
     return ctl
 
 
