@@ -40,7 +40,7 @@ lint: install
 	$(VENV)/bin/ruff format --check framework tests benchmarks
 
 typecheck: install
-	$(VENV)/bin/mypy framework/algo framework/mapping framework/types.py
+	$(VENV)/bin/mypy framework
 
 unit: install
 	$(VENV)/bin/pytest -q tests/unit

@@ -46,7 +46,7 @@ misfit is real.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from framework.config import Config, ConfigError
@@ -141,7 +141,7 @@ def role_demands(cfg: Config) -> dict[str, RoleDemand]:
 
 
 def check_resources(
-    cfg: Config, available: Mapping[str, float], nodes: list[Mapping[str, float]] | None = None
+    cfg: Config, available: Mapping[str, float], nodes: Sequence[Mapping[str, float]] | None = None
 ) -> ResourcePlan:
     """Raise :class:`ConfigError` (with the arithmetic) unless ``cfg``'s actors fit the cluster.
 
@@ -285,7 +285,7 @@ def _check_engine_request(
         )
 
 
-def _check_tp_fits_a_node(cfg: Config, nodes: list[Mapping[str, float]]) -> None:
+def _check_tp_fits_a_node(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> None:
     biggest = max((int(n.get("GPU", 0.0) + _EPS) for n in nodes), default=0)
     for role, tp in (
         ("rollout", cfg.rollout.tensor_parallel_size),
@@ -363,7 +363,7 @@ def _placement_items(cfg: Config, roles: dict[str, RoleDemand]) -> list[tuple[st
 
 
 def _place_on_nodes(
-    cfg: Config, roles: dict[str, RoleDemand], nodes: list[Mapping[str, float]]
+    cfg: Config, roles: dict[str, RoleDemand], nodes: Sequence[Mapping[str, float]]
 ) -> list[dict[str, float]]:
     states = [_NodeState([1.0] * int(n.get("GPU", 0.0) + _EPS), float(n.get("CPU", 0.0)), {}) for n in nodes]
     for role, gpus, cpus in _placement_items(cfg, roles):

@@ -73,7 +73,7 @@ def _init_ray(cfg: Config) -> None:
     # the actors' own output (vLLM, DeepSpeed, transformers) goes to the run's logs/actors.log
     runtime_env = {"env_vars": env, "worker_process_setup_hook": "framework.logging.route_actor_output"}
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
+    quiet: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING)
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # inside `ray job submit` / KubeRay: the job's runtime_env already carries the env; a second
         # one would make Ray refuse to merge them

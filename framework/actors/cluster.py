@@ -286,7 +286,7 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
 
     def make_rank(r: int):
         gpus = c.gpus_per_learner_rank if shared is None else _colocated_gpus(cfg, r)
-        return LearnerWorker.options(**_role_options(cfg, gpus, learner_pg, r)).remote(
+        return LearnerWorker.options(**_role_options(cfg, gpus, learner_pg, r)).remote(  # type: ignore[attr-defined]  # Ray adds .options
             student_path, r, cfg.learner.num_ranks, _learner_kwargs(cfg)
         )
 
@@ -317,7 +317,7 @@ def _engine_factory(cfg: Config, model_path: str, count: int, shared=None) -> Ca
 
     def make(i: int):
         gpus = c.gpus_per_rollout_engine if shared is None else _colocated_gpus(cfg, i)
-        return RolloutWorker.options(runtime_env=env, **_role_options(cfg, gpus, group, i)).remote(
+        return RolloutWorker.options(runtime_env=env, **_role_options(cfg, gpus, group, i)).remote(  # type: ignore[attr-defined]  # Ray adds .options
             model_path, dict(engine_kwargs, seed=cfg.trainer.seed + i), cfg.data.max_prompt_tokens,
             cfg.pair.trust_remote_code,
         )  # fmt: skip
@@ -337,7 +337,7 @@ def _teacher_factory(cfg: Config, teacher_path: str) -> Callable[[int], Any]:
     kwargs = _teacher_kwargs(cfg, teacher_path)
 
     def make(i: int):
-        return TeacherWorker.options(
+        return TeacherWorker.options(  # type: ignore[attr-defined]  # Ray adds .options
             runtime_env=env, **_role_options(cfg, c.gpus_per_teacher_replica, group, i)
         ).remote(cfg.teacher.backend, kwargs, cfg.teacher.top_k, cfg.teacher.max_tokens_per_batch)
 
@@ -348,7 +348,7 @@ def _mapping_factory(cfg: Config, student_path: str, teacher_path: str) -> Calla
     verifier = cfg.data.train if cfg.data.train.startswith("zoo:") else None
 
     def make(i: int):
-        return MappingWorker.options(num_cpus=cfg.cluster.cpus_per_actor).remote(
+        return MappingWorker.options(num_cpus=cfg.cluster.cpus_per_actor).remote(  # type: ignore[attr-defined]  # Ray adds .options
             student_path,
             teacher_path,
             cfg.mapping.credit,
@@ -397,12 +397,12 @@ def _objective_options(cfg: Config) -> dict:
     """Options for ``framework.algo.make_objective(cfg.algo.name, **options)`` (only the keys it takes)."""
     a = cfg.algo
     opd = {"clip_eps": a.clip_eps, "adv_clamp": a.adv_clamp}
-    options: dict = {
+    table: dict[str, dict] = {
         "opd": opd,
         "opd_topk": {"topk_weight": a.topk_weight, "kl_direction": a.kl_direction, "with_sampled": a.with_sampled,
                      **(opd if a.with_sampled else {})},
         "sft_teacher": {},
         "dpo": {"beta": a.beta},
         "ctpd": {"beta": a.beta},
-    }[a.name]  # fmt: skip
-    return options
+    }  # fmt: skip
+    return table[a.name]

@@ -6,12 +6,16 @@ import os
 import socket
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 
 from framework.actors.stats import BusyClock, Health
 from framework.types import MappedSample
+
+if TYPE_CHECKING:  # imported inside init(): the driver never loads DeepSpeed
+    from framework.learner.engine import LearnerRank
 
 
 def batch_statistics(samples: list[MappedSample], trained_version: int) -> dict[str, float]:
@@ -37,15 +41,21 @@ def batch_statistics(samples: list[MappedSample], trained_version: int) -> dict[
     return out
 
 
-@ray.remote(concurrency_groups={"health": 1})
+@ray.remote(concurrency_groups={"health": 1})  # type: ignore[call-overload]  # (not in Ray's stubs)
 class LearnerWorker(Health):
     """One DeepSpeed rank."""
 
     def __init__(self, model_path: str, rank: int, world_size: int, learner_kwargs: dict):
         self.model_path, self.rank, self.world_size = model_path, rank, world_size
         self.learner_kwargs = learner_kwargs
-        self.learner = None
+        self._learner: LearnerRank | None = None  # built by init(), once the rendezvous is known
         self.clock = BusyClock()
+
+    @property
+    def learner(self) -> LearnerRank:
+        if self._learner is None:
+            raise RuntimeError("LearnerWorker.init() must run before any other call")
+        return self._learner
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port for the process group's rendezvous (asked of rank 0)."""
@@ -60,13 +70,14 @@ class LearnerWorker(Health):
         os.environ.setdefault(
             "DS_ACCELERATOR", "cpu" if self.learner_kwargs.get("backend") == "gloo" else "cuda"
         )
-        self.learner = LearnerRank(
+        self._learner = LearnerRank(
             self.model_path, rank=self.rank, world_size=self.world_size,
             master_addr=master_addr, master_port=master_port, **self.learner_kwargs,
         )  # fmt: skip
         return True
 
-    def train_step(self, sample_refs: list, version: int) -> dict[str, float]:
+    def train_step(self, sample_refs: list, version: int) -> dict[str, Any]:
+        """The step's metrics (floats) plus ``sample_ids``: the trained samples (rank 0; the ledger)."""
         with self.clock:
             from framework.learner import shard_samples
 
@@ -133,7 +144,7 @@ class LearnerGroup:
         addr, port = ray.get(ranks[0].address.remote())
         ray.get([r.init.remote(addr, port) for r in ranks])
 
-    def train_step(self, sample_refs: list, version: int, timeout_s: float) -> dict[str, float]:
+    def train_step(self, sample_refs: list, version: int, timeout_s: float) -> dict[str, Any]:
         results = ray.get([r.train_step.remote(sample_refs, version) for r in self.ranks], timeout=timeout_s)
         return results[0]
 

@@ -9,7 +9,7 @@ from framework.actors.stats import BusyClock, Health
 from framework.types import MappedSample, Rollout, TeacherRequest, TeacherScores
 
 
-@ray.remote(concurrency_groups={"health": 1})
+@ray.remote(concurrency_groups={"health": 1})  # type: ignore[call-overload]  # (not in Ray's stubs)
 class MappingWorker(Health):
     def __init__(
         self, student_path: str, teacher_path: str, credit: str, dense_topk: bool, verifier: str | None,

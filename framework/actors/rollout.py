@@ -13,7 +13,7 @@ from framework.data.chat import PromptTooLong, render_prompt_ids, stop_token_ids
 from framework.types import Prompt, Rollout
 
 
-@ray.remote(concurrency_groups={"health": 1})
+@ray.remote(concurrency_groups={"health": 1})  # type: ignore[call-overload]  # (not in Ray's stubs)
 class RolloutWorker(Health):
     """One vLLM engine. Calls run one at a time, so a sample's weight version is well defined."""
 
@@ -50,7 +50,7 @@ class RolloutWorker(Health):
             logprobs=sample.logprobs,
             weight_version=self.version,
             finish_reason=sample.finish_reason,
-            response_text=self.tokenizer.decode(sample.response_ids, skip_special_tokens=True),
+            response_text=str(self.tokenizer.decode(sample.response_ids, skip_special_tokens=True)),
         )
 
     def generate_stream(self, prompts: list[Prompt], sampling: dict) -> Iterator[Rollout]:

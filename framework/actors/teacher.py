@@ -8,7 +8,7 @@ from framework.actors.stats import BusyClock, Health
 from framework.types import TeacherRequest, TeacherScores
 
 
-@ray.remote(concurrency_groups={"health": 1})
+@ray.remote(concurrency_groups={"health": 1})  # type: ignore[call-overload]  # (not in Ray's stubs)
 class TeacherWorker(Health):
     def __init__(self, backend: str, backend_kwargs: dict, top_k: int, max_tokens_per_batch: int):
         from framework.teacher import TokenBudgetBatcher, make_teacher

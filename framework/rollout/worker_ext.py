@@ -74,7 +74,11 @@ def _repack_cpu_embeddings(model: Any) -> int:
     repacked = 0
     for module in model.modules():
         method = getattr(module, "quant_method", None)
-        if hasattr(module, "cpu_linear") and type(method).__name__ == "UnquantizedEmbeddingMethod":
+        if (
+            method is not None
+            and hasattr(module, "cpu_linear")
+            and type(method).__name__ == "UnquantizedEmbeddingMethod"
+        ):
             method.process_weights_after_loading(module)
             repacked += 1
     return repacked

@@ -5,6 +5,8 @@ explicit ``lm_head.weight`` like larger releases.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import (
     LlamaConfig,
@@ -35,7 +37,7 @@ def make_config(
             f"got {spec.hidden_size}/{spec.num_heads}"
         )
     config_cls, _ = _ARCHES[spec.arch]
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,

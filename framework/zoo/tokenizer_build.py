@@ -94,7 +94,8 @@ def _train_metaspace(style: FamilyStyle, corpus: list[str], vocab_size: int) -> 
     learned_pieces = sorted(learned["vocab"], key=learned["vocab"].__getitem__)
     pieces = [*style.special_tokens, *BYTE_FALLBACK_TOKENS, *learned_pieces]
     vocab = {piece: index for index, piece in enumerate(pieces)}
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    pairs = [m.split(" ") if isinstance(m, str) else m for m in learned["merges"]]
+    merges = [(str(a), str(b)) for a, b in pairs]
     tokenizer = Tokenizer(
         models.BPE(vocab=vocab, merges=merges, unk_token=style.unk_token, byte_fallback=True, fuse_unk=True)
     )
@@ -171,7 +172,7 @@ def stop_token_ids(style: FamilyStyle, tokenizer: Tokenizer) -> list[int]:
     ids = [tokenizer.token_to_id(t) for t in style.stop_tokens]
     if any(i is None for i in ids):
         raise RuntimeError(f"{style.family}: stop tokens {style.stop_tokens} missing from the vocabulary")
-    return [int(i) for i in ids]
+    return [i for i in ids if i is not None]
 
 
 def generation_config_dict(style: FamilyStyle, tokenizer: Tokenizer) -> dict[str, object]:

@@ -32,7 +32,10 @@ class EncodedExample:
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
-    return tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
+    if not isinstance(text, str):  # tokenize=False returns the text
+        raise TypeError(f"apply_chat_template returned {type(text).__name__}, expected str")
+    return text
 
 
 def encode_examples(
@@ -117,7 +120,7 @@ def greedy_generate(
         for start in range(0, len(prompts), batch_size):
             chunk = [render_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
             batch = tokenizer(chunk, add_special_tokens=False, padding=True, return_tensors="pt")
-            output_B_L = model.generate(
+            output_B_L = model.generate(  # type: ignore[operator]  # (mis-typed as a Tensor in the stubs)
                 **batch,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
