@@ -38,7 +38,7 @@ def _config(pair: list[str], staleness: int, steps: int, out: Path):
     register_configs()
     overrides = [
         *pair, f"trainer.steps={steps}", f"trainer.max_staleness={staleness}",
-        f"trainer.max_inflight_batches={staleness + 1}", "trainer.eval_every=0", "trainer.eval_at_start=false",
+        "trainer.eval_every=0", "trainer.eval_at_start=false",
         "logging.wandb_mode=disabled", "logging.progress_bar=false", "data.num_eval=8",
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base=None):

@@ -137,7 +137,6 @@ class TrainerConfig:
 
     steps: int = 60
     max_staleness: int = 0  # 0 = strictly on-policy
-    max_inflight_batches: int = 2
     sync_every: int = 1
     eval_every: int = 20
     eval_at_start: bool = True
@@ -285,7 +284,6 @@ def validate(cfg: Config) -> None:
         ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
         ("trainer.steps", cfg.trainer.steps),
         ("trainer.sync_every", cfg.trainer.sync_every),
-        ("trainer.max_inflight_batches", cfg.trainer.max_inflight_batches),
         ("trainer.health_timeout_s", cfg.trainer.health_timeout_s),
         ("trainer.actor_start_timeout_s", cfg.trainer.actor_start_timeout_s),
         ("trainer.rollout_timeout_s", cfg.trainer.rollout_timeout_s),
@@ -362,12 +360,6 @@ def validate(cfg: Config) -> None:
             f"http_timeout_s × http_max_attempts = {http_worst_s:g} s does not fit in "
             f"trainer.teacher_timeout_s={cfg.trainer.teacher_timeout_s:g}",
             "lower teacher.http_timeout_s or teacher.http_max_attempts, or raise trainer.teacher_timeout_s",
-        )
-    if cfg.trainer.max_staleness > 0 and cfg.trainer.max_inflight_batches < cfg.trainer.max_staleness + 1:
-        raise ConfigError(
-            "trainer.max_inflight_batches",
-            f"max_staleness={cfg.trainer.max_staleness} needs at least {cfg.trainer.max_staleness + 1} batches in flight",
-            f"set trainer.max_inflight_batches={cfg.trainer.max_staleness + 1}",
         )
     if cfg.cluster.placement == "colocated":
         _validate_colocated(cfg)

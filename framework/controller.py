@@ -1,7 +1,7 @@
 """THE loop: prompts → vLLM student rollouts → token mapping → teacher scores → mapping → learner → sync.
 
 One step, as the loop below reads:
-1. keep up to ``min(max_inflight_batches, max_staleness + 1)`` batches in flight (``SampleStream``:
+1. keep ``max_staleness + 1`` batches in flight (``SampleStream``:
    engines stream samples, ready samples go mapping → teacher → mapping at once);
 2. wait for the oldest batch's mapped samples (ObjectRefs only: the driver never holds bulk data);
 3. one learner step on them (all DeepSpeed ranks read the same refs and take their shard);
@@ -71,9 +71,7 @@ class Controller:
             while self.step < t.steps:
                 t0 = time.perf_counter()
                 pending = self.stream.pending
-                while len(pending) < min(t.max_inflight_batches, t.max_staleness + 1) and (
-                    self.step + len(pending) < t.steps
-                ):
+                while len(pending) < t.max_staleness + 1 and (self.step + len(pending) < t.steps):
                     prompts = (
                         self.requeued.popleft()
                         if self.requeued

@@ -112,12 +112,3 @@ class PreferencePair:
     messages: list[Message]
     chosen: str
     rejected: str
-
-
-@dataclass
-class StepMetrics:
-    """What one learner step reports (averaged over ranks by the learner group)."""
-
-    step: int
-    weight_version: int
-    values: dict[str, float] = field(default_factory=dict)

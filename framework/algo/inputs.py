@@ -200,18 +200,16 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def distillation_metrics(
     student: TokenLogprobs | torch.Tensor, batch: LossInputs, counts: LossCounts | None = None
 ) -> Metrics:
-    """Teacher-student diagnostics, summable over shards like every metric.
+    """Student diagnostics, summable over shards like every metric: ``distill/student_entropy`` =
+    (1/N) Σ_t m_t H_t where the objective computed entropies.
 
-    ``distill/reverse_kl`` = (1/N) Σ_t m_t (log π_behaviour(y_t) − log p_T(y_t)): a per-token Monte-Carlo
-    estimate of KL(π_S || p_T) on the student's own samples (with credited chunk logprobs the per-sequence
-    sum is exact chunk by chunk, docs/design.md §3.5). ``distill/student_entropy`` = (1/N) Σ_t m_t H_t.
+    The sampled reverse KL (1/N) Σ_t m_t (log π_behaviour(y_t) − log p_T(y_t)) is not repeated here: the
+    learner group logs it once per step as ``batch/reverse_kl`` from the same arrays, for every objective
+    (``framework.actors.learner.batch_statistics``).
     """
     student = as_token_logprobs(student)
     n = denominator((counts or LossCounts.of(batch)).tokens)
     out: Metrics = {}
-    if batch.behaviour_logprobs_B_T is not None and batch.teacher_logprobs_B_T is not None:
-        gap_B_T = batch.behaviour_logprobs_B_T - batch.teacher_logprobs_B_T
-        out["distill/reverse_kl"] = (masked_sum(gap_B_T, batch.mask_B_T) / n).detach()
     if student.entropy_B_T is not None:
         out["distill/student_entropy"] = (masked_sum(student.entropy_B_T, batch.mask_B_T) / n).detach()
     return out

@@ -113,12 +113,6 @@ def _build_tokenizer(family: str, settings: ZooSettings, final: Path) -> None:
         write_json(tmp / _INFO_FILE, info)
 
 
-def _tokenizer_info(family: str, settings: ZooSettings) -> dict[str, Any]:
-    path = tokenizer_path(family, settings)
-    info = json.loads((path / _INFO_FILE).read_text())
-    return {**info, "path": str(path)}
-
-
 # --------------------------------------------------------------------------------------------------
 # models
 

@@ -154,8 +154,7 @@ def test_driver_sigkill_then_resume_trains_every_sample_exactly_once(tmp_path, s
     there and regenerated after the resume, so the ledger still equals the uninterrupted schedule."""
     steps = 6
     overrides = [*FAST, f"trainer.steps={steps}", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=3",
-                 f"trainer.output_dir={tmp_path}", "trainer.resume=auto", f"trainer.max_staleness={staleness}",
-                 f"trainer.max_inflight_batches={staleness + 1}"]  # fmt: skip
+                 f"trainer.output_dir={tmp_path}", "trainer.resume=auto", f"trainer.max_staleness={staleness}"]  # fmt: skip
     cmd = [sys.executable, "-m", "framework.train", *overrides]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     kill_after = random.randint(3, 5)  # a random step after the first checkpoint

@@ -55,7 +55,6 @@ def test_every_algo_has_a_recipe():
         ("teacher.backend=http", "teacher.url"),
         ("algo.name=opd_topk", "mapping.dense_topk"),
         ("cluster.gpus_per_learner_rank=1", "cluster.gpus_per_learner_rank"),
-        ("trainer.max_staleness=2", "trainer.max_inflight_batches"),
         ("cluster.placement=colocated trainer.max_staleness=1", "trainer.max_staleness"),
         ("cluster.placement=colocated rollout.tensor_parallel_size=2", "rollout.tensor_parallel_size"),
         ("mapping.credit=random", "mapping.credit"),
@@ -75,5 +74,4 @@ def test_validate_accepts_defaults_and_staleness_with_room():
     cfg = Config()
     validate(cfg)
     cfg.trainer.max_staleness = 1
-    cfg.trainer.max_inflight_batches = 2
     validate(cfg)
