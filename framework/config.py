@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from framework.algo.registry import needs_topk_support
+
 
 class ConfigError(ValueError):
     """An impossible configuration value. The message names the key and how to fix it."""
@@ -84,7 +86,6 @@ class MappingConfig:
 
     num_workers: int = 1
     credit: str = "proportional"  # proportional | uniform | last
-    dense_topk: bool = False  # project the teacher top-k onto the student vocabulary (needed by opd_topk)
 
 
 @dataclass
@@ -336,11 +337,11 @@ def validate(cfg: Config) -> None:
             f" exceeds rollout.max_model_len={cfg.rollout.max_model_len}",
             "lower data.max_prompt_tokens or raise rollout.max_model_len",
         )
-    if cfg.algo.name == "opd_topk" and not cfg.mapping.dense_topk:
+    if needs_topk_support(cfg.algo.name) and cfg.teacher.top_k < 1:
         raise ConfigError(
-            "mapping.dense_topk",
-            "algo=opd_topk trains on projected top-k targets",
-            "set mapping.dense_topk=true",
+            "teacher.top_k",
+            f"algo={cfg.algo.name} trains on the teacher's top-k, and teacher.top_k={cfg.teacher.top_k}",
+            "set teacher.top_k=20 (or any k >= 1)",
         )
     if cfg.algo.name == "opd_topk" and cfg.algo.topk_weight == 0 and not cfg.algo.with_sampled:
         raise ConfigError(

@@ -21,6 +21,7 @@ from framework.actors.mapping import MappingWorker
 from framework.actors.rollout import RolloutWorker
 from framework.actors.stats import kill_local_tree
 from framework.actors.teacher import TeacherWorker
+from framework.algo.registry import needs_topk_support
 from framework.config import Config
 from framework.logging import say
 
@@ -352,7 +353,7 @@ def _mapping_factory(cfg: Config, student_path: str, teacher_path: str) -> Calla
             student_path,
             teacher_path,
             cfg.mapping.credit,
-            cfg.mapping.dense_topk,
+            needs_topk_support(cfg.algo.name),  # the objective decides the dense projection
             verifier,
             cfg.data.max_prompt_tokens,
         )

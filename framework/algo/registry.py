@@ -49,6 +49,13 @@ def objective_options(name: str) -> list[str]:
     return list(_BUILDERS[name][1])
 
 
+def needs_topk_support(name: str) -> bool:
+    """Whether objective ``name`` trains on the teacher's top-k projected onto the student vocabulary
+    (its batches carry support ids): the one place the mapping's dense projection is decided from."""
+    _check_name(name)
+    return bool(make_objective(name).needs_support)
+
+
 def make_objective(name: str, **options: Any) -> Objective:
     """Build the objective ``name``, e.g. ``make_objective("opd", clip_eps=0.2, adv_clamp=5.0)``."""
     _check_name(name)

@@ -53,7 +53,7 @@ def test_every_algo_has_a_recipe():
         ("rollout.max_new_tokens=600", "rollout.max_new_tokens"),
         ("data.max_prompt_tokens=500", "data.max_prompt_tokens"),
         ("teacher.backend=http", "teacher.url"),
-        ("algo.name=opd_topk", "mapping.dense_topk"),
+        ("algo.name=opd_topk teacher.top_k=0", "teacher.top_k"),
         ("cluster.gpus_per_learner_rank=1", "cluster.gpus_per_learner_rank"),
         ("cluster.placement=colocated trainer.max_staleness=1", "trainer.max_staleness"),
         ("cluster.placement=colocated rollout.tensor_parallel_size=2", "rollout.tensor_parallel_size"),
