@@ -8,13 +8,14 @@ key and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.algo.registry import needs_topk_support
+from framework.algo.registry import make_objective, needs_topk_support, objective_kwargs
 
 
 class ConfigError(ValueError):
@@ -111,12 +112,25 @@ class AlgoConfig:
     """The objective (docs/design.md §4)."""
 
     name: str = "opd"  # opd | opd_topk | sft_teacher | ctpd | dpo
+    # Every objective's options in one flat section; each objective takes its own
+    # (framework.algo.objective_kwargs), the others are ignored. opd (and opd_topk's sampled term):
     clip_eps: float = 0.2
-    adv_clamp: float = 5.0
-    topk_weight: float = 1.0  # opd_topk: weight of the dense KL term
-    with_sampled: bool = True  # opd_topk: add the sampled-path opd term (false = dense KL only)
+    clip_eps_high: float | None = None  # asymmetric clip: upper bound 1 + clip_eps_high (None: clip_eps)
+    dual_clip: float | None = None  # dual clip for negative advantages (None: off; > 1 when set)
+    adv_clamp: float | None = 5.0  # |advantage| bound (None: off)
+    # opd_topk:
+    topk_weight: float = 1.0  # weight of the dense KL term
+    with_sampled: bool = True  # add the sampled-path opd term (false = dense KL only)
     kl_direction: str = "forward"  # forward | reverse
-    beta: float = 0.1  # dpo / ctpd temperature
+    min_target_prob: float = 1e-8  # floor of a projected target probability
+    # dpo / ctpd:
+    beta: float = 0.1  # temperature
+    label_smoothing: float = 0.0
+    # ctpd:
+    mu: float = 1.0  # span-weight strength (0 = uniform weights, no reference model)
+    log_ratio_clip: float = 1.0
+    weight_min: float = 0.25
+    weight_max: float = 4.0
 
 
 @dataclass
@@ -247,6 +261,17 @@ def _validate_colocated(cfg: Config) -> None:
             raise ConfigError(key, f"cluster.placement=colocated: {why}", fix)
 
 
+def _check_objective(algo: AlgoConfig) -> None:
+    """Build the objective once with its options, so a bad option stops the run here, not at step 1."""
+    options = objective_kwargs(algo.name, dataclasses.asdict(algo))
+    try:
+        make_objective(algo.name, **options)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(
+            "algo", f"algo={algo.name} refuses its options ({err})", "change the algo.* option named above"
+        ) from None
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible values before any actor starts (each message names key and fix)."""
     _choice("algo.name", cfg.algo.name, ALGOS)
@@ -300,7 +325,6 @@ def validate(cfg: Config) -> None:
         ("learner.weight_decay", cfg.learner.weight_decay),
         ("learner.grad_clip", cfg.learner.grad_clip),
         ("algo.clip_eps", cfg.algo.clip_eps),
-        ("algo.adv_clamp", cfg.algo.adv_clamp),
         ("algo.topk_weight", cfg.algo.topk_weight),
         ("trainer.max_staleness", cfg.trainer.max_staleness),
         ("trainer.max_restarts", cfg.trainer.max_restarts),
@@ -308,8 +332,14 @@ def validate(cfg: Config) -> None:
         ("trainer.checkpoint_every", cfg.trainer.checkpoint_every),
         ("data.num_eval", cfg.data.num_eval),
         ("data.max_bad_lines", cfg.data.max_bad_lines),
+        *[
+            (f"algo.{k}", getattr(cfg.algo, k))
+            for k in ("adv_clamp", "clip_eps_high")
+            if getattr(cfg.algo, k) is not None
+        ],
     ]:
         _positive(key, value, allow_zero=True)
+    _check_objective(cfg.algo)
     if cfg.rollout.top_p != 1.0:
         # the learner recomputes log pi(a) / T over the whole vocabulary; a top-p-truncated
         # behaviour distribution would make the importance ratio wrong on every step

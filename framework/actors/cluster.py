@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -21,7 +22,7 @@ from framework.actors.mapping import MappingWorker
 from framework.actors.rollout import RolloutWorker
 from framework.actors.stats import kill_local_tree
 from framework.actors.teacher import TeacherWorker
-from framework.algo.registry import needs_topk_support
+from framework.algo.registry import needs_topk_support, objective_kwargs
 from framework.config import Config
 from framework.logging import say
 
@@ -388,22 +389,7 @@ def _learner_kwargs(cfg: Config) -> dict:
         zero_stage=lc.zero_stage, lr=lc.lr, weight_decay=lc.weight_decay, betas=tuple(lc.betas),
         grad_clip=lc.grad_clip, warmup_steps=lc.warmup_steps, micro_batch_tokens=lc.micro_batch_tokens,
         logprob_chunk_size=lc.logprob_chunk_size, backend=backend, dtype=lc.dtype, seed=cfg.trainer.seed,
-        objective=cfg.algo.name, objective_options=_objective_options(cfg),
+        objective=cfg.algo.name, objective_options=objective_kwargs(cfg.algo.name, dataclasses.asdict(cfg.algo)),
         gradient_checkpointing=lc.gradient_checkpointing, temperature=cfg.rollout.temperature,
         trust_remote_code=cfg.pair.trust_remote_code,
     )  # fmt: skip
-
-
-def _objective_options(cfg: Config) -> dict:
-    """Options for ``framework.algo.make_objective(cfg.algo.name, **options)`` (only the keys it takes)."""
-    a = cfg.algo
-    opd = {"clip_eps": a.clip_eps, "adv_clamp": a.adv_clamp}
-    table: dict[str, dict] = {
-        "opd": opd,
-        "opd_topk": {"topk_weight": a.topk_weight, "kl_direction": a.kl_direction, "with_sampled": a.with_sampled,
-                     **(opd if a.with_sampled else {})},
-        "sft_teacher": {},
-        "dpo": {"beta": a.beta},
-        "ctpd": {"beta": a.beta},
-    }  # fmt: skip
-    return table[a.name]

@@ -23,7 +23,7 @@ from framework.algo.inputs import (
 from framework.algo.logprobs import chunked_token_logprobs, entropy_from_logits, logprobs_from_logits
 from framework.algo.opd import OPD, opd_loss
 from framework.algo.preference import CTPD, DPO, ctpd_loss, ctpd_span_weights, dpo_loss, span_logprobs
-from framework.algo.registry import OBJECTIVES, make_objective, objective_options
+from framework.algo.registry import OBJECTIVES, make_objective, objective_kwargs, objective_options
 from framework.algo.sft import SFTTeacher, sft_loss
 from framework.algo.topk_kl import OPDTopK, topk_kl_loss
 
@@ -48,6 +48,7 @@ __all__ = [
     "entropy_from_logits",
     "logprobs_from_logits",
     "make_objective",
+    "objective_kwargs",
     "objective_options",
     "opd_loss",
     "sft_loss",

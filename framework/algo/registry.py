@@ -8,7 +8,7 @@ that carries the options of every objective can be narrowed with `objective_opti
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from framework.algo.inputs import Objective
@@ -47,6 +47,12 @@ def objective_options(name: str) -> list[str]:
     """The option names ``make_objective(name, ...)`` accepts."""
     _check_name(name)
     return list(_BUILDERS[name][1])
+
+
+def objective_kwargs(name: str, flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of objective ``name`` picked from a flat mapping that may carry every objective's
+    options (``AlgoConfig`` as a dict): the one way config values reach an objective."""
+    return {k: flat[k] for k in objective_options(name) if k in flat}
 
 
 def needs_topk_support(name: str) -> bool:

@@ -9,9 +9,10 @@ backend (scored once, realised-token logprobs only); rollout.max_new_tokens → 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from framework.algo import objective_options
+from framework.algo import objective_kwargs
 from framework.preference.run import PreferenceRunSettings
 
 if TYPE_CHECKING:
@@ -61,9 +62,7 @@ def settings_from_config(
             "config error at `data.num_eval`: preference runs need held-out pairs. Fix: set it > 0"
         )
     lc = cfg.learner
-    options = {
-        k: getattr(cfg.algo, k) for k in objective_options(name) if k != "beta" and hasattr(cfg.algo, k)
-    }
+    options = {k: v for k, v in objective_kwargs(name, dataclasses.asdict(cfg.algo)).items() if k != "beta"}
     teacher_options = _teacher_options(cfg)
     if cfg.teacher.backend == "http" and teacher_options["model"] is None:
         teacher_options["model"] = teacher_path

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from framework.config import ALGOS, Config, ConfigError, register_configs, to_config, validate
+from framework.config import ALGOS, AlgoConfig, Config, ConfigError, register_configs, to_config, validate
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 register_configs()
@@ -75,3 +76,37 @@ def test_validate_accepts_defaults_and_staleness_with_room():
     validate(cfg)
     cfg.trainer.max_staleness = 1
     validate(cfg)
+
+
+def test_every_objective_option_is_a_config_key_and_every_algo_key_is_an_option():
+    """One schema: whatever an objective accepts can be set as ``algo.<option>``, and no ``algo.*`` key
+    is a dead knob (the flat section is exactly the union of the objectives' options)."""
+    from framework.algo import OBJECTIVES, objective_options
+
+    keys = {f.name for f in dataclasses.fields(AlgoConfig)} - {"name"}
+    options = {option for name in OBJECTIVES for option in objective_options(name)}
+    assert keys == options
+
+
+@pytest.mark.parametrize(
+    "name, key, value, reaches",
+    [
+        ("opd", "dual_clip", 3.0, lambda o: o.dual_clip == 3.0),
+        ("opd", "clip_eps_high", 0.28, lambda o: o.clip_eps_high == 0.28),
+        ("opd_topk", "min_target_prob", 1e-6, lambda o: o.min_target_prob == 1e-6 and o.opd is not None),
+        ("ctpd", "mu", 0.0, lambda o: o.mu == 0.0 and not o.needs_reference),
+        ("dpo", "label_smoothing", 0.1, lambda o: o.label_smoothing == 0.1),
+    ],
+)
+def test_algo_options_reach_the_objective(name, key, value, reaches):
+    from framework.algo import make_objective, objective_kwargs
+
+    cfg = to_config(_compose([f"algo.name={name}", f"algo.{key}={value}"]))
+    objective = make_objective(name, **objective_kwargs(name, dataclasses.asdict(cfg.algo)))
+    assert reaches(objective)
+
+
+def test_a_bad_objective_option_fails_at_validation_naming_it():
+    with pytest.raises(ConfigError) as info:
+        to_config(_compose(["algo.dual_clip=0.5"]))
+    assert info.value.key == "algo" and "dual_clip" in str(info.value)
