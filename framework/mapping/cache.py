@@ -1,19 +1,32 @@
 """Disk cache of the per-tokenizer mapping tables, so that a restarted actor skips rebuilding them.
 
-One entry per tokenizer, under ``$TOKENBRIDGE_HOME/cache/mapping/`` (or the folder that
-``TOKENBRIDGE_MAPPING_CACHE`` names; ``0``/``off`` there turns the cache off):
+Entries live under ``$TOKENBRIDGE_HOME/cache/mapping/`` (or the folder that ``TOKENBRIDGE_MAPPING_CACHE``
+names; ``0``/``off`` there turns the cache off). Per tokenizer folder:
 
 - ``<key>.tables.npz``: the :class:`TokenByteTable` as arrays (all token bytes end to end, their lengths,
   special / byte-fallback / undecodable ids, the byte order of the ids) and a JSON header (kind,
   byte_fallback, fingerprint);
-- ``<key>.continuation.npz``: the continuation encoder's ``tokenizer.json`` text (written the first
-  time the tokenizer serves as a teacher, the only role that encodes continuations).
+- ``<key>.tokenizer.npz``: what the mapping reads from the ``transformers`` tokenizer, so that a warm
+  start does not build one (seconds for a large vocabulary: transformers v5 parses ``tokenizer.json``
+  in Python, rebuilds or deep-copies the backend and registers the added tokens): the backend
+  tokenizer's JSON exactly as transformers built it (not always the folder's ``tokenizer.json``: for
+  Gemma-3 it marks ``<mask>`` special, for Qwen3 it changes the ByteLevel decoder), its
+  ``encode_special_tokens`` flag, the stop tokens found from the chat template, and the chat template
+  with the special-token strings it is rendered with (:class:`framework.mapping.render.ChatTemplate`);
+- ``<key>.continuation.npz``: the continuation encoder's ``tokenizer.json`` without its model (the
+  encoder shares the backend's model, see :func:`framework.mapping.render.continuation_from_parts`;
+  written the first time the tokenizer serves as a teacher, the only role that encodes continuations).
+
+Per tokenizer pair, ``<pair key>.projection.npz``: the top-k projection map (`framework.mapping.topk`),
+keyed by both tokenizers' keys, the teacher stop ids, the student stop id and the group-size cap (the
+stop ids also come from ``generation_config.json``, which the tokenizer keys do not hash).
 
 The key hashes this module's format version, the ``transformers`` and ``tokenizers`` versions (the
-backend tokenizer is what transformers builds from the files) and the content of the tokenizer files
-of the folder. Files hold NumPy arrays only (read with ``allow_pickle=False``), are written to a
-temporary name and renamed into place, and a file that cannot be read back whole and consistent (the
-zip CRC catches damaged bytes) is ignored, rebuilt and overwritten.
+backend tokenizer is what transformers builds from the files) and the content of the files of the
+folder that transformers reads for a tokenizer (tokenizer files, chat templates, ``config.json``).
+Files hold NumPy arrays only (read with ``allow_pickle=False``), are written to a temporary name and
+renamed into place, and a file that cannot be read back whole and consistent (the zip CRC catches
+damaged bytes) is ignored, rebuilt and overwritten.
 """
 
 from __future__ import annotations
@@ -24,14 +37,26 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from framework.mapping.token_bytes import TokenByteTable
+from framework.mapping.topk import ProjectionMap
 
-FORMAT_VERSION = 1  # bump when the cached tables or the continuation encoder change
+FORMAT_VERSION = 2  # bump when a cached entry, the continuation encoder or the projection build change
 ENV = "TOKENBRIDGE_MAPPING_CACHE"
-_KEY_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+# what AutoTokenizer reads from a local folder (config.json: the tokenizer class when the config omits it)
+_KEY_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "config.json",
+)
+_TEMPLATE_DIR = "additional_chat_templates"
 _OFF = ("0", "off", "false", "no")
 log = logging.getLogger(__name__)
 
@@ -59,10 +84,11 @@ def tokenizer_key(path: str | os.PathLike) -> str | None:
     digest = hashlib.sha256(
         f"tokenbridge-mapping/{FORMAT_VERSION}/{transformers.__version__}/{tokenizers.__version__}".encode()
     )
-    for name in _KEY_FILES:
-        file = folder / name
+    extra = sorted((folder / _TEMPLATE_DIR).glob("*")) if (folder / _TEMPLATE_DIR).is_dir() else []
+    for file in [*(folder / name for name in _KEY_FILES), *extra]:
         if file.is_file():
             data = file.read_bytes()
+            name = file.relative_to(folder).as_posix()
             digest.update(f"\0{name}\0{len(data)}\0".encode())
             digest.update(data)
     return digest.hexdigest()
@@ -167,8 +193,44 @@ def save_tables(key: str, table: TokenByteTable, fingerprint: str) -> None:
     )
 
 
+def load_tokenizer(key: str) -> tuple[str, dict[str, Any]] | None:
+    """(backend tokenizer JSON text, facts) from the cache, or None; see :func:`save_tokenizer`."""
+    path = _entry(key, "tokenizer")
+    entry = None if path is None else _read(path, key)
+    if entry is None:
+        return None
+    header, a = entry
+    try:
+        facts = header["facts"]
+        for name in ("eos_id", "end_of_turn_id"):
+            if facts[name] is not None and (not isinstance(facts[name], int) or facts[name] < 0):
+                raise ValueError(f"{name} is not a token id")
+        if not isinstance(facts["encode_special_tokens"], bool):
+            raise ValueError("encode_special_tokens is not a flag")
+        chat = facts["chat"]
+        if chat is not None and not (
+            (chat["template"] is None or isinstance(chat["template"], str))
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in chat["special_tokens"].items())
+        ):
+            raise ValueError("malformed chat template")
+        return a["backend"].tobytes().decode("utf-8"), facts
+    except Exception as err:
+        log.warning("ignoring inconsistent mapping cache file %s (%s: %s)", path, type(err).__name__, err)
+        return None
+
+
+def save_tokenizer(key: str, backend_json: str, facts: dict[str, Any]) -> None:
+    """Store the backend tokenizer's JSON and the ``facts`` read from the transformers tokenizer:
+    ``eos_id``, ``end_of_turn_id``, ``encode_special_tokens`` (the backend flag, not serialized in its
+    JSON) and ``chat`` (``{"template", "special_tokens"}``, or None when only transformers can render)."""
+    path = _entry(key, "tokenizer")
+    if path is not None:
+        data = np.frombuffer(backend_json.encode("utf-8"), np.uint8)
+        _write(path, {"header": _header(key, facts=facts), "backend": data})
+
+
 def load_continuation(key: str) -> str | None:
-    """The continuation encoder's JSON text from the cache, or None."""
+    """The continuation encoder's JSON text without its model (see ``save_continuation``), or None."""
     path = _entry(key, "continuation")
     entry = None if path is None else _read(path, key)
     if entry is None:
@@ -180,7 +242,86 @@ def load_continuation(key: str) -> str | None:
         return None
 
 
-def save_continuation(key: str, spec_json: str) -> None:
+def save_continuation(key: str, parts_json: str) -> None:
     path = _entry(key, "continuation")
     if path is not None:
-        _write(path, {"header": _header(key), "json": np.frombuffer(spec_json.encode("utf-8"), np.uint8)})
+        _write(path, {"header": _header(key), "json": np.frombuffer(parts_json.encode("utf-8"), np.uint8)})
+
+
+# ----------------------------------------------------------------------------- pair entries
+
+
+def projection_key(
+    student_key: str,
+    teacher_key: str,
+    teacher_stop_ids: frozenset[int],
+    student_stop_id: int | None,
+    max_group_size: int,
+) -> str:
+    """Name of a pair's projection entry: everything `build_projection_map` reads besides the two
+    tables (which the tokenizer keys name)."""
+    stops = ",".join(str(i) for i in sorted(teacher_stop_ids))
+    text = (
+        f"tokenbridge-projection/{FORMAT_VERSION}/{student_key}/{teacher_key}/{stops}/{student_stop_id}/"
+        f"{max_group_size}"
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_PROJECTION_ARRAYS = {
+    "teacher_to_student": np.int32,
+    "exact": np.bool_,
+    "teacher_to_group": np.int32,
+    "group_bounds": np.int32,
+    "student_order": np.int32,
+}
+
+
+def load_projection(key: str, student: TokenByteTable, teacher: TokenByteTable) -> ProjectionMap | None:
+    """The pair's projection map from the cache, or None when missing or not consistent with the tables
+    (shapes, dtypes, id ranges, and the student order must be the student's own byte order)."""
+    path = _entry(key, "projection")
+    entry = None if path is None else _read(path, key)
+    if entry is None:
+        return None
+    a = entry[1]
+    try:
+        for name, dtype in _PROJECTION_ARRAYS.items():
+            if a[name].dtype != dtype:
+                raise ValueError(f"{name} is {a[name].dtype}, not {np.dtype(dtype)}")
+        t2s, t2g, bounds, order = (
+            a["teacher_to_student"],
+            a["teacher_to_group"],
+            a["group_bounds"],
+            a["student_order"],
+        )
+        Vt, Vs, G, N = teacher.vocab_size, student.vocab_size, bounds.shape[0], order.shape[0]
+        if any(a[name].shape != (Vt,) for name in ("teacher_to_student", "exact", "teacher_to_group")):
+            raise ValueError("per-teacher-id arrays do not cover the teacher vocabulary")
+        if bounds.ndim != 2 or bounds.shape[1] != 2 or order.ndim != 1:
+            raise ValueError("malformed group bounds or student order")
+        expected = student.byte_order
+        if student.special_ids:
+            expected = expected[~np.isin(expected, np.fromiter(student.special_ids, np.int64))]
+        if not np.array_equal(order, expected):
+            raise ValueError("student order is not this student's byte order")
+        if Vt and (int(t2s.min()) < -1 or int(t2s.max()) >= Vs or int(t2g.min()) < -1 or int(t2g.max()) >= G):
+            raise ValueError("teacher map outside the student vocabulary or the groups")
+        if G and (
+            int(bounds.min()) < 0 or int(bounds.max()) > N or bool((bounds[:, 0] > bounds[:, 1]).any())
+        ):
+            raise ValueError("group bounds outside the student order")
+        return ProjectionMap(t2s, a["exact"], t2g, bounds, order)
+    except Exception as err:
+        log.warning("ignoring inconsistent mapping cache file %s (%s: %s)", path, type(err).__name__, err)
+        return None
+
+
+def save_projection(key: str, projection: ProjectionMap) -> None:
+    path = _entry(key, "projection")
+    if path is None:
+        return
+    arrays = {name: getattr(projection, name) for name in _PROJECTION_ARRAYS}
+    if any(value is None for value in arrays.values()):
+        return  # the identity projection has no groups; it is not cached (nothing to build)
+    _write(path, {"header": _header(key), **arrays})

@@ -34,6 +34,7 @@ from framework.mapping.render import (
     split_student_responses,
 )
 from framework.mapping.topk import (
+    MAX_GROUP_SIZE,
     ProjectionMap,
     build_projection_map,
     identity_projection,
@@ -101,17 +102,13 @@ class TokenMapper:
 
     @property
     def projection(self) -> ProjectionMap:
-        """teacher id → student id map for the top-k projection (built on first use)."""
+        """teacher id → student id map for the top-k projection (built on first use, or read from the
+        disk cache when both tokenizers are cached)."""
         if self._projection is None:
             if self.is_identity:
                 self._projection = identity_projection(self.teacher.table.vocab_size)
             else:
-                self._projection = build_projection_map(
-                    self.student.table,
-                    self.teacher.table,
-                    self.teacher.stop_ids,
-                    self.student.stop_token_to_append,
-                )
+                self._projection = _pair_projection(self.student, self.teacher)
         return self._projection
 
     # ------------------------------------------------------------------ teacher input (§3.2-3.3)
@@ -402,6 +399,23 @@ class TokenMapper:
         return self._sample(
             rollout, teacher_lp, teacher_lp - behaviour, np.ones(R, np.float32), dense, reward, diagnostics
         )
+
+
+def _pair_projection(student: TokenizerInfo, teacher: TokenizerInfo) -> ProjectionMap:
+    """`build_projection_map` of a pair, through the disk cache (a pair entry keyed by both tokenizers'
+    entries and the stop ids, :mod:`framework.mapping.cache`)."""
+    from framework.mapping import cache as disk
+
+    args = (teacher.stop_ids, student.stop_token_to_append)
+    key = None
+    if student.cache_key and teacher.cache_key:
+        key = disk.projection_key(student.cache_key, teacher.cache_key, *args, MAX_GROUP_SIZE)
+    projection = disk.load_projection(key, student.table, teacher.table) if key else None
+    if projection is None:
+        projection = build_projection_map(student.table, teacher.table, *args, max_group_size=MAX_GROUP_SIZE)
+        if key:
+            disk.save_projection(key, projection)
+    return projection
 
 
 def _rebuild_mapper(student_path: str, teacher_path: str, credit: str, topk: bool) -> TokenMapper:

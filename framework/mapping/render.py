@@ -29,16 +29,19 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer
 
-from framework.data.chat import StopTokens, stop_tokens
+from framework.data.chat import StopTokens, generation_eos_ids, stop_tokens
 from framework.mapping.token_bytes import TokenByteTable, UnsupportedTokenizerError, build_byte_table
 from framework.types import Message
+
+log = logging.getLogger(__name__)
 
 
 class MissingChatTemplateError(ValueError):
@@ -67,19 +70,19 @@ def continuation_encoder(backend_json: dict) -> Tokenizer:
     ``Replace`` normalizer anchored at the start of the text, and special-token strings in the text
     encoded as ordinary text (``encode_special_tokens``). Unicode normalizers are dropped too: the
     response bytes are what the student wrote, normalized or not, and the teacher must score those.
+
+    This parses the whole spec (a second copy of the vocabulary); :attr:`TokenizerInfo.continuation`
+    builds the same encoder on the backend's own model (:func:`continuation_from_parts`).
     """
-    return _continuation_from_json(continuation_spec_json(backend_json))
-
-
-def _continuation_from_json(spec_json: str) -> Tokenizer:
-    encoder = Tokenizer.from_str(spec_json)
+    encoder = Tokenizer.from_str(continuation_spec_json(backend_json))
     encoder.encode_special_tokens = True
     return encoder
 
 
-def continuation_spec_json(backend_json: dict) -> str:
-    """The ``tokenizer.json`` text of :func:`continuation_encoder` (``backend_json`` is not modified)."""
-    # Only the normalizer and the pre-tokenizer are edited: copy those, share the (large) rest.
+def continuation_spec(backend_json: dict) -> dict:
+    """The ``tokenizer.json`` of :func:`continuation_encoder` as a dict that shares the (large) model
+    with ``backend_json``, which is not modified."""
+    # Only the normalizer and the pre-tokenizer are edited: copy those, share the rest.
     spec = dict(backend_json)
     for component in ("normalizer", "pre_tokenizer"):
         spec[component] = copy.deepcopy(backend_json.get(component))
@@ -110,7 +113,61 @@ def continuation_spec_json(backend_json: dict) -> str:
     spec["post_processor"] = None  # never add BOS/EOS to a continuation
     # a saved tokenizer.json may carry padding / truncation settings; a continuation must keep every byte
     spec["padding"], spec["truncation"] = None, None
-    return json.dumps(spec)
+    return spec
+
+
+def continuation_spec_json(backend_json: dict) -> str:
+    """The ``tokenizer.json`` text of :func:`continuation_encoder` (``backend_json`` is not modified)."""
+    return json.dumps(continuation_spec(backend_json))
+
+
+def continuation_parts_json(backend_json: dict) -> str:
+    """:func:`continuation_spec_json` without the model: what :func:`continuation_from_parts` adds to
+    the backend's model (the form the disk cache keeps)."""
+    return json.dumps({k: v for k, v in continuation_spec(backend_json).items() if k != "model"})
+
+
+_NO_MODEL = {"type": "BPE", "vocab": {}, "merges": []}  # a stand-in: only the other components are read
+
+
+def continuation_from_parts(backend: Tokenizer, parts_json: str) -> Tokenizer:
+    """:func:`continuation_encoder` built on ``backend``'s own model (shared, read-only in both).
+
+    Parsing the full spec would build a second copy of the vocabulary (about 2 s for Gemma-3's 262k
+    tokens and 515k merges). The steps are those of ``tokenizers``' JSON deserialization, in its order:
+    the components first, then the added tokens in their order (ids come from the model vocabulary, or
+    follow it), each run of equal ``special`` flags in one call (one call per token gives the same
+    vocabulary, only slower). The result serializes exactly like :func:`continuation_encoder`'s
+    (``test_mapping_prep`` checks it on the fixture and real tokenizers).
+    """
+    parts = json.loads(parts_json)
+    if parts.get("padding") is not None or parts.get("truncation") is not None:
+        raise ValueError("a continuation encoder has no padding or truncation")
+    shell = Tokenizer.from_str(json.dumps({**parts, "added_tokens": [], "model": _NO_MODEL}))
+    encoder = Tokenizer(backend.model)
+    # the normalizer before the added tokens: their normalized forms are computed when they are added
+    encoder.normalizer = shell.normalizer
+    encoder.pre_tokenizer = shell.pre_tokenizer
+    encoder.post_processor = shell.post_processor
+    encoder.decoder = shell.decoder
+    run: list[AddedToken] = []
+    for i, token in enumerate(parts.get("added_tokens") or []):
+        run.append(
+            AddedToken(
+                token["content"],
+                single_word=token["single_word"],
+                lstrip=token["lstrip"],
+                rstrip=token["rstrip"],
+                normalized=token["normalized"],
+                special=token["special"],
+            )
+        )
+        following = parts["added_tokens"][i + 1] if i + 1 < len(parts["added_tokens"]) else None
+        if following is None or following["special"] != token["special"]:
+            (encoder.add_special_tokens if token["special"] else encoder.add_tokens)(run)
+            run = []
+    encoder.encode_special_tokens = True
+    return encoder
 
 
 def tokenizer_fingerprint(backend_json: dict) -> str:
@@ -119,57 +176,152 @@ def tokenizer_fingerprint(backend_json: dict) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A chat template with the special-token strings it is rendered with.
+
+    Exactly what ``apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`` of a
+    transformers tokenizer hands to transformers' Jinja renderer, so a prompt renders the same without
+    building that tokenizer (seconds for a large vocabulary); the disk cache keeps it.
+    """
+
+    template: str | None
+    special_tokens: dict[str, str]  # the tokenizer's ``special_tokens_map`` (``bos_token`` ...)
+
+    def render(self, messages: list[Message]) -> str:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        # (rendered conversations, generation indices); annotated ``-> str`` upstream
+        result: Any = render_jinja_template(
+            conversations=[list(messages)],
+            tools=None,
+            documents=None,
+            chat_template=self.template,
+            return_assistant_tokens_mask=False,
+            continue_final_message=False,
+            add_generation_prompt=True,
+            **self.special_tokens,
+        )
+        return result[0][0]
+
+    @classmethod
+    def of(cls, hf: Any) -> ChatTemplate | None:
+        """The template of a transformers tokenizer, or None when only that tokenizer renders it right
+        (a class with its own ``apply_chat_template``, several named templates)."""
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase as Base
+
+        kind = type(hf)
+        if getattr(kind, "apply_chat_template", None) is not Base.apply_chat_template:
+            return None
+        if getattr(kind, "get_chat_template", None) is not Base.get_chat_template:
+            return None
+        template, tokens = getattr(hf, "chat_template", None), getattr(hf, "special_tokens_map", None)
+        if not (template is None or isinstance(template, str)) or not isinstance(tokens, dict):
+            return None
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in tokens.items()):
+            return None
+        return cls(template, dict(tokens))
+
+
 @dataclass
 class TokenizerInfo:
     """Everything the mapping needs to know about one tokenizer, computed once.
 
-    ``backend_json`` and ``continuation`` are built on first use (the continuation encoder serves the
-    teacher side only), the latter from the disk cache (:mod:`framework.mapping.cache`) when it has it.
+    ``prompt_encoder``, ``backend_json``, ``continuation`` and ``hf`` are built on first use, from the
+    disk cache (:mod:`framework.mapping.cache`) when it has them. The transformers tokenizer is not
+    needed once the cache holds the backend, the stop tokens and the chat template (``chat``), so a warm
+    start does not build it; the continuation encoder serves the teacher side only.
     """
 
     path: str
-    hf: Any  # transformers tokenizer (used only for the chat template)
     table: TokenByteTable
-    prompt_encoder: Tokenizer  # the backend tokenizer as is (rendered prompts contain special tokens)
     eos_id: int | None
     end_of_turn_id: int | None  # what the chat template writes after an assistant turn
     stop_ids: frozenset[int]  # eos ∪ end-of-turn ∪ generation_config.json eos_token_id
     stops: StopTokens  # where the three above come from (framework.data.chat.stop_tokens)
     fingerprint: str
+    chat: ChatTemplate | None = None  # None: prompts are rendered by ``hf.apply_chat_template``
     warnings: list[str] = field(default_factory=list)
     cache_key: str | None = None  # this tokenizer's disk cache entry (None: not cached)
+    _hf: Any = field(default=None, repr=False)
+    _prompt_encoder: Tokenizer | None = field(default=None, repr=False)
+    _backend_text: str | None = field(default=None, repr=False)  # the cached backend, until parsed
+    _encode_special_tokens: bool = field(default=False, repr=False)  # the cached backend's flag
     _backend_json: dict | None = field(default=None, repr=False)
     _continuation: Tokenizer | None = field(default=None, repr=False)
     _prompt_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     @property
+    def hf(self) -> Any:
+        """The transformers tokenizer of the folder (loaded on first use)."""
+        if self._hf is None:
+            from transformers import AutoTokenizer
+
+            self._hf = AutoTokenizer.from_pretrained(self.path)
+        return self._hf
+
+    @property
+    def prompt_encoder(self) -> Tokenizer:
+        """The backend tokenizer as transformers built it (rendered prompts contain special tokens).
+
+        From the disk cache it is parsed on first use (about 1 s for Llama-3's vocabulary): the student
+        of a cross-tokenizer pair never encodes text, the teacher's continuation encoder shares its model.
+        """
+        if self._prompt_encoder is None:
+            encoder = None
+            if self._backend_text is not None:
+                try:
+                    encoder = Tokenizer.from_str(self._backend_text)
+                    encoder.encode_special_tokens = self._encode_special_tokens  # not in the JSON
+                except Exception as err:  # not expected (the entry passed its checks): ask transformers
+                    log.warning(
+                        "cached backend of %s does not load (%s: %s)", self.path, type(err).__name__, err
+                    )
+            self._prompt_encoder = encoder if encoder is not None else self.hf.backend_tokenizer
+            self._backend_text = None
+        return self._prompt_encoder
+
+    @property
     def backend_json(self) -> dict:
         """The backend tokenizer's JSON (``tokenizer.json`` as transformers built it)."""
         if self._backend_json is None:
-            self._backend_json = json.loads(self.prompt_encoder.to_str())
+            text = self._backend_text if self._backend_text is not None else self.prompt_encoder.to_str()
+            self._backend_json = json.loads(text)
         return self._backend_json
 
     @property
     def continuation(self) -> Tokenizer:
-        """See :func:`continuation_encoder`."""
+        """See :func:`continuation_encoder` (built with :func:`continuation_from_parts`)."""
         if self._continuation is None:
             from framework.mapping import cache
 
             cached = cache.load_continuation(self.cache_key) if self.cache_key else None
             if cached is not None:
                 try:
-                    self._continuation = _continuation_from_json(cached)
+                    self._continuation = continuation_from_parts(self.prompt_encoder, cached)
                 except Exception:  # a damaged entry is rebuilt below
                     self._continuation = None
             if self._continuation is None:
-                spec_json = continuation_spec_json(self.backend_json)
-                self._continuation = _continuation_from_json(spec_json)
-                if self.cache_key:
-                    cache.save_continuation(self.cache_key, spec_json)
+                parts = continuation_parts_json(self.backend_json)
+                shared = continuation_from_parts(self.prompt_encoder, parts)
+                # Once per tokenizer (then cached): the shared-model build must serialize exactly like
+                # the full parse; a tokenizer where it does not keeps the full parse, uncached.
+                full = continuation_encoder(self.backend_json)
+                if shared.to_str() == full.to_str():
+                    self._continuation = shared
+                    if self.cache_key:
+                        cache.save_continuation(self.cache_key, parts)
+                else:
+                    log.warning(
+                        "%s: continuation encoder built from its full spec (slower starts)", self.path
+                    )
+                    self._continuation = full
         return self._continuation
 
     @property
     def chat_template(self) -> str | None:
+        if self.chat is not None:
+            return self.chat.template
         return getattr(self.hf, "chat_template", None)
 
     @property
@@ -193,7 +345,10 @@ class TokenizerInfo:
                 f"tokenizer at {self.path} has no chat template; add one (tokenizer_config.json "
                 "'chat_template' or chat_template.jinja) so conversations can be rendered for it."
             )
-        text = self.hf.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        if self.chat is not None:
+            text = self.chat.render(list(messages))
+        else:
+            text = self.hf.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         ids = np.asarray(self.prompt_encoder.encode(text, add_special_tokens=False).ids, dtype=np.int32)
         ids.flags.writeable = False  # shared by every sample of this conversation
         self._prompt_cache[key] = ids
@@ -207,59 +362,106 @@ class TokenizerInfo:
         return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
 
 
-def load_tokenizer_info(path: str, cache: bool = True) -> TokenizerInfo:
-    """Load a tokenizer directory (anything ``AutoTokenizer.from_pretrained`` accepts locally).
-
-    With ``cache`` (and the cache not turned off, see :mod:`framework.mapping.cache`), the byte table
-    and the fingerprint of a tokenizer folder come from the disk cache when it has them, and go there
-    when it does not.
-    """
+def _from_transformers(path: str) -> tuple[Any, Tokenizer, StopTokens, ChatTemplate | None]:
+    """(transformers tokenizer, its backend, stop tokens, chat template) of a tokenizer folder."""
     from transformers import AutoTokenizer
 
-    from framework.mapping import cache as disk
-
-    hf = AutoTokenizer.from_pretrained(str(path))
+    hf = AutoTokenizer.from_pretrained(path)
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         raise UnsupportedTokenizerError(
             f"tokenizer at {path} is a slow (Python) tokenizer; a fast tokenizer (tokenizer.json) is required. "
             "Convert it once with transformers and save it with save_pretrained."
         )
+    return hf, backend, stop_tokens(hf, path), ChatTemplate.of(hf)
+
+
+def _from_cache(key: str, path: str) -> tuple[str, bool, StopTokens, ChatTemplate | None] | None:
+    """(backend JSON text, its ``encode_special_tokens`` flag, stop tokens, chat template) from the disk
+    cache: what :func:`_from_transformers` gives, without building the transformers tokenizer."""
+    from framework.mapping import cache as disk
+
+    entry = disk.load_tokenizer(key)
+    if entry is None:
+        return None
+    backend_text, facts = entry
+    stops = StopTokens(facts["eos_id"], facts["end_of_turn_id"], generation_eos_ids(path))
+    chat = facts["chat"]
+    template = None if chat is None else ChatTemplate(chat["template"], dict(chat["special_tokens"]))
+    return backend_text, facts["encode_special_tokens"], stops, template
+
+
+def load_tokenizer_info(path: str, cache: bool = True) -> TokenizerInfo:
+    """Load a tokenizer directory (anything ``AutoTokenizer.from_pretrained`` accepts locally).
+
+    With ``cache`` (and the cache not turned off, see :mod:`framework.mapping.cache`), the backend
+    tokenizer, the stop tokens, the chat template, the byte table and the fingerprint of a tokenizer
+    folder come from the disk cache when it has them (then no transformers tokenizer is built), and go
+    there when it does not.
+    """
+    from framework.mapping import cache as disk
+
+    path = str(path)
     key = disk.tokenizer_key(path) if cache and disk.cache_dir() is not None else None
-    cached = disk.load_tables(key) if key else None
-    backend_json: dict | None = None
-    if cached is not None:
-        table, fingerprint = cached
+    warm = _from_cache(key, path) if key else None
+    tables = disk.load_tables(key) if key else None
+    if warm is not None and tables is not None:
+        vocab = tables[0].vocab_size
+        if any(i is not None and not 0 <= i < vocab for i in (warm[2].eos_id, warm[2].end_of_turn_id)):
+            log.warning("ignoring inconsistent mapping cache entry %s: stop ids outside the vocabulary", key)
+            warm = None
+    hf: Any = None
+    backend: Tokenizer | None = None
+    if warm is not None:
+        backend_text, encode_special, stops, chat = warm
     else:
-        backend_json = json.loads(backend.to_str())
+        hf, backend, stops, chat = _from_transformers(path)
+        backend_text, encode_special = backend.to_str(), bool(backend.encode_special_tokens)
+        if key:
+            chat_facts = (
+                None if chat is None else {"template": chat.template, "special_tokens": chat.special_tokens}
+            )
+            facts = {
+                "eos_id": stops.eos_id,
+                "end_of_turn_id": stops.end_of_turn_id,
+                "encode_special_tokens": encode_special,
+                "chat": chat_facts,
+            }
+            disk.save_tokenizer(key, backend_text, facts)
+    backend_json: dict | None = None
+    if tables is not None:
+        table, fingerprint = tables
+    else:
+        backend_json = json.loads(backend_text)
         table = build_byte_table(backend_json)
         fingerprint = tokenizer_fingerprint(backend_json)
         if key:
             disk.save_tables(key, table, fingerprint)
-    warnings: list[str] = []
-    if table.undecodable:
-        warnings.append(
-            f"{len(table.undecodable)} vocabulary entries could not be read as bytes (masked if sampled)"
-        )
-    stops = stop_tokens(hf, str(path))
-    if not getattr(hf, "chat_template", None):
-        warnings.append("no chat template: conversations cannot be rendered for this tokenizer")
-    if not stops.ids:
-        warnings.append("no stop token found (no eos_token, no end-of-turn in the chat template)")
-    return TokenizerInfo(
-        path=str(path),
-        hf=hf,
+    info = TokenizerInfo(
+        path=path,
         table=table,
-        prompt_encoder=backend,
         eos_id=stops.eos_id,
         end_of_turn_id=stops.end_of_turn_id,
         stop_ids=stops.ids,
         stops=stops,
         fingerprint=fingerprint,
-        warnings=warnings,
+        chat=chat,
         cache_key=key,
+        _hf=hf,
+        _prompt_encoder=backend,
+        _backend_text=backend_text if backend is None else None,
+        _encode_special_tokens=encode_special,
         _backend_json=backend_json,
     )
+    if table.undecodable:
+        info.warnings.append(
+            f"{len(table.undecodable)} vocabulary entries could not be read as bytes (masked if sampled)"
+        )
+    if not info.chat_template:
+        info.warnings.append("no chat template: conversations cannot be rendered for this tokenizer")
+    if not stops.ids:
+        info.warnings.append("no stop token found (no eos_token, no end-of-turn in the chat template)")
+    return info
 
 
 @dataclass
