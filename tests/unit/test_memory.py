@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 
 from framework.memory import GIB, PeakMemory, node_bytes, tree_bytes
 
@@ -41,7 +42,11 @@ def test_a_child_process_counts_in_the_tree():
 
 
 def test_node_memory_is_positive_and_a_vanished_pid_is_zero():
-    assert node_bytes() > tree_bytes() > 0
+    total = psutil.virtual_memory().total
+    # (no order between the two: RSS also counts file-backed pages, e.g. mapped torch libraries,
+    # which the node's "used" leaves to the page cache; a large test process can exceed it)
+    assert 0 < node_bytes() <= total
+    assert 0 < tree_bytes() <= total
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert tree_bytes(gone.pid) == 0
