@@ -137,10 +137,16 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
         log.warning("could not write mapping cache file %s (%s)", path, err)
 
 
+def _load(key: str, kind: str) -> tuple[Path | None, tuple[dict, dict[str, np.ndarray]] | None]:
+    """(file, its header and arrays) of the ``kind`` entry of ``key``; the entry is None when the cache
+    is off or the file is missing or unreadable."""
+    path = _entry(key, kind)
+    return path, (None if path is None else _read(path, key))
+
+
 def load_tables(key: str) -> tuple[TokenByteTable, str] | None:
     """(byte table with its byte order, fingerprint) from the cache, or None."""
-    path = _entry(key, "tables")
-    entry = None if path is None else _read(path, key)
+    path, entry = _load(key, "tables")
     if entry is None:
         return None
     header, a = entry
@@ -195,8 +201,7 @@ def save_tables(key: str, table: TokenByteTable, fingerprint: str) -> None:
 
 def load_tokenizer(key: str) -> tuple[str, dict[str, Any]] | None:
     """(backend tokenizer JSON text, facts) from the cache, or None; see :func:`save_tokenizer`."""
-    path = _entry(key, "tokenizer")
-    entry = None if path is None else _read(path, key)
+    path, entry = _load(key, "tokenizer")
     if entry is None:
         return None
     header, a = entry
@@ -231,8 +236,7 @@ def save_tokenizer(key: str, backend_json: str, facts: dict[str, Any]) -> None:
 
 def load_continuation(key: str) -> str | None:
     """The continuation encoder's JSON text without its model (see ``save_continuation``), or None."""
-    path = _entry(key, "continuation")
-    entry = None if path is None else _read(path, key)
+    path, entry = _load(key, "continuation")
     if entry is None:
         return None
     try:
@@ -280,8 +284,7 @@ _PROJECTION_ARRAYS = {
 def load_projection(key: str, student: TokenByteTable, teacher: TokenByteTable) -> ProjectionMap | None:
     """The pair's projection map from the cache, or None when missing or not consistent with the tables
     (shapes, dtypes, id ranges, and the student order must be the student's own byte order)."""
-    path = _entry(key, "projection")
-    entry = None if path is None else _read(path, key)
+    path, entry = _load(key, "projection")
     if entry is None:
         return None
     a = entry[1]
