@@ -327,19 +327,17 @@ def run_pair(student_dir: str, teacher_dir: str, args, gold: bool) -> dict:
             project_topk_groups(rows_ids[i : i + 16384], rows_lp[i : i + 16384], projection)
 
     # Rounds interleave the measurements (the machine may be shared): the best of each is reported.
-    best = {name: float("inf") for name in ("a", "req", "map", "dense", "kernel")}
+    # On a shared VM the floor alone swings by up to 1.5x between rounds, so the ratio (b)/(a) is also
+    # taken per round (both measured back to back) and its median reported beside the ratio of bests.
+    names = ("a", "req", "map", "dense", "kernel")
+    rounds: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.rounds):
-        for name, fn in (
-            ("a", floor),
-            ("req", requests_cold),
-            ("map", map_plain),
-            ("dense", map_dense),
-            ("kernel", kernel),
-        ):
+        for name, fn in zip(names, (floor, requests_cold, map_plain, map_dense, kernel)):
             seconds, _ = timed(fn)
-            best[name] = min(best[name], seconds)
-    t_a, t_req, t_map, t_dense, t_kernel = (best[k] for k in ("a", "req", "map", "dense", "kernel"))
+            rounds[name].append(seconds)
+    t_a, t_req, t_map, t_dense, t_kernel = (min(rounds[k]) for k in names)
     t_b = t_req + t_map
+    paired = sorted((q + m) / a for a, q, m in zip(rounds["a"], rounds["req"], rounds["map"]))
     mapped, mapped_k = map_plain(), map_dense()
     teacher_tokens = sum(q.input_ids.shape[0] - q.response_start for q in requests)
     positions = sum(m.dense.positions.shape[0] for batch in mapped_k for m in batch)
@@ -387,7 +385,11 @@ def run_pair(student_dir: str, teacher_dir: str, args, gold: bool) -> dict:
     one = float(np.mean([m.diagnostics["map/one_to_one_frac"] for batch in mapped for m in batch]))
     print(f"mean masked fraction {masked:.3%}, mean 1:1 chunk fraction {one:.1%}")
     print("targets:")
-    print(f"  (b) <= 1.5x (a): {t_b / t_a:.2f}x -> {'MET' if t_b <= 1.5 * t_a else 'NOT MET'}")
+    med = float(np.median(paired))
+    print(
+        f"  (b) <= 1.5x (a): {t_b / t_a:.2f}x of the bests, {med:.2f}x median of {len(paired)} paired rounds "
+        f"({paired[0]:.2f}-{paired[-1]:.2f}) -> {'MET' if med <= 1.5 else 'NOT MET'} (median)"
+    )
     if gold_seconds is not None:
         verdict = "MET" if gold_seconds >= 10 * t_b else "NOT MET"
         print(f"  (b) >= 10x faster than (d): {gold_seconds / t_b:.1f}x -> {verdict}")
@@ -406,6 +408,8 @@ def run_pair(student_dir: str, teacher_dir: str, args, gold: bool) -> dict:
             **({"d_gold_scaled": gold_seconds} if gold_seconds is not None else {}),
         },
         "b_over_a": t_b / t_a,
+        "b_over_a_paired_median": float(np.median(paired)),
+        "b_over_a_paired_range": [paired[0], paired[-1]],
         "dense_positions": positions,
         "group_slot_frac": grouped / max(slots, 1),
         "c_positions_per_s": rate_c,

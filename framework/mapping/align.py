@@ -9,8 +9,8 @@ and a contiguous teacher token range (the dual-pointer chunking of Niu et al. 20
 point ≥ e_i.
 
 Everything is vectorised over a *batch*: the samples' byte ranges are laid end to end in one global
-coordinate (sample b occupies ``(base_b, base_b + covered_b]``), one ``searchsorted`` finds all sync
-points, one more assigns all chunks. O(N log N) in NumPy with tiny constants, no Python loop over
+coordinate (sample b occupies ``(base_b, base_b + covered_b]``); one tally over that coordinate finds
+all sync points and its running count assigns all chunks. O(N + bytes) in NumPy, no Python loop over
 tokens or samples.
 
 Only the first ``covered_b`` bytes of sample b are aligned (the valid, matching prefix); tokens that
@@ -85,17 +85,23 @@ def align_flat(
     s_active = (s_lens > 0) & (s_end <= s_limit)
     t_active = (t_lens > 0) & (t_end <= t_limit)
     s_act_end, t_act_end = s_end[s_active], t_end[t_active]
-    if t_act_end.shape[0] and s_act_end.shape[0]:
-        at = np.minimum(np.searchsorted(t_act_end, s_act_end), t_act_end.shape[0] - 1)
-        sync = s_act_end[t_act_end[at] == s_act_end]
-    else:
-        sync = np.zeros(0, dtype=np.int64)
+    # Both end sets are sorted, so a byte-indexed tally replaces sorted searches: an offset is a sync
+    # point when it ends a token on both sides, and a token's chunk is the number of sync points
+    # before its end (the same as searchsorted(sync, end), in O(bytes) instead of O(N log N)).
+    total = int(limit_B[-1]) if limit_B.shape[0] else 0
+    ends = np.zeros(total + 1, dtype=np.int8)
+    ends[s_act_end] = 1
+    ends[t_act_end] += 1
+    is_sync = ends == 2
+    sync = np.flatnonzero(is_sync)
+    sync_sample = s_seg[s_active][is_sync[s_act_end]]  # every sync point ends an active student token
+    syncs_through = np.cumsum(is_sync, dtype=np.int64)  # sync points at offsets ≤ each byte offset
 
     def assign(active: np.ndarray, act_end: np.ndarray, limit: np.ndarray) -> np.ndarray:
         chunk = np.full(active.shape[0], -1, dtype=np.int64)
         if sync.shape[0] == 0:
             return chunk
-        k = np.searchsorted(sync, act_end)
+        k = syncs_through[act_end - 1]  # active ends are ≥ 1
         k_clipped = np.minimum(k, sync.shape[0] - 1)
         ok = (k < sync.shape[0]) & (sync[k_clipped] <= limit[active])  # closed inside its own sample
         chunk[np.flatnonzero(active)[ok]] = k[ok]
@@ -105,7 +111,7 @@ def align_flat(
         student_chunk=assign(s_active, s_act_end, s_limit),
         teacher_chunk=assign(t_active, t_act_end, t_limit),
         chunk_end=sync,
-        chunk_sample=np.searchsorted(limit_B, sync),
+        chunk_sample=sync_sample,
         student_start=s_end - s_lens,
         teacher_start=t_end - t_lens,
         student_limit=s_limit,

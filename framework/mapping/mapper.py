@@ -19,6 +19,7 @@ A mapper pickles as its constructor arguments (paths) and is rebuilt, once per p
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ from framework.mapping.topk import (
 from framework.types import DenseTarget, MappedSample, Rollout, TeacherRequest, TeacherScores
 
 _MAPPER_CACHE: dict[tuple, TokenMapper] = {}
+_RECENT_SPLITS = 8192  # samples whose student bytes a mapper keeps between request and scores
 
 
 def common_prefix_len(a: bytes, b: bytes) -> int:
@@ -84,6 +86,9 @@ class TokenMapper:
         self.same_template = self.is_identity and student.chat_template == teacher.chat_template
         self.teacher_stop_array = np.array(sorted(teacher.stop_ids), dtype=np.int64)
         self._projection: ProjectionMap | None = None
+        # Student bytes of the rollouts whose teacher requests were built here, reused when their
+        # scores come back (map_samples), keyed by sample id and checked against the response ids.
+        self._recent_splits: OrderedDict[str, tuple[np.ndarray, StudentResponse]] = OrderedDict()
 
     @classmethod
     def from_paths(
@@ -117,21 +122,41 @@ class TokenMapper:
         ids = [np.asarray(r.response_ids) for r in rollouts]
         flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
         check_ids(flat, self.student.table.vocab_size, "response_ids")
-        splits = split_student_responses(
-            self.student.table, self.student.stop_ids, ids, [r.finish_reason for r in rollouts]
-        )
+        known: list[StudentResponse | None] = []
+        for rollout, arr in zip(rollouts, ids):
+            hit = self._recent_splits.pop(rollout.sample_id, None)
+            same = hit is not None and (hit[0] is arr or np.array_equal(hit[0], arr))
+            known.append(hit[1] if same and hit is not None else None)
+        missing = [b for b, split in enumerate(known) if split is None]
+        if missing:
+            computed = split_student_responses(
+                self.student.table,
+                self.student.stop_ids,
+                [ids[b] for b in missing],
+                [rollouts[b].finish_reason for b in missing],
+            )
+            for b, split in zip(missing, computed):
+                known[b] = split
+        splits = [split for split in known if split is not None]
         return splits, flat
+
+    def _remember_splits(self, rollouts: Sequence[Rollout], splits: list[StudentResponse]) -> None:
+        for rollout, split in zip(rollouts, splits):
+            self._recent_splits[rollout.sample_id] = (np.asarray(rollout.response_ids), split)
+        while len(self._recent_splits) > _RECENT_SPLITS:
+            self._recent_splits.popitem(last=False)
 
     def teacher_requests(self, rollouts: Sequence[Rollout]) -> list[TeacherRequest]:
         """Teacher inputs for a batch of rollouts (one batched teacher tokenization)."""
         if self.is_identity:
             return [self._identity_request(r) for r in rollouts]
         splits, _ = self._splits(rollouts)
+        self._remember_splits(rollouts, splits)
         responses = self.teacher.encode_continuations([s.text for s in splits])
         stop_id = self.teacher.stop_token_to_append
+        prompts = self.teacher.render_prompts_ids([r.prompt.messages for r in rollouts])
         requests = []
-        for rollout, split, response in zip(rollouts, splits, responses):
-            prompt = self.teacher.render_prompt_ids(rollout.prompt.messages)
+        for rollout, split, response, prompt in zip(rollouts, splits, responses, prompts):
             parts = [prompt, response]
             if split.bridge_stop and stop_id is not None:
                 parts.append(np.array([stop_id], dtype=np.int32))
@@ -214,9 +239,10 @@ class TokenMapper:
         t_flat = np.concatenate(t_ids)
         check_ids(t_flat, self.teacher.table.vocab_size, "teacher request ids")
         t_buf, t_lens = self.teacher.table.gather(t_flat)
-        t_byte_off = np.concatenate(([0], np.cumsum(t_lens)))[t_off]
+        t_byte_off = np.concatenate(([0], np.cumsum(t_lens)))[t_off].tolist()
+        t_raw = t_buf.tobytes()
         sides = [
-            self._teacher_side(splits[b], t_ids[b], t_buf[t_byte_off[b] : t_byte_off[b + 1]].tobytes())
+            self._teacher_side(splits[b], t_ids[b], t_raw[t_byte_off[b] : t_byte_off[b + 1]])
             for b in range(B)
         ]
         s_lens = self.student.table.byte_lengths[s_flat].astype(np.int64)

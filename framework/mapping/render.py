@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,11 +190,15 @@ class ChatTemplate:
     special_tokens: dict[str, str]  # the tokenizer's ``special_tokens_map`` (``bos_token`` ...)
 
     def render(self, messages: list[Message]) -> str:
+        return self.render_many([messages])[0]
+
+    def render_many(self, conversations: list[list[Message]]) -> list[str]:
+        """Each conversation rendered with the generation prompt (one renderer call for all)."""
         from transformers.utils.chat_template_utils import render_jinja_template
 
         # (rendered conversations, generation indices); annotated ``-> str`` upstream
         result: Any = render_jinja_template(
-            conversations=[list(messages)],
+            conversations=[list(messages) for messages in conversations],
             tools=None,
             documents=None,
             chat_template=self.template,
@@ -202,7 +207,7 @@ class ChatTemplate:
             add_generation_prompt=True,
             **self.special_tokens,
         )
-        return result[0][0]
+        return list(result[0])
 
     @classmethod
     def of(cls, hf: Any) -> ChatTemplate | None:
@@ -330,31 +335,46 @@ class TokenizerInfo:
         student's stop token; the student token appended when a response stopped)."""
         return self.stops.end_of_response
 
-    def render_prompt_ids(self, messages: list[Message], cache_size: int = 8192) -> np.ndarray:
-        """int32[L] ids of the conversation rendered with this tokenizer's chat template + generation prompt.
+    def render_prompt_ids(self, messages: list[Message]) -> np.ndarray:
+        """int32[L] ids of the conversation rendered with this tokenizer's chat template + generation prompt."""
+        return self.render_prompts_ids([messages])[0]
 
-        Cached per conversation (the same prompt is sampled several times per step).
-        """
-        key = tuple((m["role"], m["content"]) for m in messages)
-        cached = self._prompt_cache.get(key)
-        if cached is not None:
-            self._prompt_cache.move_to_end(key)
-            return cached
-        if not self.chat_template:
-            raise MissingChatTemplateError(
-                f"tokenizer at {self.path} has no chat template; add one (tokenizer_config.json "
-                "'chat_template' or chat_template.jinja) so conversations can be rendered for it."
-            )
-        if self.chat is not None:
-            text = self.chat.render(list(messages))
-        else:
-            text = self.hf.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        ids = np.asarray(self.prompt_encoder.encode(text, add_special_tokens=False).ids, dtype=np.int32)
-        ids.flags.writeable = False  # shared by every sample of this conversation
-        self._prompt_cache[key] = ids
-        if len(self._prompt_cache) > cache_size:
+    def render_prompts_ids(
+        self, conversations: Sequence[list[Message]], cache_size: int = 8192
+    ) -> list[np.ndarray]:
+        """:meth:`render_prompt_ids` of many conversations; the ones not cached are rendered and
+        tokenized in one batch. Cached per conversation (the same prompt is sampled several times
+        per step); the arrays are read-only because every sample of a conversation shares one."""
+        keys = [tuple((m["role"], m["content"]) for m in messages) for messages in conversations]
+        todo: dict[tuple, list[Message]] = {}
+        for key, messages in zip(keys, conversations):
+            if key in self._prompt_cache:
+                self._prompt_cache.move_to_end(key)
+            else:
+                todo.setdefault(key, list(messages))
+        if todo:
+            if not self.chat_template:
+                raise MissingChatTemplateError(
+                    f"tokenizer at {self.path} has no chat template; add one (tokenizer_config.json "
+                    "'chat_template' or chat_template.jinja) so conversations can be rendered for it."
+                )
+            new = list(todo.values())
+            if self.chat is not None:
+                texts = self.chat.render_many(new)
+            else:
+                texts = [
+                    self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                    for messages in new
+                ]
+            encodings = self.prompt_encoder.encode_batch_fast(texts, add_special_tokens=False)
+            for key, encoding in zip(todo, encodings):
+                ids = np.asarray(encoding.ids, dtype=np.int32)
+                ids.flags.writeable = False
+                self._prompt_cache[key] = ids
+        out = [self._prompt_cache[key] for key in keys]
+        while len(self._prompt_cache) > cache_size:
             self._prompt_cache.popitem(last=False)
-        return ids
+        return out
 
     def encode_continuations(self, texts: list[str]) -> list[np.ndarray]:
         """Tokenize response texts as continuations (no dummy prefix, no special tokens)."""

@@ -214,6 +214,42 @@ def test_batch_equals_single():
         assert one.diagnostics == pytest.approx(b.diagnostics)
 
 
+def test_student_bytes_kept_from_the_request_are_checked_against_the_rollout():
+    """map_samples reuses the student bytes teacher_requests computed, but only for the same response:
+    a rollout regenerated under the same sample id (a requeue) is split afresh."""
+    mapper = mapper_for("bl_group", "sp_plain")
+    rng = np.random.default_rng(9)
+    encode = mapper.student.continuation.encode
+    first = make_rollout(mapper, encode("12 + 30 = 42", add_special_tokens=False).ids, "length", rng)
+    again = make_rollout(mapper, encode("the answer: 7", add_special_tokens=False).ids, "length", rng)
+    assert first.sample_id == again.sample_id
+    mapper.teacher_requests([first])  # remembers first's bytes under the shared sample id
+    fresh = mapper_for("bl_group", "sp_plain")
+    request = TokenMapper(fresh.student, fresh.teacher).teacher_requests([again])[0]
+    scores = random_scores(request, mapper.teacher.table.vocab_size, K, rng)
+    reused = mapper.map_sample(again, request, scores)
+    expected = TokenMapper(fresh.student, fresh.teacher).map_sample(again, request, scores)
+    np.testing.assert_array_equal(reused.advantages, expected.advantages)
+    assert reused.diagnostics["map/teacher_mismatch"] == 0.0
+    check_invariants(mapper, again, request, scores, reused)
+
+
+def test_prompts_rendered_in_one_batch_equal_one_by_one():
+    mapper = mapper_for("bl_group", "sp_prefix")
+    conversations = [[{"role": "user", "content": f"What is {n} + {n}?"}] for n in (1, 2, 1, 3)] + [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "東京 🙂"}]
+    ]
+    one_by_one = []
+    for messages in conversations:
+        mapper.teacher._prompt_cache.clear()
+        one_by_one.append(mapper.teacher.render_prompt_ids(messages).tolist())
+    mapper.teacher._prompt_cache.clear()
+    batch = mapper.teacher.render_prompts_ids(conversations)
+    assert [ids.tolist() for ids in batch] == one_by_one
+    assert batch[0] is batch[2]  # one array per distinct conversation
+    assert len(mapper.teacher._prompt_cache) == 4
+
+
 def test_identity_is_detected_across_paths_and_pickles(tmp_path: Path):
     copy = tmp_path / "copy"
     shutil.copytree(tokenizer_dir("bl_group"), copy)
