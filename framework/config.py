@@ -118,6 +118,9 @@ class AlgoConfig:
     clip_eps_high: float | None = None  # asymmetric clip: upper bound 1 + clip_eps_high (None: clip_eps)
     dual_clip: float | None = None  # dual clip for negative advantages (None: off; > 1 when set)
     adv_clamp: float | None = 5.0  # |advantage| bound (None: off)
+    reward_weight: float = 0.0  # λ: add λ (task reward − baseline) to every token's advantage (0: off)
+    reward_baseline: str = "group_mean"  # group_mean | leave_one_out | none (framework.algo.reward)
+    distill_weight: float = 1.0  # weight of the teacher term (0 with reward_weight > 0: policy gradient)
     # opd_topk:
     topk_weight: float = 1.0  # weight of the dense KL term
     with_sampled: bool = True  # add the sampled-path opd term (false = dense KL only)
@@ -267,8 +270,12 @@ def _check_objective(algo: AlgoConfig) -> None:
     try:
         make_objective(algo.name, **options)
     except (ValueError, TypeError) as err:
+        text = str(err)  # name the option the objective's message starts with, if any
+        named = sorted((k for k in options if k in text), key=lambda k: (text.index(k), -len(k)))
         raise ConfigError(
-            "algo", f"algo={algo.name} refuses its options ({err})", "change the algo.* option named above"
+            f"algo.{named[0]}" if named else "algo",
+            f"algo={algo.name} refuses its options ({err})",
+            "change the algo.* option named above",
         ) from None
 
 
@@ -340,6 +347,14 @@ def validate(cfg: Config) -> None:
     ]:
         _positive(key, value, allow_zero=True)
     _check_objective(cfg.algo)
+    # a task reward needs a verifier; the mapping workers have one for the zoo tasks only
+    uses_reward = "reward_weight" in objective_kwargs(cfg.algo.name, {"reward_weight": 1})
+    if uses_reward and cfg.algo.reward_weight > 0 and not cfg.data.train.startswith("zoo:"):
+        raise ConfigError(
+            "algo.reward_weight",
+            f"a task reward needs a verifier, and data.train={cfg.data.train} has none (only the zoo tasks do)",
+            "set algo.reward_weight=0, or train on a zoo task (data.train=zoo:arith)",
+        )
     if cfg.rollout.top_p != 1.0:
         # the learner recomputes log pi(a) / T over the whole vocabulary; a top-p-truncated
         # behaviour distribution would make the importance ratio wrong on every step

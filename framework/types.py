@@ -98,6 +98,9 @@ class MappedSample:
     dense: DenseTarget | None = None
     reward: float | None = None  # task correctness (1.0 / 0.0) when a verifier exists
     diagnostics: dict[str, float] = field(default_factory=dict)
+    # rewards of this sample's prompt group in its step (framework.algo.reward.attach_reward_groups)
+    group_reward_sum: float = 0.0
+    group_reward_count: int = 0
 
     @property
     def num_response_tokens(self) -> int:

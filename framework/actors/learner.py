@@ -79,9 +79,11 @@ class LearnerWorker(Health):
     def train_step(self, sample_refs: list, version: int) -> dict[str, Any]:
         """The step's metrics (floats) plus ``sample_ids``: the trained samples (rank 0; the ledger)."""
         with self.clock:
+            from framework.algo.reward import attach_reward_groups
             from framework.learner import shard_samples
 
             samples = [s for part in ray.get(sample_refs) for s in part]
+            attach_reward_groups(samples)  # group baselines need the whole step, before sharding
             stats = batch_statistics(samples, version) if self.rank == 0 else {}
             num_tokens = int(sum(float(s.mask.sum()) for s in samples))
             # every rank reads the same refs and takes its own deterministic share

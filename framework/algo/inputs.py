@@ -61,6 +61,11 @@ class LossInputs:
     behaviour_logprobs_B_T: torch.Tensor | None = None  # float [B, T], logprob under the sampling policy
     advantages_B_T: torch.Tensor | None = None  # float [B, T], credited (log p_T - log p_S)
     teacher_logprobs_B_T: torch.Tensor | None = None  # float [B, T], credited chunk teacher logprob
+    # sequence reward (opd with algo.reward_weight > 0, framework.algo.reward); 0 where a row has none
+    reward_B: torch.Tensor | None = None  # float [B], the verifier's reward of the row
+    reward_valid_B: torch.Tensor | None = None  # float [B], 1 = the row has a reward
+    group_reward_sum_B: torch.Tensor | None = None  # float [B], rewards of the row's prompt group
+    group_reward_count_B: torch.Tensor | None = None  # float [B], rewarded samples in that group
     # dense top-k targets
     dense_mask_B_T: torch.Tensor | None = None  # float [B, T], 1 = a dense target exists here
     support_ids_B_T_S: torch.Tensor | None = None  # long [B, T, S], student ids, -1 padded
@@ -300,6 +305,10 @@ def collate_mapped_samples(samples: Sequence[MappedSample], pad_to: int | None =
         behaviour_logprobs_B_T=_pad_stack([s.behaviour_logprobs for s in samples], width, 0.0, f32),
         advantages_B_T=_pad_stack([s.advantages for s in samples], width, 0.0, f32),
         teacher_logprobs_B_T=_pad_stack([s.teacher_logprobs for s in samples], width, 0.0, f32),
+        reward_B=torch.tensor([0.0 if s.reward is None else float(s.reward) for s in samples], dtype=f32),
+        reward_valid_B=torch.tensor([float(s.reward is not None) for s in samples], dtype=f32),
+        group_reward_sum_B=torch.tensor([float(s.group_reward_sum) for s in samples], dtype=f32),
+        group_reward_count_B=torch.tensor([float(s.group_reward_count) for s in samples], dtype=f32),
     )
     dense = [s.dense for s in samples]
     if any(d is not None for d in dense):

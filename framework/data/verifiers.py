@@ -1,4 +1,5 @@
-"""Answer verifiers: task accuracy for evaluation and rewards for logging (never a training signal here)."""
+"""Answer verifiers: task accuracy for evaluation, and the sequence reward (logged; trained on when
+``algo.reward_weight`` > 0, framework/algo/reward.py)."""
 
 from __future__ import annotations
 

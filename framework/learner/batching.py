@@ -203,6 +203,10 @@ def padding_micro_batch(*, pad_id: int = 0, with_dense: bool = False) -> MicroBa
         behaviour_logprobs_B_T=zeros_B_T.clone(),
         advantages_B_T=zeros_B_T.clone(),
         teacher_logprobs_B_T=zeros_B_T.clone(),
+        reward_B=torch.zeros(1),
+        reward_valid_B=torch.zeros(1),
+        group_reward_sum_B=torch.zeros(1),
+        group_reward_count_B=torch.zeros(1),
     )
     if with_dense:
         inputs = with_empty_dense(inputs)

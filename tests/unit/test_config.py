@@ -40,7 +40,9 @@ def test_default_recipe_is_the_cross_family_cpu_demo():
 
 
 def test_every_algo_has_a_recipe():
-    assert set(_group_options("algo")) == set(ALGOS)
+    options = _group_options("algo")
+    assert set(ALGOS) <= set(options)  # recipes beyond the names are variants (opd_reward: opd + reward)
+    assert to_config(_compose(["algo=opd_reward"])).algo.reward_weight > 0
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,11 @@ def test_every_algo_has_a_recipe():
         ("learner.backend=nccl", "learner.backend"),
         ("rollout.dtype=fp32", "rollout.dtype"),
         ("teacher.dtype=half", "teacher.dtype"),
+        ("algo.reward_weight=-0.5", "algo.reward_weight"),
+        ("algo.reward_baseline=median", "algo.reward_baseline"),
+        ("algo.distill_weight=0", "algo.distill_weight"),
+        ("algo.clip_eps_high=-1", "algo.clip_eps_high"),
+        ("algo.reward_weight=0.5 data.train=/tmp/prompts.jsonl", "algo.reward_weight"),
     ],
 )
 def test_impossible_value_names_key_and_fix(override, key):
@@ -96,6 +103,13 @@ def test_every_objective_option_is_a_config_key_and_every_algo_key_is_an_option(
         ("opd_topk", "min_target_prob", 1e-6, lambda o: o.min_target_prob == 1e-6 and o.opd is not None),
         ("ctpd", "mu", 0.0, lambda o: o.mu == 0.0 and not o.needs_reference),
         ("dpo", "label_smoothing", 0.1, lambda o: o.label_smoothing == 0.1),
+        ("opd", "reward_weight", 0.5, lambda o: o.reward_weight == 0.5 and o.distill_weight == 1.0),
+        (
+            "opd_topk",
+            "reward_baseline",
+            "none",
+            lambda o: o.opd is not None and o.opd.reward_baseline == "none",
+        ),
     ],
 )
 def test_algo_options_reach_the_objective(name, key, value, reaches):
@@ -109,4 +123,4 @@ def test_algo_options_reach_the_objective(name, key, value, reaches):
 def test_a_bad_objective_option_fails_at_validation_naming_it():
     with pytest.raises(ConfigError) as info:
         to_config(_compose(["algo.dual_clip=0.5"]))
-    assert info.value.key == "algo" and "dual_clip" in str(info.value)
+    assert info.value.key == "algo.dual_clip" and "dual_clip" in str(info.value)
