@@ -44,7 +44,10 @@ def run(variant: str, seed: int, steps: int, folder: Path) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         rc = subprocess.call(
-            [sys.executable, "-m", "framework.train", *overrides], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "framework.train", *overrides],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     if rc != 0:
         raise SystemExit(f"{variant} seed {seed} failed (exit {rc}); see {log}")
@@ -89,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             result = run(variant, seed, args.steps, folder)
             results = [r for r in results if (r["variant"], r["seed"]) != (variant, seed)] + [result]
             out_path.parent.mkdir(parents=True, exist_ok=True)
-            out_path.write_text(json.dumps({"benchmark": "benchmarks/reward_mix.py", "runs": results}, indent=1))
+            out_path.write_text(
+                json.dumps({"benchmark": "benchmarks/reward_mix.py", "runs": results}, indent=1)
+            )
             curve = " -> ".join(f"{e['accuracy']:.3f}" for e in result["evals"])
             kl = " -> ".join(f"{e['teacher_kl']:.3f}" for e in result["evals"])
             print(f"  accuracy {curve}\n  teacher-KL {kl}\n  {result['wall_s']:.0f} s", flush=True)
