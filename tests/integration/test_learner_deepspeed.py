@@ -36,13 +36,7 @@ SETTINGS = dict(
     micro_batch_tokens=48,
     logprob_chunk_size=7,
     objective="opd_topk",
-    # opd_topk's sampled term also carries a task reward (framework.algo.reward), groups of 3 samples
-    objective_options={
-        "clip_eps": 0.2,
-        "topk_weight": 0.5,
-        "reward_weight": 0.5,
-        "reward_baseline": "leave_one_out",
-    },
+    objective_options={"clip_eps": 0.2, "topk_weight": 0.5},
     seed=0,
 )
 # name -> (zero stage, world size, gradient checkpointing)
@@ -54,13 +48,9 @@ WORKER_TIMEOUT_S = 420
 
 
 def make_samples(seed: int, n: int):
-    """n samples in prompt groups of 3, with rewards (one sample in 5 has none) and group sums
-    attached before any sharding, as the learner actor does."""
-    from framework.algo.reward import attach_reward_groups
     from framework.types import DenseTarget, MappedSample
 
     rng = np.random.default_rng(seed)
-    rewards = np.random.default_rng(seed + 1000).integers(0, 2, n).astype(float)
     out = []
     for i in range(n):
         Lp, R = int(rng.integers(2, 9)), int(rng.integers(3, 16))
@@ -74,7 +64,7 @@ def make_samples(seed: int, n: int):
         )
         out.append(
             MappedSample(
-                sample_id=f"seed{seed}-{i // 3}#{i % 3}",
+                sample_id=f"seed{seed}-{i}",
                 input_ids=rng.integers(0, VOCAB, Lp + R).astype(np.int32),
                 response_start=Lp,
                 behaviour_logprobs=rng.normal(-6.2, 0.2, R).astype(np.float32),
@@ -83,10 +73,8 @@ def make_samples(seed: int, n: int):
                 mask=(rng.random(R) > 0.15).astype(np.float32),
                 weight_version=0,
                 dense=dense,
-                reward=None if i % 5 == 4 else float(rewards[i]),
             )
         )
-    attach_reward_groups(out)
     return out
 
 
