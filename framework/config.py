@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.algo.registry import make_objective, needs_topk_support, objective_kwargs
+from framework.algo.registry import make_objective, needs_topk_support, objective_kwargs, objective_options
 
 
 class ConfigError(ValueError):
@@ -348,7 +348,7 @@ def validate(cfg: Config) -> None:
         _positive(key, value, allow_zero=True)
     _check_objective(cfg.algo)
     # a task reward needs a verifier; the mapping workers have one for the zoo tasks only
-    uses_reward = "reward_weight" in objective_kwargs(cfg.algo.name, {"reward_weight": 1})
+    uses_reward = "reward_weight" in objective_options(cfg.algo.name)
     if uses_reward and cfg.algo.reward_weight > 0 and not cfg.data.train.startswith("zoo:"):
         raise ConfigError(
             "algo.reward_weight",

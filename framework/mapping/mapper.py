@@ -126,7 +126,7 @@ class TokenMapper:
         for rollout, arr in zip(rollouts, ids):
             hit = self._recent_splits.pop(rollout.sample_id, None)
             same = hit is not None and (hit[0] is arr or np.array_equal(hit[0], arr))
-            known.append(hit[1] if same and hit is not None else None)
+            known.append(hit[1] if hit is not None and same else None)
         missing = [b for b, split in enumerate(known) if split is None]
         if missing:
             computed = split_student_responses(
