@@ -227,6 +227,7 @@ class Controller:
 
     def _run_eval(self, log: RunLogger) -> dict[str, float]:
         """Held-out accuracy (greedy) and teacher reverse-KL on the student's own samples (T = 1, fixed seed)."""
+        self.stages.await_started(self.version)  # every engine up and on the current weights
         engines, prompts, timeout = self.stages.rollout, self.eval_prompts, self.cfg.trainer.rollout_timeout_s
         verify = get_verifier(self.cfg.data.eval)
         greedy = dict(n=1, temperature=0.0, top_p=1.0, max_tokens=self.cfg.rollout.max_new_tokens, seed=0)

@@ -42,6 +42,10 @@ class Stages:
     factories: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # role -> make actor i
     restarts: Counter[str] = field(default_factory=Counter)
     trees: dict[tuple[str, int], tuple[str, list[int]]] = field(default_factory=dict)  # for orphan cleanup
+    # replacements still starting: (role, index) -> (their first process_tree call, start deadline)
+    starting: dict[tuple[str, int], tuple[Any, float]] = field(default_factory=dict)
+    start_timeout_s: float = 900.0  # trainer.actor_start_timeout_s
+    _pings: dict[str, tuple[Any, float]] = field(default_factory=dict, init=False, repr=False)
     # CPU weight sync (see sync_weights): the folder on learner rank 0's node, the last file written
     sync_folder: str | None = None
     latest_weights: tuple[int, str] | None = None  # (version, path)
@@ -50,7 +54,7 @@ class Stages:
 
     def record_trees(self) -> None:
         """Remember each engine's process tree while it answers, to clean up orphans if it dies."""
-        for role in ("rollout", "teacher", "generator"):
+        for role in ("rollout", "teacher", "generator", "mapping"):
             for i, actor in enumerate(self.pool(role)):
                 self.trees[(role, i)] = ray.get(actor.process_tree.remote(), timeout=60)
 
@@ -69,7 +73,9 @@ class Stages:
         Returns the indexes of engines that died or hung during the sync (the caller replaces them);
         a learner failure raises.
         """
-        targets = self.rollout if engines is None else engines
+        # a replacement still starting is synced by poll_started once it is up
+        up = self.usable("rollout")
+        targets = [self.rollout[i] for i in up] if engines is None else engines
         self._check_one_node(targets, timeout_s)
         if engines is not None and self.latest_weights is not None and self.latest_weights[0] == version:
             path = self.latest_weights[1]  # a replacement engine: the current weights are on disk
@@ -83,7 +89,7 @@ class Stages:
         ray.get(self.learner.ranks[0].remove_sync_files.remote(self.sync_folder, path), timeout=timeout_s)
         if engines is not None and failed:
             raise RuntimeError(f"a freshly started engine failed its first weight sync: {failed}")
-        return failed
+        return failed if engines is not None else [up[i] for i in failed]
 
     def _sync_folder(self, timeout_s: float) -> str:
         """The run's sync folder, made once by learner rank 0 in its node's system temp dir.
@@ -176,28 +182,118 @@ class Stages:
                 "generator": self.teacher_generators}[role]  # fmt: skip
 
     def alive(self, actor, timeout_s: float) -> bool:
-        """Liveness: ``ping`` runs in its own concurrency group, so a busy actor still answers."""
+        """Liveness: ``ping`` runs in its own concurrency group, so a busy actor still answers (a
+        replacement still starting is not asked: it would answer only once up)."""
+        if self.is_starting(actor):
+            return True
         try:
             return bool(ray.get(actor.ping.remote(), timeout=timeout_s))
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
             return False
 
     def restart(self, role: str, index: int, version: int, timeout_s: float) -> None:
-        """Kill member ``index`` of ``role`` (dead or hung) and start a replacement in its place.
-
-        A new rollout engine starts from the model folder, so it is re-synced to the current weights.
+        """Kill member ``index`` of ``role`` (dead or hung) and start a replacement in its place,
+        without waiting for it to come up (design.md §7.2): the stream routes work to the pool's
+        other members meanwhile, and :meth:`poll_started` finishes the replacement once it answers
+        (a new rollout engine starts from the model folder, so it is re-synced there first).
+        Colocated placement waits here: an engine starting awake would hold the learner's GPU.
         """
         members = self.pool(role)
+        self._pings.pop(_actor_key(members[index]), None)
         ray.kill(members[index], no_restart=True)
         if (role, index) in self.trees:  # vLLM's engine-core child would outlive a killed actor
             kill_local_tree(*self.trees.pop((role, index)))
         members[index] = self.factories[role](index)
-        ray.get(members[index].ping.remote(), timeout=timeout_s)
-        if role != "mapping":
-            self.trees[(role, index)] = ray.get(members[index].process_tree.remote(), timeout=60)
-        if role == "rollout" and version > 0:
-            self.sync_weights(version, timeout_s, engines=[members[index]])
+        self.starting[(role, index)] = (members[index].process_tree.remote(), time.monotonic() + timeout_s)
         self.restarts[role] += 1
+        if self.colocated:
+            self.await_started(version)
+
+    def poll_started(self, version: int) -> list[tuple[str, int]]:
+        """Finish the replacements that came up (non-blocking): record their process trees, load the
+        current weights (``version``) into a new rollout engine. Returns those finished; raises
+        ``TimeoutError`` for one not up within ``trainer.actor_start_timeout_s``, and Ray's error for
+        one that died while starting."""
+        done = []
+        for (role, index), (ref, deadline) in list(self.starting.items()):
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the replacement {role} actor {index} did not start within "
+                        f"trainer.actor_start_timeout_s={self.start_timeout_s:g} s"
+                    )
+                continue
+            del self.starting[(role, index)]
+            self.trees[(role, index)] = ray.get(ref)
+            if role == "rollout" and version > 0:
+                self.sync_weights(version, self.start_timeout_s, engines=[self.rollout[index]])
+            done.append((role, index))
+        return done
+
+    def await_started(self, version: int) -> None:
+        """Block until every replacement is up (before an evaluation reads every engine)."""
+        while self.starting:
+            self.poll_started(version)
+            if self.starting:
+                time.sleep(0.05)
+
+    def _process_state(self, actor) -> str | None:
+        """psutil's status of the actor's process when it runs on this node ("gone" if it exited),
+        else None."""
+        import psutil
+
+        key = next(((r, i) for r in ("rollout", "teacher", "generator", "mapping")
+                    for i, a in enumerate(self.pool(r)) if a is actor), None)  # fmt: skip
+        tree = self.trees.get(key) if key is not None else None
+        if tree is None or not tree[1] or tree[0] != ray.util.get_node_ip_address():
+            return None
+        try:
+            return str(psutil.Process(tree[1][0]).status())
+        except psutil.NoSuchProcess:
+            return "gone"
+        except psutil.Error:
+            return None
+
+    def usable(self, role: str) -> list[int]:
+        """Members of ``role`` that are up (not a replacement still starting)."""
+        return [i for i in range(len(self.pool(role))) if (role, i) not in self.starting]
+
+    def is_starting(self, actor) -> bool:
+        return any(self.pool(role)[i] is actor for role, i in self.starting)
+
+    def responsive(self, actor) -> bool:
+        """Heartbeat without blocking: False once a ping has gone ``health_timeout_s`` unanswered
+        (a stopped or dead process), else True. Called on every pass of the stream's loop for the
+        actors it waits on; a new ping goes out when the last was answered and is a third of the
+        timeout old. A replacement that is still starting counts as responsive (its own deadline is
+        ``actor_start_timeout_s``). Detection takes about ``health_timeout_s`` instead of the hop's
+        whole timeout."""
+        if self.is_starting(actor):
+            return True
+        key, now = _actor_key(actor), time.monotonic()
+        sent = self._pings.get(key)
+        if sent is None:
+            self._pings[key] = (actor.ping.remote(), now)
+            return True
+        ref, at = sent
+        ready, _ = ray.wait([ref], timeout=0)
+        if not ready:
+            late = now - at
+            if late < self.health_timeout_s:
+                return True
+            if self._process_state(actor) in _NOT_RUNNING:
+                return False  # stopped (SIGSTOP, a debugger) or gone: no need to wait longer
+            # running but silent: a C extension may hold the GIL for seconds (a tokenizer parse); a
+            # process on another node cannot be looked at. Three times the timeout before giving up.
+            return late < 3 * self.health_timeout_s
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            return False
+        if now - at >= self.health_timeout_s / 3:
+            self._pings[key] = (actor.ping.remote(), now)
+        return True
 
     def restart_learner(self, timeout_s: float) -> None:
         """Replace every rank (a process group cannot lose one member) with fresh ranks at the initial weights."""
@@ -205,6 +301,7 @@ class Stages:
             ray.kill(rank, no_restart=True)
         self.learner = LearnerGroup([self.factories["learner"](r) for r in range(len(self.learner.ranks))])
         self.restarts["learner"] += 1
+        self._pings.clear()
         # new ranks: a new node perhaps, and the weights on disk are not theirs (the folder stays)
         self._learner_ip, self.latest_weights = None, None
 
@@ -216,7 +313,9 @@ class Stages:
         out: dict[str, list[dict[str, float]]] = {}
         for role, actors in groups.items():
             refs = [a.stats.remote() for a in actors]
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=10)
+            # stats run on the health thread (a live actor answers in milliseconds): one second
+            # bounds what a stopped actor, not yet found by the heartbeat, costs the step
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
             out[role] = []
             for ref in ready:  # a hung actor is left out (not waited for), a dead one skipped
                 try:
@@ -227,6 +326,14 @@ class Stages:
 
     def actors(self) -> list:
         return [*self.rollout, *self.teacher, *self.teacher_generators, *self.mapping, *self.learner.ranks]
+
+
+# process states of an actor that will not answer however long one waits
+_NOT_RUNNING = {"stopped", "tracing-stop", "zombie", "dead", "gone"}
+
+
+def _actor_key(actor) -> str:
+    return actor._actor_id.hex()
 
 
 def _role_options(cfg: Config, gpus: float, bundle_group=None, index: int = 0) -> dict:
@@ -300,6 +407,7 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
         pools["rollout"], pools["teacher"], pools["mapping"], learner, identity_mapping=identity,
         teacher_generators=pools.get("generator", []), factories={**factories, "learner": make_rank},
         colocated=c.placement == "colocated", health_timeout_s=cfg.trainer.health_timeout_s,
+        start_timeout_s=cfg.trainer.actor_start_timeout_s,
     )  # fmt: skip
     stages.record_trees()
     return stages

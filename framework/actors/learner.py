@@ -134,6 +134,7 @@ class LearnerWorker(Health):
             input_ids_list, response_starts = [], []
         return self.learner.compute_logprobs(input_ids_list, response_starts)
 
+    @ray.method(concurrency_group="health")  # answered beside a busy call (the step's metrics)
     def stats(self) -> dict[str, float]:
         return self.clock.snapshot()
 

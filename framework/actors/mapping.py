@@ -9,7 +9,11 @@ from framework.actors.stats import BusyClock, Health
 from framework.types import MappedSample, Rollout, TeacherRequest, TeacherScores
 
 
-@ray.remote(concurrency_groups={"health": 1})  # type: ignore[call-overload]  # (not in Ray's stubs)
+# Out of order: a task waits on its arguments (``finish`` on the teacher's scores, ``score`` on the
+# mapping's requests) without holding back the calls queued after it, so the heartbeat's ping is
+# answered at once (in order, it waited for those arguments: seconds, and taken for a hang). The
+# calls share no state that depends on their order.
+@ray.remote(concurrency_groups={"health": 1}, allow_out_of_order_execution=True)  # type: ignore[call-overload]  # (not in Ray's stubs)
 class MappingWorker(Health):
     def __init__(
         self, student_path: str, teacher_path: str, credit: str, dense_topk: bool, verifier: str | None,
@@ -28,6 +32,9 @@ class MappingWorker(Health):
         self.max_prompt_tokens = max_prompt_tokens
         self.verify = get_verifier(verifier)
         self.clock = BusyClock()
+        # while starting, a replacement is not pinged; a first batch that built these would hold the
+        # GIL past the heartbeat's timeout (design.md §7.2)
+        self.mapper.warm_up(self.student_tokenizer.encode("2", add_special_tokens=False))
 
     def is_identity(self) -> bool:
         return bool(self.mapper.is_identity)
@@ -92,5 +99,6 @@ class MappingWorker(Health):
             self.clock.items += sum(len(m.mask) for m in out)  # student tokens mapped
             return out, len(out)
 
+    @ray.method(concurrency_group="health")  # answered beside a busy call (the step's metrics)
     def stats(self) -> dict[str, float]:
         return self.clock.snapshot()

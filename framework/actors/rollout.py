@@ -103,5 +103,6 @@ class RolloutWorker(Health):
     def score(self, prompt_ids: list[int], continuation_ids: list[int]) -> np.ndarray:
         return self.engine.score(prompt_ids, continuation_ids)
 
+    @ray.method(concurrency_group="health")  # answered beside a busy call (the step's metrics)
     def stats(self) -> dict[str, float]:
         return self.clock.snapshot()

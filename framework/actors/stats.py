@@ -32,8 +32,9 @@ class BusyClock:
         self.calls += 1
 
     def snapshot(self) -> dict[str, float]:
+        # runs on the health thread while a work call may add counters: iterate over a copy
         out = {"busy_s": self.busy_s, "calls": float(self.calls), "items": float(self.items)}
-        out.update({k: float(v) for k, v in self.counters.items()})
+        out.update({k: float(v) for k, v in self.counters.copy().items()})
         out.update(self.memory.snapshot())
         return out
 
@@ -66,16 +67,26 @@ def process_tree() -> tuple[str, list[int]]:
 
 
 def kill_local_tree(node_ip: str, pids: list[int]) -> int:
-    """SIGKILL recorded processes if they run on this node (orphans of a killed actor); returns how many."""
+    """SIGKILL recorded processes if they run on this node (orphans of a killed actor), and every
+    process they have started since the record (vLLM may spawn workers after start-up); returns
+    how many were killed."""
     import psutil
 
     if node_ip != ray.util.get_node_ip_address():
         return 0
-    killed = 0
+    found: dict[int, psutil.Process] = {}
     for pid in pids:
         try:
-            psutil.Process(pid).kill()
-            killed += 1
+            proc = psutil.Process(pid)
+            found[pid] = proc
+            found.update({c.pid: c for c in proc.children(recursive=True)})
         except psutil.Error:
             continue  # already gone (or never ours): nothing left to kill
+    killed = 0
+    for proc in found.values():
+        try:
+            proc.kill()
+            killed += 1
+        except psutil.Error:
+            continue
     return killed

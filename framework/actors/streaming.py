@@ -121,6 +121,7 @@ class SampleStream:
         self.cfg, self.stages, self.faults, self.version = cfg, stages, faults, version
         self.supervisor = Supervisor(policy or RetryPolicy(), emit)
         self.pending: deque[InflightBatch] = deque()
+        self.abandoned: list = []  # results of hops given up on, read once they are done (see _reap)
         self.rr = 0
         self.empty_in_a_row = 0
         r = cfg.rollout
@@ -143,17 +144,35 @@ class SampleStream:
         self.pending.append(InflightBatch(step, prompts, chunks))
 
     def _start(self, chunk: EngineChunk) -> None:
-        engine = self._engines()[1][chunk.engine]
+        """(Re)start ``chunk``'s stream on its engine, or on another one that is up while its own is
+        being replaced; with none up, it waits (``retry_at``) for the first replacement to finish."""
+        role, engines = self._engines()
+        up = self.stages.usable(role)
+        self._abandon(*chunk.chains)
+        chunk.chains = []
+        if not up:
+            chunk.generator, chunk.retry_at = None, time.time() + 0.05
+            return
+        if chunk.engine not in up:
+            chunk.engine = up[chunk.seed % len(up)]
         sampling = dict(self.sampling, seed=chunk.seed)
-        chunk.generator = engine.generate_stream.options(num_returns="streaming").remote(
-            chunk.prompts, sampling
+        chunk.generator = (
+            engines[chunk.engine]
+            .generate_stream.options(num_returns="streaming")
+            .remote(chunk.prompts, sampling)
         )
-        chunk.last_progress, chunk.chains, chunk.retry_at = time.time(), [], None
+        chunk.last_progress, chunk.retry_at = time.time(), None
+
+    def _pick(self, role: str) -> int:
+        """Round-robin over the members of ``role`` that are up (all of them when none is: the work
+        then waits in the replacement's queue)."""
+        up = self.stages.usable(role) or list(range(len(self.stages.pool(role))))
+        return up[self.rr % len(up)]
 
     def chain(self, rollout_refs: list, for_training: bool = True, attempts: Attempts | None = None) -> Chain:
         """One mapping → teacher → mapping hop for the samples that are ready now (sft_teacher: re-tokenize)."""
         self.rr += 1
-        m, t = self.rr % len(self.stages.mapping), self.rr % len(self.stages.teacher)
+        m, t = self._pick("mapping"), self._pick("teacher")
         mapper, teacher = self.stages.mapping[m], self.stages.teacher[t]
         requests = scores = None
         if for_training and self.stages.teacher_generators:
@@ -197,6 +216,8 @@ class SampleStream:
         if ready:
             chunk.chains.append(self.chain(ready))
             chunk.last_progress = time.time()
+        elif chunk.generator is not None and not self.stages.responsive(self._engines()[1][chunk.engine]):
+            self._engine_failed(chunk, "hung")  # a stopped (or dead) process: its heartbeat went silent
         elif (
             chunk.generator is not None
             and time.time() - chunk.last_progress > self.cfg.trainer.rollout_timeout_s
@@ -226,6 +247,7 @@ class SampleStream:
     def _discard(self, chunk: EngineChunk) -> None:
         """Drop a stream's partial output (its prompts are generated again, under the same sample ids)."""
         self.faults.counts["requeued_samples"] += sum(len(c.rollout_refs) for c in chunk.chains)
+        self._abandon(*chunk.chains)
         chunk.chains = []
 
     def _split_chunk(self, batch: InflightBatch, chunk: EngineChunk, failure: Failure) -> None:
@@ -249,6 +271,10 @@ class SampleStream:
 
     def _restart(self, role: str, index: int, what: str) -> None:
         self.faults.record(what, sum(self.stages.restarts.values()))
+        say(
+            f"[tokenbridge] replacing {role} actor {index} ({what.removeprefix(role + '_')}); "
+            f"restart {sum(self.stages.restarts.values()) + 1} of trainer.max_restarts={self.faults.max_restarts}"
+        )
         self.stages.restart(role, index, self.version(), self.cfg.trainer.actor_start_timeout_s)
 
     def _engine_failed(self, chunk: EngineChunk, how: str) -> None:
@@ -288,9 +314,17 @@ class SampleStream:
                     chain.done = True
                 except ray.exceptions.RayError as e:
                     error = e
-            elif time.time() - chain.started < t.teacher_timeout_s + t.mapping_timeout_s:
-                kept.append(chain)
-                continue
+            else:
+                silent = self._silent(chain)
+                if not silent and time.time() - chain.started < t.teacher_timeout_s + t.mapping_timeout_s:
+                    kept.append(chain)
+                    continue
+                if silent:
+                    replacement = self._repair(batch, chunk, chain, None, silent)
+                    if replacement is None:
+                        return False
+                    kept.extend(replacement)
+                    continue
             if chain.done:
                 self.supervisor.succeeded(self._engines()[0], "mapping", "teacher")
                 kept.append(chain)
@@ -302,10 +336,29 @@ class SampleStream:
         chunk.chains = kept
         return all(c.done for c in kept)
 
+    def _silent(self, chain: Chain) -> set[str]:
+        """The hop's roles whose actor stopped answering its heartbeat. While one of them is a
+        replacement still starting, the hop's timeout counts from now (it waits in that queue)."""
+        silent = set()
+        for role, actor in (("mapping", chain.mapper_actor), ("teacher", chain.teacher_actor)):
+            if actor is None:
+                continue
+            if self.stages.is_starting(actor):
+                chain.started = time.time()
+            elif not self.stages.responsive(actor):
+                silent.add(role)
+        return silent
+
     def _repair(
-        self, batch: InflightBatch, chunk: EngineChunk, chain: Chain, error: BaseException | None
+        self,
+        batch: InflightBatch,
+        chunk: EngineChunk,
+        chain: Chain,
+        error: BaseException | None,
+        silent: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> list[Chain] | None:
-        """What replaces a failed (``error``) or overdue (None) hop; None when the chunk's stream restarts."""
+        """What replaces a failed (``error``) or overdue / ``silent`` (None) hop; None when the
+        chunk's stream restarts."""
         t = self.cfg.trainer
         if error is not None:
             self._drain(chain)
@@ -314,8 +367,8 @@ class SampleStream:
         except (ray.exceptions.RayError, TimeoutError) as rollout_error:  # the rollouts themselves failed
             self._stream_failed(batch, chunk, rollout_error)
             return None
-        if error is None:  # overdue: replace whoever stopped answering, else redo within the budget
-            if not self._replace_unresponsive(chain):
+        if error is None:  # overdue or silent: replace whoever stopped answering, else redo within the budget
+            if not self._replace_unresponsive(chain, silent=silent):
                 overdue = TimeoutError(
                     f"hop not done after teacher_timeout_s + mapping_timeout_s = "
                     f"{t.teacher_timeout_s + t.mapping_timeout_s:.0f} s while its actors answer pings"
@@ -323,6 +376,7 @@ class SampleStream:
                 self.supervisor.retry(classify(overdue, "mapping/teacher"), chain.attempts)
                 self.faults.note("hop_overdue")
             self.faults.counts["requeued_samples"] += len(chain.rollout_refs)
+            self._abandon(chain)
             return [self._redo(chain)]
         failure = classify(*self._locate(chain, error))
         if failure.kind is Kind.DATA:
@@ -340,6 +394,25 @@ class SampleStream:
         self.faults.note(f"{failure.stage}_retry")
         chain.retry_at = time.time() + delay
         return [chain]
+
+    def _abandon(self, *chains: Chain) -> None:
+        for chain in chains:
+            if not chain.done:
+                self.abandoned.extend(
+                    r
+                    for r in (chain.count_ref, chain.out_ref, chain.requests_ref, chain.scores_ref)
+                    if r is not None
+                )
+
+    def _reap(self) -> None:
+        """Read the results of abandoned hops that are done by now, so that those that failed (their
+        actor was replaced) are not printed as Ray's "unhandled error" when dropped."""
+        if not self.abandoned:
+            return
+        ready, self.abandoned = ray.wait(self.abandoned, num_returns=len(self.abandoned), timeout=0)
+        for ref in ready:
+            with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
+                ray.get(ref, timeout=0)
 
     def _drain(self, chain: Chain, ready_only: bool = False) -> None:
         """Read the failed results of a hop once. They hold the error already classified from the count
@@ -365,9 +438,15 @@ class SampleStream:
                 return e, stage
         return error, "mapping"
 
-    def _replace_unresponsive(self, chain: Chain, failure: Failure | None = None) -> bool:
+    def _replace_unresponsive(
+        self,
+        chain: Chain,
+        failure: Failure | None = None,
+        silent: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> bool:
         """Replace the hop's mapping worker / teacher replica that does not answer a ping (or whose
-        engine died inside it); True when one was replaced, now or since the hop was submitted."""
+        engine died inside it, or whose heartbeat went ``silent``); True when one was replaced, now
+        or since the hop was submitted."""
         replaced = False
         for role, index, used in (
             ("mapping", chain.mapper, chain.mapper_actor),
@@ -377,7 +456,7 @@ class SampleStream:
             if used is not None and actor is not used:  # replaced already (another hop found it dead)
                 replaced = True
                 continue
-            broken = failure is not None and failure.engine_died and failure.stage == role
+            broken = role in silent or (failure is not None and failure.engine_died and failure.stage == role)
             if broken or not self.stages.alive(actor, self.cfg.trainer.health_timeout_s):
                 self._restart(role, index, f"{role}_failed")
                 replaced = True
@@ -400,6 +479,8 @@ class SampleStream:
     def _collect(self) -> list:
         batch = self.pending[0]
         while True:
+            self.stages.poll_started(self.version())  # replacements that came up join their pool
+            self._reap()
             live = [c.generator for b in self.pending for c in b.chunks if c.generator is not None]
             waitables = live + [
                 ch.count_ref for c in batch.chunks for ch in c.chains if not ch.done and ch.retry_at is None

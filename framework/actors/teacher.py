@@ -8,7 +8,11 @@ from framework.actors.stats import BusyClock, Health
 from framework.types import TeacherRequest, TeacherScores
 
 
-@ray.remote(concurrency_groups={"health": 1})  # type: ignore[call-overload]  # (not in Ray's stubs)
+# Out of order: a task waits on its arguments (``finish`` on the teacher's scores, ``score`` on the
+# mapping's requests) without holding back the calls queued after it, so the heartbeat's ping is
+# answered at once (in order, it waited for those arguments: seconds, and taken for a hang). The
+# calls share no state that depends on their order.
+@ray.remote(concurrency_groups={"health": 1}, allow_out_of_order_execution=True)  # type: ignore[call-overload]  # (not in Ray's stubs)
 class TeacherWorker(Health):
     def __init__(self, backend: str, backend_kwargs: dict, top_k: int, max_tokens_per_batch: int):
         from framework.teacher import TokenBudgetBatcher, make_teacher
@@ -26,5 +30,6 @@ class TeacherWorker(Health):
             self.clock.items += sum(len(r.input_ids) - r.response_start for r in requests)
             return out
 
+    @ray.method(concurrency_group="health")  # answered beside a busy call (the step's metrics)
     def stats(self) -> dict[str, float]:
         return self.clock.snapshot()

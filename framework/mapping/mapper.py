@@ -42,7 +42,7 @@ from framework.mapping.topk import (
     pack_groups,
     project_topk_groups,
 )
-from framework.types import DenseTarget, MappedSample, Rollout, TeacherRequest, TeacherScores
+from framework.types import DenseTarget, MappedSample, Prompt, Rollout, TeacherRequest, TeacherScores
 
 _MAPPER_CACHE: dict[tuple, TokenMapper] = {}
 _RECENT_SPLITS = 8192  # samples whose student bytes a mapper keeps between request and scores
@@ -162,6 +162,28 @@ class TokenMapper:
                 parts.append(np.array([stop_id], dtype=np.int32))
             requests.append(TeacherRequest(rollout.sample_id, np.concatenate(parts), int(prompt.shape[0])))
         return requests
+
+    def warm_up(self, response_ids: Sequence[int]) -> None:
+        """Build now what the first batch would build lazily: the parsed teacher tokenizer, its
+        continuation encoder, the chat-template renderer and (top-k) the projection map, by preparing
+        one made-up rollout whose response is ``response_ids`` (student ids). These builds run in
+        Rust and C and hold the GIL for seconds, so a worker doing them in its first batch could not
+        answer its heartbeat (design.md §7.2)."""
+        prompt = Prompt("warm-up", [{"role": "user", "content": "1 + 1 = ?"}])
+        ids = np.asarray(response_ids, dtype=np.int32)
+        rollout = Rollout(
+            prompt.sample_id(0),
+            prompt,
+            np.zeros(0, np.int32),
+            ids,
+            np.zeros(len(ids), np.float32),
+            0,
+            "length",
+        )
+        self.teacher_requests([rollout])
+        self._recent_splits.pop(rollout.sample_id, None)
+        if self.topk:
+            _ = self.projection
 
     def teacher_request(self, rollout: Rollout) -> TeacherRequest:
         return self.teacher_requests([rollout])[0]

@@ -33,8 +33,8 @@ FAST = RetryPolicy(base_s=0.01, cap_s=0.05, budget=5, repeats=3, max_empty_batch
 
 # ---------------------------------------------------------------- a fake of the Ray verbs used
 class Ref:
-    def __init__(self, value=None, error: BaseException | None = None):
-        self.value, self.error = value, error
+    def __init__(self, value=None, error: BaseException | None = None, pending: bool = False):
+        self.value, self.error, self.pending = value, error, pending  # pending: never ready (a hung actor)
 
 
 def _task_error(name: str, cause: BaseException) -> BaseException:
@@ -59,6 +59,14 @@ class Stream:  # ray's ObjectRefGenerator: an actor error arrives as the stream'
         return not self.refs
 
 
+class SilentStream(Stream):  # the stream of a stopped engine: nothing ever arrives, it never ends
+    def __init__(self):
+        super().__init__([])
+
+    def is_finished(self) -> bool:
+        return False
+
+
 class Method:
     def __init__(self, actor, name: str, num_returns=1):
         self.actor, self.name, self.num_returns = actor, name, num_returns
@@ -68,6 +76,11 @@ class Method:
 
     def remote(self, *args):
         n = 2 if self.num_returns == 2 else 1
+        if getattr(self.actor, "stopped", False) or any(isinstance(a, Ref) and a.pending for a in args):
+            if self.num_returns == "streaming":
+                return SilentStream()
+            refs = [Ref(pending=True) for _ in range(n)]
+            return refs[0] if n == 1 else refs
         upstream = next((a.error for a in args if isinstance(a, Ref) and a.error is not None), None)
         if not self.actor.alive:
             upstream = ray.exceptions.ActorDiedError()
@@ -103,11 +116,15 @@ class FakeRay:
     exceptions = ray.exceptions
 
     def wait(self, refs, num_returns=1, timeout=None):
-        return list(refs), []  # every call ran at once: all is ready
+        # every call ran at once: all is ready, but for the calls on a stopped actor
+        ready = [r for r in refs if not getattr(r, "pending", False)]
+        return ready, [r for r in refs if r not in ready]
 
     def get(self, refs, timeout=None):
         if isinstance(refs, list):
             return [self.get(r) for r in refs]
+        if refs.pending:
+            raise ray.exceptions.GetTimeoutError("fake: a call on a stopped actor never returns")
         if refs.error is not None:
             raise refs.error
         return refs.value
@@ -160,22 +177,47 @@ class Teacher:
 
 
 class Stages:
-    def __init__(self, engines, teacher, make_teacher=Teacher):
+    """cluster.Stages' verbs: a replacement is "starting" for ``start_polls`` polls (None: until the
+    test lets it up), a stopped actor (``.stopped``) fails its heartbeat and its pings."""
+
+    def __init__(self, engines, teachers, make_teacher=Teacher, start_polls: int | None = 0):
         self.rollout = [Handle(e) for e in engines]
-        self.teacher, self.mapping = [Handle(teacher)], [Handle(Mapper())]
+        teachers = teachers if isinstance(teachers, list) else [teachers]
+        self.teacher, self.mapping = [Handle(t) for t in teachers], [Handle(Mapper())]
         self.teacher_generators: list = []
         self.restarts: Counter[str] = Counter()
         self.make = {"teacher": make_teacher, "mapping": Mapper, "rollout": Engine}
+        self.start_polls, self.starting, self.started = start_polls, {}, []
 
     def pool(self, role):
         return {"rollout": self.rollout, "teacher": self.teacher, "mapping": self.mapping}[role]
 
     def alive(self, actor, timeout_s):
-        return actor._actor.alive
+        return self.is_starting(actor) or (actor._actor.alive and not getattr(actor._actor, "stopped", False))
+
+    def responsive(self, actor):
+        return self.is_starting(actor) or not getattr(actor._actor, "stopped", False)
 
     def restart(self, role, index, version, timeout_s):
         self.pool(role)[index] = Handle(self.make[role]())
         self.restarts[role] += 1
+        self.starting[(role, index)] = self.start_polls
+
+    def poll_started(self, version):
+        for key, left in list(self.starting.items()):
+            if left is None:
+                continue
+            if left <= 0:
+                del self.starting[key]
+                self.started.append(key)
+            else:
+                self.starting[key] = left - 1
+
+    def usable(self, role):
+        return [i for i in range(len(self.pool(role))) if (role, i) not in self.starting]
+
+    def is_starting(self, actor):
+        return any(self.pool(r)[i] is actor for r, i in self.starting)
 
 
 # ---------------------------------------------------------------- helpers
@@ -353,3 +395,53 @@ def test_an_error_whose_text_changes_every_time_still_stops():
     with pytest.raises(RunStopped, match="still failing after"):
         _collect(stream)
     assert teacher.calls <= FAST.budget + 1
+
+
+# ---------------------------------------------------------------- (5) hung actors: heartbeat, replacement in the background
+def _stopped(actor):
+    actor.stopped = True
+    return actor
+
+
+def test_a_teacher_that_stops_answering_is_replaced_at_its_heartbeat_not_after_the_hop_timeout():
+    # the hop timeout is 300 + 120 s (Config defaults): only the heartbeat finds it within the deadline
+    stages = Stages([Engine()], _stopped(Teacher()))
+    stream = _stream(stages)
+    prompts = _prompts([100] * 4)
+    stream.launch(0, prompts)
+    assert _collect(stream) == _ids(prompts)
+    assert stages.restarts["teacher"] == 1 and stream.faults.counts["teacher_failed"] == 1
+    assert stream.faults.counts["requeued_samples"] >= 1
+
+
+def test_hops_go_to_the_live_teacher_while_the_replacement_starts():
+    live = Teacher()
+    # two engines: two hops, one per teacher (round-robin)
+    stages = Stages([Engine(), Engine()], [_stopped(Teacher()), live], start_polls=None)  # never up here
+    stream = _stream(stages)
+    prompts = _prompts([100] * 8)
+    stream.launch(0, prompts)
+    assert _collect(stream) == _ids(prompts)
+    assert stages.restarts["teacher"] == 1 and stages.starting == {("teacher", 0): None}
+    assert live.calls == 2  # its own hop, then the stopped teacher's, redone at once
+
+
+def test_a_stopped_engine_s_prompts_move_to_another_engine_while_it_is_replaced():
+    stuck, other = _stopped(Engine()), Engine()
+    stages = Stages([stuck, other], Teacher(), start_polls=None)
+    stream = _stream(stages)
+    prompts = _prompts([100] * 6)
+    stream.launch(0, prompts)
+    assert _collect(stream) == _ids(prompts)  # every sample, none twice
+    assert stages.restarts["rollout"] == 1 and ("rollout", 0) in stages.starting
+    assert other.calls == 2  # its own chunk, then the stopped engine's
+    assert stream.faults.counts["rollout_hung"] == 1
+
+
+def test_with_no_engine_up_the_prompts_wait_for_the_replacement():
+    stages = Stages([_stopped(Engine())], Teacher(), start_polls=3)
+    stream = _stream(stages)
+    prompts = _prompts([100] * 4)
+    stream.launch(0, prompts)
+    assert _collect(stream) == _ids(prompts)
+    assert stages.started == [("rollout", 0)] and stages.pool("rollout")[0]._actor.calls == 1
