@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# the engine core in the engine's own process, as the trainer's CPU actors run it (cluster.vllm_runtime_env)
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -37,7 +39,15 @@ def ray_local():
     start_local_ray(
         num_cpus=8,
         runtime_env={
-            "env_vars": {k: os.environ[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "DS_ACCELERATOR", "WANDB_MODE")}
+            "env_vars": {
+                k: os.environ[k]
+                for k in (
+                    "VLLM_CPU_KVCACHE_SPACE",
+                    "VLLM_ENABLE_V1_MULTIPROCESSING",
+                    "DS_ACCELERATOR",
+                    "WANDB_MODE",
+                )
+            }
         },
     )
     yield ray

@@ -1,4 +1,5 @@
-"""vLLM's ``dtype="auto"`` would run our float32 checkpoints in bfloat16: we resolve it first."""
+"""Engine set-up decided before vLLM starts: the dtype (vLLM's ``dtype="auto"`` would run our float32
+checkpoints in bfloat16, so we resolve it first) and the engine-core process on CPU."""
 
 from __future__ import annotations
 
@@ -40,3 +41,13 @@ def test_rollout_auto_follows_the_learner():
     assert rollout_dtype(cfg) == "bfloat16"
     cfg.rollout.dtype = "float16"
     assert rollout_dtype(cfg) == "float16"
+
+
+def test_cpu_engines_run_the_engine_core_in_the_actor_and_gpu_engines_do_not():
+    from framework.actors.cluster import vllm_runtime_env
+
+    cpu = vllm_runtime_env(0.5, gpus=0)["env_vars"]
+    assert cpu == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    gpu = vllm_runtime_env(4, gpus=1)["env_vars"]
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in gpu  # vLLM's own engine-core process on GPUs
+    assert gpu["VLLM_CPU_KVCACHE_SPACE"] == "4"
