@@ -17,6 +17,7 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from framework.actors.failures import RunStopped, first_line, unwrap
 from framework.actors.learner import LearnerGroup, LearnerWorker
 from framework.actors.mapping import MappingWorker
 from framework.actors.rollout import RolloutWorker
@@ -212,20 +213,25 @@ class Stages:
     def poll_started(self, version: int) -> list[tuple[str, int]]:
         """Finish the replacements that came up (non-blocking): record their process trees, load the
         current weights (``version``) into a new rollout engine. Returns those finished; raises
-        ``TimeoutError`` for one not up within ``trainer.actor_start_timeout_s``, and Ray's error for
-        one that died while starting."""
+        ``RunStopped`` (one line for the console) for one not up within
+        ``trainer.actor_start_timeout_s`` or that failed while starting, with the actor's own error."""
         done = []
         for (role, index), (ref, deadline) in list(self.starting.items()):
             ready, _ = ray.wait([ref], timeout=0)
             if not ready:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(
+                    raise RunStopped(
                         f"the replacement {role} actor {index} did not start within "
                         f"trainer.actor_start_timeout_s={self.start_timeout_s:g} s"
                     )
                 continue
             del self.starting[(role, index)]
-            self.trees[(role, index)] = ray.get(ref)
+            try:
+                self.trees[(role, index)] = ray.get(ref)
+            except Exception as err:  # its constructor raised, or the process died while starting
+                raise RunStopped(
+                    f"the replacement {role} actor {index} failed to start: {first_line(unwrap(err))}"
+                ) from err
             if role == "rollout" and version > 0:
                 self.sync_weights(version, self.start_timeout_s, engines=[self.rollout[index]])
             done.append((role, index))
