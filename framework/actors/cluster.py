@@ -17,11 +17,10 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from framework.actors.failures import RunStopped, first_line, unwrap
 from framework.actors.learner import LearnerGroup, LearnerWorker
 from framework.actors.mapping import MappingWorker
+from framework.actors.pool import ActorPool, gather_stats
 from framework.actors.rollout import RolloutWorker
-from framework.actors.stats import kill_local_tree
 from framework.actors.teacher import TeacherWorker
 from framework.algo.registry import needs_topk_support, objective_kwargs
 from framework.config import Config
@@ -30,34 +29,52 @@ from framework.logging import say
 
 @dataclass
 class Stages:
-    """The actor pools of one run, and how to replace a failed member of each."""
+    """The run's actor pools (rollout engines, teacher replicas, mapping workers, and for
+    ``sft_teacher`` the generators: vLLM engines on the teacher model) and its learner group: what the
+    stream and the controller drive. Pool mechanics (heartbeat, background replacement, orphan
+    cleanup) live in :class:`framework.actors.pool.ActorPool`; this class adds what spans pools: the
+    weight sync, sleep/wake, the restart count, the learner's replacement."""
 
-    rollout: list
-    teacher: list
-    mapping: list
+    pools: dict[str, ActorPool]  # role -> pool; "generator" only for sft_teacher
     learner: LearnerGroup
     identity_mapping: bool = False
     colocated: bool = False  # cluster.placement=colocated: rollout engines sleep while the learner steps
     health_timeout_s: float = 10.0  # a ping unanswered this long marks an actor hung
-    teacher_generators: list = field(default_factory=list)  # sft_teacher: vLLM engines on the teacher model
-    factories: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # role -> make actor i
-    restarts: Counter[str] = field(default_factory=Counter)
-    trees: dict[tuple[str, int], tuple[str, list[int]]] = field(default_factory=dict)  # for orphan cleanup
-    # replacements still starting: (role, index) -> (their first process_tree call, start deadline)
-    starting: dict[tuple[str, int], tuple[Any, float]] = field(default_factory=dict)
     start_timeout_s: float = 900.0  # trainer.actor_start_timeout_s
-    _pings: dict[str, tuple[Any, float]] = field(default_factory=dict, init=False, repr=False)
+    learner_factory: Callable[[int], Any] | None = None  # make learner rank r
+    restarts: Counter[str] = field(default_factory=Counter)  # replacements by role, this process
     # CPU weight sync (see sync_weights): the folder on learner rank 0's node, the last file written
     sync_folder: str | None = None
     latest_weights: tuple[int, str] | None = None  # (version, path)
     _learner_ip: str | None = field(default=None, init=False, repr=False)
     _cleanup: weakref.finalize | None = field(default=None, init=False, repr=False)
 
+    @property
+    def rollout(self) -> list:
+        return self.pool("rollout")
+
+    @property
+    def teacher(self) -> list:
+        return self.pool("teacher")
+
+    @property
+    def mapping(self) -> list:
+        return self.pool("mapping")
+
+    @property
+    def teacher_generators(self) -> list:
+        return self.pool("generator")
+
+    def pool(self, role: str) -> list:
+        """The members of ``role`` (an empty list for a role this run does not have)."""
+        return self.pools[role].members if role in self.pools else []
+
+    def _owner(self, actor) -> ActorPool | None:
+        return next((p for p in self.pools.values() if p.index(actor) is not None), None)
+
     def record_trees(self) -> None:
-        """Remember each engine's process tree while it answers, to clean up orphans if it dies."""
-        for role in ("rollout", "teacher", "generator", "mapping"):
-            for i, actor in enumerate(self.pool(role)):
-                self.trees[(role, i)] = ray.get(actor.process_tree.remote(), timeout=60)
+        for pool in self.pools.values():
+            pool.record_trees()
 
     def sync_weights(self, version: int, timeout_s: float, engines: list | None = None) -> list[int]:
         """Learner → rollout engines through ONE safetensors file on the shared node's filesystem.
@@ -85,7 +102,7 @@ class Stages:
             ray.get(self.learner.export_refs(path), timeout=timeout_s)  # paths only; raises if a rank failed
             self.latest_weights = (version, path)
         loads = [engine.load_weights.remote(path, version) for engine in targets]
-        failed = self._failed(loads, targets, timeout_s)
+        failed = self.pools["rollout"].failed_calls(loads, targets, timeout_s)
         # every load has finished (or its engine is dead / hung and about to be replaced): drop the rest
         ray.get(self.learner.ranks[0].remove_sync_files.remote(self.sync_folder, path), timeout=timeout_s)
         if engines is not None and failed:
@@ -115,7 +132,7 @@ class Stages:
         asked = {}
         for i, engine in enumerate(targets):
             index = next((j for j, e in enumerate(self.rollout) if e == engine), None)
-            tree = self.trees.get(("rollout", index)) if index is not None else None
+            tree = self.pools["rollout"].trees.get(index) if index is not None else None
             if tree is not None:
                 nodes[i] = tree[0]  # recorded at start-up / restart
             else:
@@ -148,49 +165,32 @@ class Stages:
     def sleep_rollout(self, timeout_s: float) -> list[int]:
         """Colocated: free every rollout engine's GPU for the learner step (vLLM sleep level 1: weights
         offloaded to CPU memory, KV cache dropped). Returns the engines that died or hung."""
-        return self._failed([engine.sleep.remote(1) for engine in self.rollout], self.rollout, timeout_s)
+        refs = [engine.sleep.remote(1) for engine in self.rollout]
+        return self.pools["rollout"].failed_calls(refs, self.rollout, timeout_s)
 
     def wake_rollout(self, tags: list[str] | None, timeout_s: float) -> list[int]:
         """Colocated: re-allocate ``tags`` on every rollout engine (``["weights"]`` before the weight
         sync, ``["kv_cache"]`` after it; None = all). Returns the engines that died or hung."""
-        return self._failed([e.wake_up.remote(tags) for e in self.rollout], self.rollout, timeout_s)
-
-    def _failed(self, refs: list, actors: list, timeout_s: float) -> list[int]:
-        """Indexes of the calls (``refs[i]`` on ``actors[i]``) whose actor died, hung or overran ``timeout_s``.
-
-        While a call runs, its actor is pinged every ``health_timeout_s``: a stopped process is found
-        within about two health timeouts instead of after the whole (long) sync timeout.
-        """
-        deadline = time.monotonic() + timeout_s
-        pending, failed = dict(enumerate(refs)), []
-        while pending:
-            wait_s = max(0.0, min(self.health_timeout_s, deadline - time.monotonic()))
-            ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=wait_s)
-            for i in [i for i, ref in pending.items() if ref in ready]:
-                try:
-                    ray.get(pending.pop(i))
-                except ray.exceptions.RayActorError:
-                    failed.append(i)
-            if pending and time.monotonic() >= deadline:
-                return sorted(failed + list(pending))
-            for i in [i for i in pending if not self.alive(actors[i], self.health_timeout_s)]:
-                failed.append(i)
-                del pending[i]
-        return sorted(failed)
-
-    def pool(self, role: str) -> list:
-        return {"rollout": self.rollout, "teacher": self.teacher, "mapping": self.mapping,
-                "generator": self.teacher_generators}[role]  # fmt: skip
+        refs = [engine.wake_up.remote(tags) for engine in self.rollout]
+        return self.pools["rollout"].failed_calls(refs, self.rollout, timeout_s)
 
     def alive(self, actor, timeout_s: float) -> bool:
-        """Liveness: ``ping`` runs in its own concurrency group, so a busy actor still answers (a
-        replacement still starting is not asked: it would answer only once up)."""
-        if self.is_starting(actor):
-            return True
-        try:
-            return bool(ray.get(actor.ping.remote(), timeout=timeout_s))
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
-            return False
+        """Blocking liveness of a pool member (:meth:`ActorPool.alive`)."""
+        pool = self._owner(actor)
+        return pool is not None and pool.alive(actor, timeout_s)
+
+    def responsive(self, actor) -> bool:
+        """The owning pool's non-blocking heartbeat (:meth:`ActorPool.responsive`)."""
+        pool = self._owner(actor)
+        return True if pool is None else pool.responsive(actor)
+
+    def is_starting(self, actor) -> bool:
+        pool = self._owner(actor)
+        return pool is not None and pool.is_starting(actor)
+
+    def usable(self, role: str) -> list[int]:
+        """Members of ``role`` that are up (not a replacement still starting)."""
+        return self.pools[role].usable() if role in self.pools else []
 
     def restart(self, role: str, index: int, version: int, timeout_s: float) -> None:
         """Kill member ``index`` of ``role`` (dead or hung) and start a replacement in its place,
@@ -199,147 +199,52 @@ class Stages:
         (a new rollout engine starts from the model folder, so it is re-synced there first).
         Colocated placement waits here: an engine starting awake would hold the learner's GPU.
         """
-        members = self.pool(role)
-        self._pings.pop(_actor_key(members[index]), None)
-        ray.kill(members[index], no_restart=True)
-        if (role, index) in self.trees:  # vLLM's engine-core child would outlive a killed actor
-            kill_local_tree(*self.trees.pop((role, index)))
-        members[index] = self.factories[role](index)
-        self.starting[(role, index)] = (members[index].process_tree.remote(), time.monotonic() + timeout_s)
+        self.pools[role].restart(index, timeout_s)
         self.restarts[role] += 1
         if self.colocated:
             self.await_started(version)
 
     def poll_started(self, version: int) -> list[tuple[str, int]]:
-        """Finish the replacements that came up (non-blocking): record their process trees, load the
-        current weights (``version``) into a new rollout engine. Returns those finished; raises
-        ``RunStopped`` (one line for the console) for one not up within
-        ``trainer.actor_start_timeout_s`` or that failed while starting, with the actor's own error."""
+        """Finish the replacements that came up (non-blocking): their trees are recorded, and a new
+        rollout engine loads the current weights (``version``). Returns those finished; raises
+        ``RunStopped`` (one line) for one that failed to start or overran
+        ``trainer.actor_start_timeout_s``."""
         done = []
-        for (role, index), (ref, deadline) in list(self.starting.items()):
-            ready, _ = ray.wait([ref], timeout=0)
-            if not ready:
-                if time.monotonic() > deadline:
-                    raise RunStopped(
-                        f"the replacement {role} actor {index} did not start within "
-                        f"trainer.actor_start_timeout_s={self.start_timeout_s:g} s"
-                    )
-                continue
-            del self.starting[(role, index)]
-            try:
-                self.trees[(role, index)] = ray.get(ref)
-            except Exception as err:  # its constructor raised, or the process died while starting
-                raise RunStopped(
-                    f"the replacement {role} actor {index} failed to start: {first_line(unwrap(err))}"
-                ) from err
-            if role == "rollout" and version > 0:
-                self.sync_weights(version, self.start_timeout_s, engines=[self.rollout[index]])
-            done.append((role, index))
+        for role, pool in self.pools.items():
+            for index in pool.poll_started(self.start_timeout_s):
+                if role == "rollout" and version > 0:
+                    self.sync_weights(version, self.start_timeout_s, engines=[pool.members[index]])
+                done.append((role, index))
         return done
 
     def await_started(self, version: int) -> None:
         """Block until every replacement is up (before an evaluation reads every engine)."""
-        while self.starting:
+        while any(pool.starting for pool in self.pools.values()):
             self.poll_started(version)
-            if self.starting:
-                time.sleep(0.05)
-
-    def _process_state(self, actor) -> str | None:
-        """psutil's status of the actor's process when it runs on this node ("gone" if it exited),
-        else None."""
-        import psutil
-
-        key = next(((r, i) for r in ("rollout", "teacher", "generator", "mapping")
-                    for i, a in enumerate(self.pool(r)) if a is actor), None)  # fmt: skip
-        tree = self.trees.get(key) if key is not None else None
-        if tree is None or not tree[1] or tree[0] != ray.util.get_node_ip_address():
-            return None
-        try:
-            return str(psutil.Process(tree[1][0]).status())
-        except psutil.NoSuchProcess:
-            return "gone"
-        except psutil.Error:
-            return None
-
-    def usable(self, role: str) -> list[int]:
-        """Members of ``role`` that are up (not a replacement still starting)."""
-        return [i for i in range(len(self.pool(role))) if (role, i) not in self.starting]
-
-    def is_starting(self, actor) -> bool:
-        return any(self.pool(role)[i] is actor for role, i in self.starting)
-
-    def responsive(self, actor) -> bool:
-        """Heartbeat without blocking: False once a ping has gone ``health_timeout_s`` unanswered
-        (a stopped or dead process), else True. Called on every pass of the stream's loop for the
-        actors it waits on; a new ping goes out when the last was answered and is a third of the
-        timeout old. A replacement that is still starting counts as responsive (its own deadline is
-        ``actor_start_timeout_s``). Detection takes about ``health_timeout_s`` instead of the hop's
-        whole timeout."""
-        if self.is_starting(actor):
-            return True
-        key, now = _actor_key(actor), time.monotonic()
-        sent = self._pings.get(key)
-        if sent is None:
-            self._pings[key] = (actor.ping.remote(), now)
-            return True
-        ref, at = sent
-        ready, _ = ray.wait([ref], timeout=0)
-        if not ready:
-            late = now - at
-            if late < self.health_timeout_s:
-                return True
-            if self._process_state(actor) in _NOT_RUNNING:
-                return False  # stopped (SIGSTOP, a debugger) or gone: no need to wait longer
-            # running but silent: a C extension may hold the GIL for seconds (a tokenizer parse); a
-            # process on another node cannot be looked at. Three times the timeout before giving up.
-            return late < 3 * self.health_timeout_s
-        try:
-            ray.get(ref)
-        except ray.exceptions.RayError:
-            return False
-        if now - at >= self.health_timeout_s / 3:
-            self._pings[key] = (actor.ping.remote(), now)
-        return True
+            time.sleep(0.05)
 
     def restart_learner(self, timeout_s: float) -> None:
         """Replace every rank (a process group cannot lose one member) with fresh ranks at the initial weights."""
+        if self.learner_factory is None:
+            raise RuntimeError("these stages have no learner factory: the learner cannot be replaced")
         for rank in self.learner.ranks:
             ray.kill(rank, no_restart=True)
-        self.learner = LearnerGroup([self.factories["learner"](r) for r in range(len(self.learner.ranks))])
+        self.learner = LearnerGroup([self.learner_factory(r) for r in range(len(self.learner.ranks))])
         self.restarts["learner"] += 1
-        self._pings.clear()
         # new ranks: a new node perhaps, and the weights on disk are not theirs (the folder stays)
         self._learner_ip, self.latest_weights = None, None
 
     def stats(self) -> dict[str, list[dict[str, float]]]:
-        groups = {
-            "rollout": self.rollout, "teacher": self.teacher + self.teacher_generators,
-            "mapping": self.mapping, "learner": self.learner.ranks,
-        }  # fmt: skip
-        out: dict[str, list[dict[str, float]]] = {}
-        for role, actors in groups.items():
-            refs = [a.stats.remote() for a in actors]
-            # stats run on the health thread (a live actor answers in milliseconds): one second
-            # bounds what a stopped actor, not yet found by the heartbeat, costs the step
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
-            out[role] = []
-            for ref in ready:  # a hung actor is left out (not waited for), a dead one skipped
-                try:
-                    out[role].append(ray.get(ref))
-                except ray.exceptions.RayActorError:
-                    continue  # a dead actor has no stats to give; the stream replaces it
-        return out
+        """Busy counters by role (sft_teacher's generators count as teacher work)."""
+        return {
+            "rollout": gather_stats(self.rollout),
+            "teacher": gather_stats(self.teacher + self.teacher_generators),
+            "mapping": gather_stats(self.mapping),
+            "learner": gather_stats(self.learner.ranks),
+        }
 
     def actors(self) -> list:
         return [*self.rollout, *self.teacher, *self.teacher_generators, *self.mapping, *self.learner.ranks]
-
-
-# process states of an actor that will not answer however long one waits
-_NOT_RUNNING = {"stopped", "tracing-stop", "zombie", "dead", "gone"}
-
-
-def _actor_key(actor) -> str:
-    return actor._actor_id.hex()
 
 
 def _role_options(cfg: Config, gpus: float, bundle_group=None, index: int = 0) -> dict:
@@ -409,11 +314,11 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     ray.get([a.ping.remote() for members in pools.values() for a in members], timeout=900)
     identity = ray.get(pools["mapping"][0].is_identity.remote())
     say(f"[tokenbridge] actors up in {time.time() - t0:.0f}s (identity mapping: {identity})")
+    health_s = cfg.trainer.health_timeout_s
     stages = Stages(
-        pools["rollout"], pools["teacher"], pools["mapping"], learner, identity_mapping=identity,
-        teacher_generators=pools.get("generator", []), factories={**factories, "learner": make_rank},
-        colocated=c.placement == "colocated", health_timeout_s=cfg.trainer.health_timeout_s,
-        start_timeout_s=cfg.trainer.actor_start_timeout_s,
+        {role: ActorPool(role, members, factories[role], health_s) for role, members in pools.items()},
+        learner, identity_mapping=identity, colocated=c.placement == "colocated", health_timeout_s=health_s,
+        start_timeout_s=cfg.trainer.actor_start_timeout_s, learner_factory=make_rank,
     )  # fmt: skip
     stages.record_trees()
     return stages

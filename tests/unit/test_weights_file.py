@@ -123,10 +123,11 @@ def test_worker_extension_refuses_a_missing_or_empty_file(tmp_path):
 
 def test_the_sync_refuses_engines_on_another_node_than_learner_rank_0():
     from framework.actors.cluster import Stages
+    from framework.actors.pool import ActorPool
 
     near, far = object(), object()  # engine stand-ins; their nodes come from the recorded trees
-    trees = {("rollout", 0): ("10.0.0.1", [11]), ("rollout", 1): ("10.0.0.2", [12])}
-    stages = Stages([near, far], [], [], learner=None, trees=trees)  # type: ignore[arg-type]
+    engines = ActorPool("rollout", [near, far], trees={0: ("10.0.0.1", [11]), 1: ("10.0.0.2", [12])})
+    stages = Stages({"rollout": engines}, learner=None)  # type: ignore[arg-type]
     stages._learner_ip = "10.0.0.1"
     stages._check_one_node([near], timeout_s=1)  # on the learner's node: fine
     with pytest.raises(
