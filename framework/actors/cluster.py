@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from framework.actors.learner import LearnerGroup, LearnerWorker
 from framework.actors.mapping import MappingWorker
+from framework.actors.placement import colocated_gpus, pack, role_options, shared_gpus
 from framework.actors.pool import ActorPool, gather_stats
 from framework.actors.rollout import RolloutWorker
 from framework.actors.teacher import TeacherWorker
@@ -247,51 +246,11 @@ class Stages:
         return [*self.rollout, *self.teacher, *self.teacher_generators, *self.mapping, *self.learner.ranks]
 
 
-def _role_options(cfg: Config, gpus: float, bundle_group=None, index: int = 0) -> dict:
-    opts: dict = {"num_cpus": cfg.cluster.cpus_per_actor, "num_gpus": gpus}
-    if bundle_group is not None:
-        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-            placement_group=bundle_group, placement_group_bundle_index=index
-        )
-    return opts
-
-
-def _pack(count: int, cpus: float, gpus: float):
-    """A placement group that packs a role's actors onto as few nodes as possible (None when resourceless)."""
-    if cpus == 0 and gpus == 0:
-        return None
-    bundle = {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
-    group = placement_group([dict(bundle) for _ in range(count)], strategy="PACK")
-    ray.get(group.ready(), timeout=600)
-    return group
-
-
-def _shared_gpus(cfg: Config):
-    """``placement=colocated`` on cuda: one bundle per shared GPU, ``max(E, L)`` of them (resources.py's
-    ``max(E * TP_r, L)`` with TP_r = 1). Rollout engine i and learner rank i share bundle i (see
-    :func:`_colocated_gpus`); an engine or a rank with no partner has a bundle of its own.
-    """
-    c, engines, ranks = cfg.cluster, cfg.rollout.num_engines, cfg.learner.num_ranks  # TP = 1: validate()
-    pairs = min(engines, ranks)
-    cpus = [c.cpus_per_actor * (2 if i < pairs else 1) for i in range(max(engines, ranks))]
-    group = placement_group(
-        [{"GPU": 1.0, "CPU": n} if n > 0 else {"GPU": 1.0} for n in cpus], strategy="PACK"
-    )
-    ray.get(group.ready(), timeout=600)
-    return group
-
-
-def _colocated_gpus(cfg: Config, i: int) -> float:
-    """What engine i / learner rank i asks of shared bundle i: half its GPU when both sit there (Ray's
-    bookkeeping only: the engine sleeps while the learner steps), else the whole GPU."""
-    return 0.5 if i < min(cfg.rollout.num_engines, cfg.learner.num_ranks) else 1.0
-
-
 def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     """Create the rollout pool, teacher pool, mapping pool and learner group for one run."""
     c = cfg.cluster
     t0 = time.time()
-    shared = _shared_gpus(cfg) if c.placement == "colocated" and c.device == "cuda" else None
+    shared = shared_gpus(cfg) if c.placement == "colocated" and c.device == "cuda" else None
     factories = {
         "rollout": _engine_factory(cfg, student_path, cfg.rollout.num_engines, shared),
         "teacher": _teacher_factory(cfg, teacher_path),
@@ -302,11 +261,11 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     sizes = {"rollout": cfg.rollout.num_engines, "teacher": cfg.teacher.num_replicas,
              "mapping": cfg.mapping.num_workers, "generator": cfg.rollout.num_engines}  # fmt: skip
     pools = {role: [make(i) for i in range(sizes[role])] for role, make in factories.items()}
-    learner_pg = shared or _pack(cfg.learner.num_ranks, c.cpus_per_actor, c.gpus_per_learner_rank)
+    learner_pg = shared or pack(cfg.learner.num_ranks, c.cpus_per_actor, c.gpus_per_learner_rank)
 
     def make_rank(r: int):
-        gpus = c.gpus_per_learner_rank if shared is None else _colocated_gpus(cfg, r)
-        return LearnerWorker.options(**_role_options(cfg, gpus, learner_pg, r)).remote(  # type: ignore[attr-defined]  # Ray adds .options
+        gpus = c.gpus_per_learner_rank if shared is None else colocated_gpus(cfg, r)
+        return LearnerWorker.options(**role_options(cfg, gpus, learner_pg, r)).remote(  # type: ignore[attr-defined]  # Ray adds .options
             student_path, r, cfg.learner.num_ranks, _learner_kwargs(cfg)
         )
 
@@ -325,10 +284,10 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
 
 
 def _engine_factory(cfg: Config, model_path: str, count: int, shared=None) -> Callable[[int], Any]:
-    """``shared``: the colocated placement group of :func:`_shared_gpus` (engines that sleep)."""
+    """``shared``: the colocated placement group of :func:`placement.shared_gpus` (engines that sleep)."""
     c = cfg.cluster
     env = vllm_runtime_env(cfg.rollout.kv_cache_gib, c.gpus_per_rollout_engine)
-    group = shared or _pack(count, c.cpus_per_actor, c.gpus_per_rollout_engine)
+    group = shared or pack(count, c.cpus_per_actor, c.gpus_per_rollout_engine)
     engine_kwargs = dict(
         max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
         enforce_eager=cfg.rollout.enforce_eager, tensor_parallel_size=cfg.rollout.tensor_parallel_size,
@@ -337,8 +296,8 @@ def _engine_factory(cfg: Config, model_path: str, count: int, shared=None) -> Ca
     )  # fmt: skip
 
     def make(i: int):
-        gpus = c.gpus_per_rollout_engine if shared is None else _colocated_gpus(cfg, i)
-        return RolloutWorker.options(runtime_env=env, **_role_options(cfg, gpus, group, i)).remote(  # type: ignore[attr-defined]  # Ray adds .options
+        gpus = c.gpus_per_rollout_engine if shared is None else colocated_gpus(cfg, i)
+        return RolloutWorker.options(runtime_env=env, **role_options(cfg, gpus, group, i)).remote(  # type: ignore[attr-defined]  # Ray adds .options
             model_path, dict(engine_kwargs, seed=cfg.trainer.seed + i), cfg.data.max_prompt_tokens,
             cfg.pair.trust_remote_code,
         )  # fmt: skip
@@ -369,12 +328,12 @@ def rollout_dtype(cfg: Config) -> str:
 def _teacher_factory(cfg: Config, teacher_path: str) -> Callable[[int], Any]:
     c = cfg.cluster
     env = vllm_runtime_env(cfg.teacher.kv_cache_gib, c.gpus_per_teacher_replica)
-    group = _pack(cfg.teacher.num_replicas, c.cpus_per_actor, c.gpus_per_teacher_replica)
+    group = pack(cfg.teacher.num_replicas, c.cpus_per_actor, c.gpus_per_teacher_replica)
     kwargs = _teacher_kwargs(cfg, teacher_path)
 
     def make(i: int):
         return TeacherWorker.options(  # type: ignore[attr-defined]  # Ray adds .options
-            runtime_env=env, **_role_options(cfg, c.gpus_per_teacher_replica, group, i)
+            runtime_env=env, **role_options(cfg, c.gpus_per_teacher_replica, group, i)
         ).remote(cfg.teacher.backend, kwargs, cfg.teacher.top_k, cfg.teacher.max_tokens_per_batch)
 
     return make
