@@ -54,15 +54,17 @@ PAIR_OBJECTIVES = ("dpo", "ctpd")  # need pair micro-batches + pair-aware paddin
 class LearnerSettings:
     """Everything a learner rank needs besides its place in the process group."""
 
+    # the defaults of the fields shared with framework.config.LearnerConfig are its defaults
+    # (tests/unit/test_config.py keeps them equal): the run always passes the config's values
     zero_stage: int = 2
-    lr: float = 1e-5
+    lr: float = 1e-4
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-8
     grad_clip: float | None = 1.0  # max global grad norm; None = no clipping
     warmup_steps: int = 0  # linear warmup: lr · min(1, (step + 1) / warmup_steps)
-    micro_batch_tokens: int = 4096  # padded tokens (B · L_max) per micro-batch
-    logprob_chunk_size: int = 1024  # positions per LM-head chunk
+    micro_batch_tokens: int = 8192  # padded tokens (B · L_max) per micro-batch
+    logprob_chunk_size: int = 256  # positions per LM-head chunk
     objective: str = "opd"
     objective_options: dict[str, Any] = field(default_factory=dict)
     backend: str = "gloo"  # "gloo" (CPU) | "nccl" (GPU)

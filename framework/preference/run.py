@@ -75,7 +75,7 @@ class PreferenceRunSettings:
     teacher_batch_tokens: int = 16384
     # learner (framework.learner.engine.LearnerSettings fields)
     zero_stage: int = 2
-    micro_batch_tokens: int = 4096
+    micro_batch_tokens: int = 8192
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     warmup_steps: int = 0
