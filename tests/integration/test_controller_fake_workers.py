@@ -28,10 +28,22 @@ from framework.types import MappedSample, Prompt, Rollout, TeacherRequest, Teach
 pytestmark = pytest.mark.integration
 
 
-@ray.remote(concurrency_groups={"health": 1})
-class FakeEngine(Health):
+class _Counted(Health):
+    """The health group and busy counters every fake answers like the real workers."""
+
     def __init__(self):
-        self.version, self.clock = 0, BusyClock()
+        self.clock = BusyClock()
+
+    @ray.method(concurrency_group="health")
+    def stats(self) -> dict[str, float]:
+        return self.clock.snapshot()
+
+
+@ray.remote(concurrency_groups={"health": 1})
+class FakeEngine(_Counted):
+    def __init__(self):
+        super().__init__()
+        self.version = 0
 
     def _rollout(self, prompt: Prompt, index: int) -> Rollout:
         right = int(prompt.prompt_id[1:]) % 2 == 0
@@ -55,32 +67,18 @@ class FakeEngine(Health):
         self.version = version
         return 0.0
 
-    @ray.method(concurrency_group="health")
-    def stats(self) -> dict[str, float]:
-        return self.clock.snapshot()
-
 
 @ray.remote(concurrency_groups={"health": 1}, allow_out_of_order_execution=True)
-class FakeTeacher(Health):
-    def __init__(self):
-        self.clock = BusyClock()
-
+class FakeTeacher(_Counted):
     def score(self, requests: list[TeacherRequest]) -> list[TeacherScores]:
         return [
             TeacherScores(r.sample_id, -0.5 * np.ones(len(r.input_ids) - r.response_start, np.float32))
             for r in requests
         ]
 
-    @ray.method(concurrency_group="health")
-    def stats(self) -> dict[str, float]:
-        return self.clock.snapshot()
-
 
 @ray.remote(concurrency_groups={"health": 1}, allow_out_of_order_execution=True)
-class FakeMapper(Health):
-    def __init__(self):
-        self.clock = BusyClock()
-
+class FakeMapper(_Counted):
     def is_identity(self) -> bool:
         return True
 
@@ -107,15 +105,12 @@ class FakeMapper(Health):
         ]
         return out, len(out)
 
-    @ray.method(concurrency_group="health")
-    def stats(self) -> dict[str, float]:
-        return self.clock.snapshot()
-
 
 @ray.remote(concurrency_groups={"health": 1})
-class FakeLearner(Health):
+class FakeLearner(_Counted):
     def __init__(self):
-        self.steps, self.clock = 0, BusyClock()
+        super().__init__()
+        self.steps = 0
 
     def address(self) -> tuple[str, int]:
         return "127.0.0.1", 0
@@ -155,10 +150,6 @@ class FakeLearner(Health):
     def load(self, folder: str) -> bool:
         self.steps = json.loads((Path(folder) / "learner" / "steps.json").read_text())
         return True
-
-    @ray.method(concurrency_group="health")
-    def stats(self) -> dict[str, float]:
-        return self.clock.snapshot()
 
 
 def _stages(health_timeout_s: float = 2.0):
