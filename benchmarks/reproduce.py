@@ -7,7 +7,7 @@ samples), train each method on the zoo arithmetic task with the real stack (vLLM
   opd_topk      the same + dense KL on the projected teacher top-k
   sft_teacher   the mainstream baseline: teacher-qwen writes responses, student imitates them (CE)
   opd_same      same-tokenizer reference: teacher-llama3 (the student's own tokenizer)
-  ctpd / dpo    offline preference pairs (framework.preference), CTPD vs plain DPO
+  ctpd / dpo    offline preference pairs (scored once, then the same loop), CTPD vs plain DPO
 
 Held-out greedy accuracy is recorded against learner tokens and estimated FLOPs (teacher scoring and
 teacher generation included: 2·N·tokens per forward, 6·N·tokens per trained token). Results go to
@@ -105,19 +105,24 @@ def curve_from_rows(rows: list[dict], name: str, n_student: int, n_teacher: int)
     return curve
 
 
-def run_offline(name: str, seed: int, steps: int, out: Path) -> dict:
-    from framework.preference.from_config import settings_from_config
-    from framework.preference.run import run_preference
-    from framework.zoo import resolve_model
+def run_offline(name: str, seed: int, steps: int, eval_every: int, out: Path) -> dict:
+    """One offline preference run (the same controller and learner; pairs scored once, lr from the
+    recipe); ``result`` holds the first and last evaluation and the task accuracy at both."""
+    from framework.train import run
 
-    cfg = _compose([f"algo={name}", "pair=zoo_qwen_to_llama3", f"trainer.steps={steps}", f"trainer.seed={seed}",
-                    "learner.lr=3e-5",  # preference objectives on the zoo: 1e-4 collapsed DPO and CTPD alike
-                    "logging.wandb_mode=disabled", "logging.progress_bar=false"])  # fmt: skip
+    cfg = _compose([
+        f"algo={name}", "pair=zoo_qwen_to_llama3", f"trainer.steps={steps}", f"trainer.eval_every={eval_every}",
+        f"trainer.seed={seed}", "logging.wandb_mode=disabled", "logging.progress_bar=false", "data.num_eval=128",
+    ])  # fmt: skip
     cfg.trainer.output_dir = str(out)
+    if out.exists():
+        shutil.rmtree(out)
     t0 = time.time()
-    result = run_preference(
-        settings_from_config(cfg, resolve_model(cfg.pair.student), resolve_model(cfg.pair.teacher), str(out))
-    )
+    run(cfg)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/logp_acc" in r]
+    task = {"start/task_acc": evals[0].get("eval/accuracy"), "end/task_acc": evals[-1].get("eval/accuracy")}
+    result = {"start": evals[0], "end": evals[-1], "task": task}
     return {"method": name, "seed": seed, "result": result, "wall_s": time.time() - t0}
 
 
@@ -241,7 +246,7 @@ def main() -> None:
                 continue
             folder = out / "runs" / f"{method}_seed{seed}"
             if method in OFFLINE:
-                runs.append(run_offline(method, seed, args.steps, folder))
+                runs.append(run_offline(method, seed, args.steps, args.eval_every, folder))
             else:
                 runs.append(run_on_policy(method, seed, args.steps, args.eval_every, folder))
             print(

@@ -172,6 +172,12 @@ def prepare_fresh_run(output_dir: str | Path, overwrite: bool) -> Path | None:
     return aside
 
 
+def note_resume(output_dir: Path, ckpt: Path, step: int) -> None:
+    """Say where this process picked up, in the run's log and in ``OUTPUT/resumed_from.json``."""
+    write_json(output_dir / "resumed_from.json", {"checkpoint": str(ckpt), "step": step})
+    say(f"[tokenbridge] resumed from {ckpt} (step {step})")
+
+
 def eval_score(metrics: dict[str, float]) -> tuple[str, float] | None:
     """What "best" is judged by: held-out accuracy where the task has a verifier, else the negated
     teacher reverse-KL (lower KL is better). None when the evaluation produced neither."""

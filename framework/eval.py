@@ -1,8 +1,10 @@
-"""Evaluation arithmetic (pure): task accuracy, teacher reverse-KL on the student's own samples, tables."""
+"""Evaluation arithmetic (pure): task accuracy, teacher reverse-KL on the student's own samples, tables,
+and the run's closing summary."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -39,3 +41,51 @@ def generation_rows(rollouts: Sequence[Rollout], verify, limit: int) -> list[dic
         rows.append({"prompt": r.prompt.messages[-1]["content"], "response": r.response_text,
                      "answer": r.prompt.answer, "correct": ok})  # fmt: skip
     return rows
+
+
+def console_metrics(metrics: dict, objective: str) -> dict:
+    """The few figures the console shows of an evaluation (every figure goes to wandb and the JSONL):
+    task accuracy, teacher-KL and, offline, the preference accuracies of the trained objective."""
+    shown = (
+        "eval/accuracy",
+        "eval/teacher_kl",
+        "eval/logp_acc",
+        f"eval/{objective}_acc",
+        f"train_eval/{objective}_acc",
+    )
+    return {k: metrics[k] for k in shown if k in metrics}
+
+
+# the held-out figures the closing lines show, first → last evaluation
+SUMMARY_KEYS = (
+    ("eval/accuracy", "accuracy"),
+    ("eval/teacher_kl", "teacher-KL"),
+    ("eval/logp_acc", "preference accuracy"),  # offline preference runs (algo=dpo|ctpd)
+)
+
+
+def summarize_run(output_dir: Path) -> None:
+    """The run's closing lines: first → last held-out metrics, peak memory, the best evaluation kept,
+    and the plot of the curves (written to the run folder)."""
+    from framework import checkpoint
+    from framework.logging import plot_run, read_metrics, say
+
+    rows = read_metrics(output_dir / "metrics.jsonl")
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    for key, name in SUMMARY_KEYS:
+        values = [f"{r[key]:.3f}" for r in evals if key in r]
+        if values:
+            say(f"[tokenbridge] held-out {name} by eval (steps {evals[0]['step']}..{evals[-1]['step']}): "
+                + " → ".join(values))  # fmt: skip
+    last = next((r for r in reversed(rows) if "memory/node_peak_gib" in r), {})  # peaks only grow
+    peaks = {k: v for k, v in last.items() if k.startswith("memory/")}
+    if peaks:
+        say("[tokenbridge] peak memory GiB: " + "  ".join(
+            f"{k[len('memory/'):-len('_peak_gib')]}={v:.1f}" for k, v in sorted(peaks.items())))  # fmt: skip
+    best = checkpoint.best_record(output_dir)
+    if best is not None:
+        say(f"[tokenbridge] best {best['metric']}={best['value']:.4f} at step {best['step']}: "
+            f"{output_dir / 'best' / 'student'}")  # fmt: skip
+    plot = plot_run(output_dir, rows)
+    if plot is not None:
+        say(f"[tokenbridge] curves: {plot}")

@@ -43,12 +43,12 @@ from typing import Any
 
 import numpy as np
 
+from framework.algo import PAIR_OBJECTIVES
 from framework.config import Config, ConfigError
 from framework.data.chat import render_prompt_ids, stop_token_ids
 from framework.data.prompts import DataError
 from framework.types import Message, Prompt
 
-PREFERENCE_ALGOS = ("dpo", "ctpd")
 _TEMPLATE_FILES = "a `chat_template.jinja` file or `chat_template` in tokenizer_config.json"
 
 
@@ -320,7 +320,7 @@ def check_before_start(
         problem, _, fix = str(err).partition(". Fix: ")
         raise ConfigError("pair.student", problem, fix or "set eos_token in tokenizer_config.json") from None
     warnings: list[str] = []
-    if cfg.algo.name not in PREFERENCE_ALGOS:
+    if cfg.algo.name not in PAIR_OBJECTIVES:
         warnings = _check_prompt_lengths(cfg, student, teacher, train_prompts, eval_prompts)
     check_output_dir(output_dir)
     return warnings

@@ -13,16 +13,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig
 
 from framework import checkpoint
+from framework.algo import PAIR_OBJECTIVES
 from framework.config import Config, ConfigError, register_configs, to_config
 from framework.data.prompts import DataError, LoadReport, load_prompts
+from framework.eval import console_metrics
 from framework.logging import ACTOR_LOG_ENV, open_run_log, say
 from framework.types import Prompt
+
+if TYPE_CHECKING:
+    from framework.actors.pairs import PairBatches
 
 RECIPES = str(Path(__file__).resolve().parent.parent / "recipes")
 LOOPBACK = "127.0.0.1"
@@ -56,6 +61,23 @@ def _load_split(cfg: Config, split: str) -> tuple[list[Prompt], LoadReport]:
         raise ConfigError(
             key, problem, fix.rstrip(".") or f"point {key} at a JSONL or Parquet file"
         ) from None
+
+
+def _load_pairs(cfg: Config, student: str, teacher: str) -> PairBatches:
+    """``algo=dpo|ctpd``: the training and held-out preference pairs (``data.train`` / ``data.eval``);
+    a data problem becomes a ConfigError naming ``data.train``."""
+    from framework.actors.pairs import PairBatches
+    from framework.preference.data import load_preference_pairs
+
+    try:
+        train, held_out = load_preference_pairs(cfg.data.train, cfg.data.eval, num_train=cfg.data.num_train,
+                                                num_eval=cfg.data.num_eval, seed=cfg.trainer.seed)  # fmt: skip
+    except DataError as err:
+        problem, _, fix = " ".join(str(err).split()).partition(". Fix: ")
+        raise ConfigError(
+            "data.train", problem, fix.rstrip(".") or "point data.train at a JSONL of pairs"
+        ) from None
+    return PairBatches(cfg, student, teacher, train, held_out)
 
 
 def _init_ray(cfg: Config) -> None:
@@ -134,26 +156,21 @@ def run(cfg: Config) -> dict[str, float]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if cfg.cluster.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    train, train_report = _load_split(cfg, "train")
+    pairs = _load_pairs(cfg, student, teacher) if cfg.algo.name in PAIR_OBJECTIVES else None
+    train, train_report = (pairs.prompts, None) if pairs else _load_split(cfg, "train")
     evals, _ = _load_split(cfg, "eval")
     output_dir = _output_dir(cfg)
     # chat templates, prompt lengths, the output folder: refused here in one line, not in an actor later
     warnings = check_before_start(cfg, student, teacher, train, evals, output_dir)
-    preference = cfg.algo.name in ("ctpd", "dpo")  # offline preference pairs: no rollouts, one learner rank
-    if cfg.trainer.resume == "none" and not preference:
+    if cfg.trainer.resume == "none":
         # before anything is written or started: an earlier run in the folder is refused or moved aside
         checkpoint.prepare_fresh_run(output_dir, cfg.trainer.overwrite)
     open_run_log(output_dir)
     os.environ[ACTOR_LOG_ENV] = str((output_dir / "logs" / "actors.log").resolve())
-    if train_report.skipped:
+    if train_report and train_report.skipped:
         say(f"[tokenbridge] skipped {train_report.skipped} bad records: {train_report.reasons}")
     for line in warnings:
         say(line)
-    if preference:
-        from framework.preference.from_config import settings_from_config
-        from framework.preference.run import run_preference
-
-        return run_preference(settings_from_config(cfg, student, teacher, str(output_dir)))
     say(
         f"[tokenbridge] student={student}\n[tokenbridge] teacher={teacher}\n[tokenbridge] output={output_dir}"
     )
@@ -166,7 +183,7 @@ def run(cfg: Config) -> dict[str, float]:
         say("[tokenbridge] " + plan.summary())
         stages = start_stages(cfg, student, teacher)
         try:
-            return Controller(cfg, stages, train, evals, output_dir).run()
+            return Controller(cfg, stages, train, evals, output_dir, pairs).run()
         finally:
             stages.close()  # the weight-sync folder, removed on the learner's node
     finally:
@@ -189,8 +206,11 @@ def _hydra_main(raw: DictConfig) -> None:
     except (RunStopped, StageFailure) as e:  # a stage failed for good: the stream already said why
         print(f"[tokenbridge] run stopped: {e}", file=sys.stderr)
         sys.exit(3)
-    scalars = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}  # preference runs nest
-    say("[tokenbridge] done: " + "  ".join(f"{k}={v}" for k, v in scalars.items()))
+    shown = {**console_metrics(final, cfg.algo.name), "checkpoint": final.get("checkpoint")}
+    say(
+        "[tokenbridge] done: "
+        + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+    )
 
 
 def main() -> None:

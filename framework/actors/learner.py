@@ -12,10 +12,12 @@ import numpy as np
 import ray
 
 from framework.actors.stats import BusyClock, Health
+from framework.algo import PAIR_OBJECTIVES
 from framework.types import MappedSample
 
 if TYPE_CHECKING:  # imported inside init(): the driver never loads DeepSpeed
     from framework.learner.engine import LearnerRank
+    from framework.preference.pairs import EncodedPair
 
 
 def batch_statistics(samples: list[MappedSample], trained_version: int) -> dict[str, float]:
@@ -83,6 +85,8 @@ class LearnerWorker(Health):
             from framework.learner import shard_samples
 
             samples = [s for part in ray.get(sample_refs) for s in part]
+            if self.learner.settings.objective in PAIR_OBJECTIVES:
+                return self._train_pairs(samples)
             attach_reward_groups(samples)  # group baselines need the whole step, before sharding
             stats = batch_statistics(samples, version) if self.rank == 0 else {}
             num_tokens = int(sum(float(s.mask.sum()) for s in samples))
@@ -94,6 +98,23 @@ class LearnerWorker(Health):
             self.clock.items += num_tokens
             ids = [s.sample_id for s in samples] if self.rank == 0 else []
             return {**stats, **metrics, "sample_ids": ids}
+
+    def _train_pairs(self, pairs: list[EncodedPair]) -> dict[str, Any]:
+        """``dpo`` / ``ctpd``: the step's preference pairs dealt over the ranks like samples (the same
+        deal on every rank; a pair's two responses stay together)."""
+        from framework.learner import deal_by_length
+
+        budget = self.learner.settings.micro_batch_tokens // 2  # two rows per pair
+        shares = deal_by_length(
+            [p.max_length for p in pairs], [p.pair_id for p in pairs], self.world_size, budget
+        )
+        metrics = self.learner.train_pairs([pairs[i] for i in shares[self.rank]])
+        tokens = sum(r.num_response_tokens for p in pairs for r in p.responses)
+        self.clock.items += tokens
+        if self.rank != 0:
+            return {**metrics, "sample_ids": []}
+        stats = {"batch/pairs": float(len(pairs)), "batch/response_tokens": float(tokens)}
+        return {**stats, **metrics, "sample_ids": [p.pair_id for p in pairs]}
 
     def export_weights(self, path: str) -> str:
         """Write the full weights to ``path`` (collective; rank 0 writes and returns ``path``, the

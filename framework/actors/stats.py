@@ -90,3 +90,31 @@ def kill_local_tree(node_ip: str, pids: list[int]) -> int:
         except psutil.Error:
             continue
     return killed
+
+
+class StageMeter:
+    """Per-step figures from the actors' cumulative `BusyClock` snapshots (``Stages.stats()``):
+    ``stage_s/<stage>`` seconds of work per actor during the step, ``busy/<stage>`` that over the step
+    time, ``tokens_per_s/<stage>``, ``counts/<stage>/skipped_*``, ``memory/<stage>_peak_gib`` (the largest
+    actor's process tree) and ``memory/node_peak_gib`` (the driver's node: what an OOM kill looks at)."""
+
+    def __init__(self) -> None:
+        self.previous: dict[str, float] = {}
+        self.node_memory = PeakMemory(node=True)
+
+    def step(self, stats: dict[str, list[dict[str, float]]], step_s: float) -> dict[str, float]:
+        out, prev, step_s = {}, self.previous, max(step_s, 1e-9)
+        for stage, actors in stats.items():
+            busy = sum(s.get("busy_s", 0.0) for s in actors) / max(1, len(actors))
+            items = sum(s.get("items", 0.0) for s in actors)  # tokens generated / scored / mapped / trained
+            delta = max(0.0, busy - prev.get(stage, 0.0))
+            out[f"stage_s/{stage}"] = delta
+            out[f"busy/{stage}"] = min(1.0, delta / step_s)
+            out[f"tokens_per_s/{stage}"] = (items - prev.get(f"{stage}#items", 0.0)) / step_s
+            prev[stage], prev[f"{stage}#items"] = busy, items
+            for key in {k for s in actors for k in s if k.startswith("skipped_")}:
+                out[f"counts/{stage}/{key}"] = sum(s.get(key, 0.0) for s in actors)
+            if actors:
+                out[f"memory/{stage}_peak_gib"] = max(s.get("peak_mem_gib", 0.0) for s in actors)
+        out["memory/node_peak_gib"] = self.node_memory.snapshot()["peak_mem_gib"]
+        return out

@@ -99,6 +99,31 @@ class FaultBook:
     max_restarts: int
     counts: Counter[str] = field(default_factory=Counter)
     log: list[tuple[float, str]] = field(default_factory=list)
+    restarts_before: Counter[str] = field(default_factory=Counter)  # by earlier processes of the run
+
+    def restarts(self, this_process: Counter[str]) -> Counter[str]:
+        """Actor replacements per stage over the whole run: earlier processes' (from the checkpoint a
+        resume loaded) plus this process's. Only this logged counter is cumulative: the
+        ``trainer.max_restarts`` budget counts this process's replacements, so a resumed run gets a
+        fresh budget instead of stopping at its first replacement after a long run (a run that keeps
+        failing still stops, within one process)."""
+        return self.restarts_before + this_process
+
+    def state(self, this_process: Counter[str]) -> dict[str, dict[str, int]]:
+        """What a checkpoint keeps, so that a resumed run's ``faults/*`` continue from there."""
+        return {"faults": dict(self.counts), "restarts": dict(self.restarts(this_process))}
+
+    def load_state(self, state: dict) -> None:
+        """The counters of a checkpoint (an older checkpoint has none: from zero); faults after it in
+        the process that crashed are not known."""
+        self.counts = Counter({str(k): int(v) for k, v in state.get("faults", {}).items()})
+        self.restarts_before = Counter({str(k): int(v) for k, v in state.get("restarts", {}).items()})
+
+    def metrics(self, this_process: Counter[str]) -> dict[str, float]:
+        """``faults/<name>`` and ``faults/restarts_<stage>``, cumulative over resumes."""
+        out = {f"faults/{k}": float(v) for k, v in self.counts.items()}
+        out.update({f"faults/restarts_{k}": float(v) for k, v in self.restarts(this_process).items()})
+        return out
 
     def record(self, what: str, restarts_so_far: int) -> None:
         self.note(what)
@@ -276,6 +301,14 @@ class SampleStream:
             f"restart {sum(self.stages.restarts.values()) + 1} of trainer.max_restarts={self.faults.max_restarts}"
         )
         self.stages.restart(role, index, self.version(), self.cfg.trainer.actor_start_timeout_s)
+
+    def replace_rollout(self, index: int, how: str) -> None:
+        """A student engine lost in a weight sync or a sleep/wake (sft_teacher's student engines
+        generate nothing: they are replaced only)."""
+        if self.stages.teacher_generators:
+            self._restart("rollout", index, f"rollout_{how}")
+        else:
+            self.replace_engine(index, how)
 
     def _engine_failed(self, chunk: EngineChunk, how: str) -> None:
         self.replace_engine(chunk.engine, how, also=chunk)

@@ -23,7 +23,13 @@ from framework.algo.inputs import (
 from framework.algo.logprobs import chunked_token_logprobs, entropy_from_logits, logprobs_from_logits
 from framework.algo.opd import OPD, opd_loss
 from framework.algo.preference import CTPD, DPO, ctpd_loss, ctpd_span_weights, dpo_loss, span_logprobs
-from framework.algo.registry import OBJECTIVES, make_objective, objective_kwargs, objective_options
+from framework.algo.registry import (
+    OBJECTIVES,
+    PAIR_OBJECTIVES,
+    make_objective,
+    objective_kwargs,
+    objective_options,
+)
 from framework.algo.sft import SFTTeacher, sft_loss
 from framework.algo.topk_kl import OPDTopK, topk_kl_loss
 
@@ -32,6 +38,7 @@ __all__ = [
     "DPO",
     "OBJECTIVES",
     "OPD",
+    "PAIR_OBJECTIVES",
     "LossCounts",
     "LossInputs",
     "LossOutput",

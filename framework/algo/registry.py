@@ -41,6 +41,8 @@ _BUILDERS: dict[str, tuple[Callable[..., Objective], list[str]]] = {
     "ctpd": (CTPD, _fields(CTPD)),
 }
 OBJECTIVES: dict[str, Callable[..., Objective]] = {name: b for name, (b, _) in _BUILDERS.items()}
+# objectives trained on offline preference pairs (a data source scored once), not on rollouts
+PAIR_OBJECTIVES = ("dpo", "ctpd")
 
 
 def objective_options(name: str) -> list[str]:

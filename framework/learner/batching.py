@@ -17,6 +17,7 @@ is the token mean over the whole step no matter how the samples were split.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -76,25 +77,36 @@ def pack_micro_batches(
 def shard_samples(
     samples: Sequence[MappedSample], world_size: int, micro_batch_tokens: int
 ) -> list[list[MappedSample]]:
-    """Split one step's samples across ``world_size`` data-parallel ranks.
+    """Split one step's samples across ``world_size`` data-parallel ranks (`deal_by_length`)."""
+    shares = deal_by_length(
+        [len(s.input_ids) for s in samples], [s.sample_id for s in samples], world_size, micro_batch_tokens
+    )
+    return [[samples[i] for i in share] for share in shares]
 
-    Packs all samples into micro-batches (`pack_micro_batches`), then gives each micro-batch, largest
-    first, to the rank with the fewest micro-batches (ties: fewest padded tokens, then lowest rank).
-    Micro-batch counts differ by at most one between ranks and the engine pads the rest, so ranks run in
-    lockstep. Deterministic: the same samples give the same shards.
+
+def deal_by_length(
+    lengths: Sequence[int], ids: Sequence[str], world_size: int, micro_batch_tokens: int
+) -> list[list[int]]:
+    """The indices of the items each of ``world_size`` data-parallel ranks trains on.
+
+    Packs the items (sequences of ``lengths``) into micro-batches (`pack_micro_batches`), then gives
+    each micro-batch, largest first, to the rank with the fewest micro-batches (ties: fewest padded
+    tokens, then lowest rank). Micro-batch counts differ by at most one between ranks and the engine
+    pads the rest, so ranks run in lockstep. Deterministic: the same items give the same shares.
+    Preference pairs are dealt as items of their longer response's length and half the budget
+    (both rows of a pair go into one micro-batch).
     """
     if world_size <= 0:
         raise ValueError(f"world_size must be positive, got {world_size}")
-    lengths = [len(s.input_ids) for s in samples]
-    groups = pack_micro_batches(lengths, micro_batch_tokens, [s.sample_id for s in samples])
-    shards: list[list[MappedSample]] = [[] for _ in range(world_size)]
+    groups = pack_micro_batches(list(lengths), micro_batch_tokens, list(ids))
+    shares: list[list[int]] = [[] for _ in range(world_size)]
     load = [(0, 0)] * world_size  # (micro-batches, padded tokens) per rank
     for group in groups:
         rank = min(range(world_size), key=lambda r: (load[r], r))
-        shards[rank].extend(samples[i] for i in group)
+        shares[rank].extend(group)
         count, tokens = load[rank]
         load[rank] = (count + 1, tokens + padded_cost([lengths[i] for i in group]))
-    return shards
+    return shares
 
 
 def validate_sample(sample: MappedSample) -> None:
@@ -190,11 +202,12 @@ def collate_micro_batch(
     )
 
 
-def padding_micro_batch(*, pad_id: int = 0, with_dense: bool = False) -> MicroBatch:
+def padding_micro_batch(*, pad_id: int = 0, with_dense: bool = False, pairs: bool = False) -> MicroBatch:
     """A zero-weight micro-batch (one 2-token sequence, mask 0): keeps ranks in lockstep, adds no signal.
 
     It still runs forward and backward, so every parameter gets a (zero) gradient like on the other
-    ranks; all sampled-path fields are present so any `MappedSample` objective accepts it.
+    ranks; all sampled-path fields are present so any `MappedSample` objective accepts it, and with
+    ``pairs`` the preference fields too (no pair: ``N = 0``, one empty span), for ``dpo`` / ``ctpd``.
     """
     zeros_B_T = torch.zeros(1, 1)
     inputs = LossInputs(
@@ -210,6 +223,18 @@ def padding_micro_batch(*, pad_id: int = 0, with_dense: bool = False) -> MicroBa
     )
     if with_dense:
         inputs = with_empty_dense(inputs)
+    if pairs:
+        no_pair_N = torch.zeros(0, dtype=torch.long)
+        inputs = dataclasses.replace(
+            inputs,
+            chosen_index_N=no_pair_N,
+            rejected_index_N=no_pair_N.clone(),
+            span_index_B_T=torch.full((1, 1), -1, dtype=torch.long),
+            span_mask_B_K=torch.zeros(1, 1),
+            teacher_span_logprobs_B_K=torch.zeros(1, 1),
+            reference_logprobs_B_T=torch.zeros(1, 1),
+            reference_span_logprobs_B_K=torch.zeros(1, 1),
+        )
     return MicroBatch(
         input_ids_B_L=torch.full((1, 2), pad_id, dtype=torch.long),
         attention_mask_B_L=torch.ones(1, 2, dtype=torch.long),
@@ -235,11 +260,12 @@ def build_micro_batches(
 
 
 def pad_to_count(
-    batches: list[MicroBatch], count: int, *, pad_id: int = 0, with_dense: bool = False
+    batches: list[MicroBatch], count: int, *, pad_id: int = 0, with_dense: bool = False, pairs: bool = False
 ) -> list[MicroBatch]:
     """``batches`` followed by zero-weight `padding_micro_batch`-es up to ``count`` (the max over ranks)."""
     if count < len(batches):
         raise ValueError(f"cannot pad {len(batches)} micro-batches down to {count}")
     return batches + [
-        padding_micro_batch(pad_id=pad_id, with_dense=with_dense) for _ in range(count - len(batches))
+        padding_micro_batch(pad_id=pad_id, with_dense=with_dense, pairs=pairs)
+        for _ in range(count - len(batches))
     ]

@@ -21,12 +21,19 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from framework.algo import LossCounts, LossInputs, TokenLogprobs, distillation_metrics, make_objective
+from framework.algo import (
+    PAIR_OBJECTIVES,
+    LossCounts,
+    LossInputs,
+    TokenLogprobs,
+    distillation_metrics,
+    make_objective,
+)
 from framework.learner import distributed
 from framework.learner.batching import (
     MicroBatch,
@@ -47,7 +54,8 @@ from framework.learner.weights import (
 )
 from framework.types import MappedSample
 
-PAIR_OBJECTIVES = ("dpo", "ctpd")  # need pair micro-batches + pair-aware padding: not wired yet
+if TYPE_CHECKING:  # preference.batch imports learner.batching: imported in train_pairs
+    from framework.preference.pairs import EncodedPair
 
 
 @dataclass
@@ -192,7 +200,7 @@ class LearnerRank:
         if self.settings.objective in PAIR_OBJECTIVES:
             raise NotImplementedError(
                 f"objective {self.settings.objective!r} trains on preference pairs (with reference logprobs), "
-                "not MappedSamples; train_step supports opd, opd_topk and sft_teacher"
+                "not MappedSamples: call train_pairs"
             )
         batches = build_micro_batches(
             samples,
@@ -201,6 +209,23 @@ class LearnerRank:
             with_dense=bool(self.objective.needs_support),
         )
         return self.train_micro_batches(batches, num_tokens_global=num_tokens_global)
+
+    def train_pairs(self, pairs: Sequence[EncodedPair]) -> dict[str, float]:
+        """One optimizer step of ``dpo`` / ``ctpd`` on this rank's share of the step's preference pairs
+        (teacher scores and reference attached; both rows of a pair stay in one micro-batch). The loss
+        is normalised by the pairs of all ranks, so the ranks' shares may differ (even be empty)."""
+        if self.settings.objective not in PAIR_OBJECTIVES:
+            raise ValueError(
+                f"objective {self.settings.objective!r} trains on MappedSamples: call train_step"
+            )
+        from framework.preference.batch import build_preference_micro_batches
+
+        batches = (
+            build_preference_micro_batches(pairs, self.settings.micro_batch_tokens, pad_id=self.pad_id)
+            if pairs
+            else []
+        )
+        return self.train_micro_batches(batches)
 
     def train_micro_batches(
         self, batches: list[MicroBatch], num_tokens_global: int | None = None
@@ -221,7 +246,11 @@ class LearnerRank:
             )
         num_batches = int(distributed.all_reduce(torch.tensor([len(batches)]), "max", backend).item())
         batches = pad_to_count(
-            batches, num_batches, pad_id=self.pad_id, with_dense=bool(self.objective.needs_support)
+            batches,
+            num_batches,
+            pad_id=self.pad_id,
+            with_dense=bool(self.objective.needs_support),
+            pairs=self.settings.objective in PAIR_OBJECTIVES,
         )
 
         self.engine.train()

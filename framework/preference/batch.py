@@ -43,7 +43,7 @@ def build_preference_batch(pairs: Sequence[EncodedPair], *, pad_id: int = 0) -> 
     span_index_B_T = torch.full((B, T), -1, dtype=torch.long)
     span_mask_B_K = (torch.arange(K)[None, :] < torch.tensor([r.num_spans for r in rows])[:, None]).float()
     for b, r in enumerate(rows):
-        span_index_B_T[b, : r.num_response_tokens] = torch.as_tensor(r.span_index, dtype=torch.long)
+        span_index_B_T[b, : r.num_response_tokens] = torch.tensor(r.span_index, dtype=torch.long)
 
     inputs = LossInputs(
         mask_B_T=mask_B_T,
@@ -56,12 +56,12 @@ def build_preference_batch(pairs: Sequence[EncodedPair], *, pad_id: int = 0) -> 
     if all(r.teacher_span_logprobs is not None for r in rows):
         teacher_B_K = torch.zeros(B, K, dtype=torch.float32)
         for b, r in enumerate(rows):
-            teacher_B_K[b, : r.num_spans] = torch.as_tensor(r.teacher_span_logprobs, dtype=torch.float32)
+            teacher_B_K[b, : r.num_spans] = torch.tensor(r.teacher_span_logprobs, dtype=torch.float32)
         inputs.teacher_span_logprobs_B_K = teacher_B_K
     if all(r.reference_logprobs is not None for r in rows):
         reference_B_T = torch.zeros(B, T, dtype=torch.float32)
         for b, r in enumerate(rows):
-            reference_B_T[b, : r.num_response_tokens] = torch.as_tensor(r.reference_logprobs)
+            reference_B_T[b, : r.num_response_tokens] = torch.tensor(r.reference_logprobs)
         inputs.reference_logprobs_B_T = reference_B_T
         inputs.reference_span_logprobs_B_K = span_logprobs(reference_B_T, span_index_B_T, mask_B_T, K)
     return MicroBatch(

@@ -1,4 +1,4 @@
-"""Preference accuracy of a student on encoded pairs, and greedy task accuracy on held-out problems.
+"""Preference accuracy of a student on encoded pairs (task accuracy is the controller's evaluation).
 
 Preference accuracy is the share of pairs whose chosen response a score ranks strictly above the
 rejected one (ties count as wrong). Scores, for a response ``y`` with student logprobs ``log π_θ``:
@@ -16,7 +16,7 @@ The ``dpo`` and ``ctpd`` numbers, and the matching losses, come from the objecti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,10 +24,8 @@ import torch
 
 from framework.algo import LossCounts, TokenLogprobs, make_objective
 from framework.algo.preference import sequence_logprobs
-from framework.mapping.render import TokenizerInfo
 from framework.preference.batch import build_preference_batch, pad_logprobs
 from framework.preference.pairs import EncodedPair
-from framework.types import Prompt
 
 
 def preference_metrics(
@@ -73,71 +71,4 @@ def preference_metrics(
     return out
 
 
-def _render_batch(prompt_ids: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``input_ids_B_L`` and ``attention_mask_B_L`` (generation continues at the right end)."""
-    L = max(len(p) for p in prompt_ids)
-    input_ids_B_L = torch.full((len(prompt_ids), L), pad_id, dtype=torch.long)
-    attention_mask_B_L = torch.zeros(len(prompt_ids), L, dtype=torch.long)
-    for b, ids in enumerate(prompt_ids):
-        input_ids_B_L[b, L - len(ids) :] = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-        attention_mask_B_L[b, L - len(ids) :] = 1
-    return input_ids_B_L, attention_mask_B_L
-
-
-@torch.inference_mode()
-def greedy_task_accuracy(
-    model_dir: str,
-    tokenizer: TokenizerInfo,
-    prompts: Sequence[Prompt],
-    verify: Callable[[str, str], bool],
-    *,
-    max_new_tokens: int = 40,
-    batch_size: int = 64,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Greedy accuracy of the Hugging Face model at ``model_dir`` on verifiable ``prompts``.
-
-    Prompts are rendered with the model's own chat template (``tokenizer.render_prompt_ids``), batched
-    with left padding; generation stops at any of the tokenizer's stop ids. The response text is read
-    from the generated tokens' bytes (up to the first stop id), then checked by ``verify(text, answer)``.
-    Returns ``{"accuracy", "n", "samples": [(question, response, correct), ...] (first 4)}``.
-    """
-    from transformers import AutoModelForCausalLM
-
-    if any(p.answer is None for p in prompts):
-        raise ValueError("greedy_task_accuracy needs prompts with an answer (Prompt.answer)")
-    if not prompts:
-        return {"accuracy": float("nan"), "n": 0, "samples": []}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' stub types .to oddly
-    pad = getattr(model.config, "pad_token_id", None)
-    pad_id = int(pad) if isinstance(pad, int) else 0
-    stop_ids = sorted(tokenizer.stop_ids)
-    correct = 0
-    samples: list[tuple[str, str, bool]] = []  # (question, response, correct)
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        input_ids_B_L, attention_mask_B_L = _render_batch(
-            [tokenizer.render_prompt_ids(p.messages) for p in chunk], pad_id
-        )
-        out_B_L = model.generate(
-            input_ids=input_ids_B_L.to(device),
-            attention_mask=attention_mask_B_L.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=stop_ids or None,
-            pad_token_id=pad_id,
-        )
-        new_B_N = out_B_L[:, input_ids_B_L.shape[1] :].cpu().numpy()
-        for prompt, ids in zip(chunk, new_B_N):
-            stops = np.flatnonzero(np.isin(ids, stop_ids))
-            ids = ids[: stops[0]] if stops.shape[0] else ids
-            text = tokenizer.table.join(ids).decode("utf-8", errors="replace")
-            ok = bool(verify(text, str(prompt.answer)))
-            correct += ok
-            if len(samples) < 4:
-                samples.append((prompt.messages[-1]["content"], text, ok))
-    return {"accuracy": correct / len(prompts), "n": len(prompts), "samples": samples}
-
-
-__all__ = ["greedy_task_accuracy", "preference_metrics"]
+__all__ = ["preference_metrics"]

@@ -243,6 +243,21 @@ def student_sequences(pairs: Sequence[EncodedPair]) -> tuple[list[np.ndarray], l
     return [r.input_ids for r in responses], [r.response_start for r in responses]
 
 
+def span_stats(pairs: Sequence[EncodedPair]) -> dict[str, float]:
+    """Mean spans per response, student / teacher tokens per span, share of responses with a teacher
+    byte mismatch (their tail has no spans)."""
+    rows = responses_of(pairs)
+    spans = np.array([max(r.num_spans, 1) for r in rows], dtype=np.float64)
+    student = np.array([(r.span_index >= 0).sum() for r in rows], dtype=np.float64)
+    teacher = np.array([(r.teacher_span_index >= 0).sum() for r in rows], dtype=np.float64)
+    return {
+        "spans/per_response": float(spans.mean()),
+        "spans/student_tokens_per_span": float((student / spans).mean()),
+        "spans/teacher_tokens_per_span": float((teacher / spans).mean()),
+        "spans/teacher_mismatch": float(np.mean([r.teacher_mismatch for r in rows])),
+    }
+
+
 def attach_reference(pairs: Sequence[EncodedPair], logprobs: Sequence[np.ndarray]) -> None:
     """Set each response's frozen-reference token logprobs (float32[R], in `responses_of` order)."""
     responses = responses_of(pairs)
@@ -266,6 +281,7 @@ __all__ = [
     "attach_teacher_scores",
     "encode_pairs",
     "responses_of",
+    "span_stats",
     "student_sequences",
     "teacher_requests",
 ]

@@ -1,97 +1,126 @@
-"""Offline preference distillation end to end on the zoo pair (teacher-qwen → student-llama3).
+"""Offline preference distillation (``algo=ctpd|dpo``) through the one controller on the real stack.
 
-Each objective runs as its own process (`python -m framework.preference`): real DeepSpeed, one rank,
-gloo, DS_ACCELERATOR=cpu; the HF teacher scores every response once; the reference is the student's
-own logprobs before the first step. A few steps on a few pairs must lower the loss and raise the
-preference accuracy on the training pairs; the final student is saved as a loadable HF folder.
+The same `Controller`, learner group (2 DeepSpeed ranks, gloo), vLLM engines (task accuracy), teacher
+pool (the one-time scoring pass), wandb (offline), checkpoints, ledger and resume as the online runs;
+only the batch source is `PairBatches`. Zoo pair teacher-qwen → student-llama3 (cross-tokenizer spans).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.integration.conftest import compose_config, stop_stages
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-STEPS = 24
-SETTINGS = dict(
-    steps=STEPS,
-    pairs_per_step=8,
-    num_train_pairs=24,
-    num_eval_pairs=24,
-    num_train_eval_pairs=24,  # all training pairs
-    task_eval_problems=16,
-    lr=2e-4,
-    beta=0.1,
-    seed=0,
-)
-RUN_TIMEOUT_S = 300
+PAIRS_PER_STEP = 8
+COMMON = [
+    "learner.num_ranks=2",
+    "learner.lr=2e-4",
+    "data.num_train=24",
+    "data.num_eval=24",
+    f"data.prompts_per_step={PAIRS_PER_STEP}",
+    "trainer.eval_every=6",
+    "trainer.checkpoint_every=6",
+]
 
 
-@pytest.fixture(scope="module")
-def zoo_pair() -> tuple[str, str]:
-    from framework.zoo import model_path  # builds the zoo on first use (cached under $TOKENBRIDGE_HOME)
+def load(objective: str, out: Path, steps: int, *extra: str):
+    """The run's config, pairs and held-out task prompts, as `tokenbridge-train` would load them."""
+    from framework.train import _load_pairs, _load_split
+    from framework.zoo import resolve_model
 
-    return str(model_path("student-llama3")), str(model_path("teacher-qwen"))
-
-
-def run(objective: str, zoo_pair: tuple[str, str], out: Path) -> tuple[dict, list[dict]]:
-    student, teacher = zoo_pair
-    settings = dict(
-        SETTINGS, student_path=student, teacher_path=teacher, objective=objective, output_dir=str(out)
-    )
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "framework.preference", json.dumps(settings)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads((out / "summary.json").read_text())
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return summary, records
+    cfg = compose_config([f"algo={objective}", *COMMON, f"trainer.steps={steps}", *extra])
+    cfg.trainer.output_dir = str(out)
+    student, teacher = str(resolve_model(cfg.pair.student)), str(resolve_model(cfg.pair.teacher))
+    return cfg, _load_pairs(cfg, student, teacher), _load_split(cfg, "eval")[0]
 
 
-@pytest.mark.parametrize("objective", ["ctpd", "dpo"])
-def test_preference_run_learns_the_training_pairs(objective, zoo_pair, tmp_path):
-    summary, records = run(objective, zoo_pair, tmp_path)
-    train = [r for r in records if r["kind"] == "train"]
-    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
-    losses = np.array([r["loss"] for r in train])
-    assert np.isfinite(losses).all()
-    assert losses[-6:].mean() < losses[:6].mean(), losses
+def start(objective: str, out: Path, steps: int):
+    from framework.actors.cluster import start_stages
 
-    start, end = summary["start"], summary["end"]
-    acc = f"train_eval/{objective}_acc"
-    assert end[acc] > start[acc], (start[acc], end[acc])
-    assert end["train_eval/logp_margin"] > start["train_eval/logp_margin"]
-    assert end["train_eval/logp_acc"] > start["train_eval/logp_acc"]
-    assert end[f"train_eval/{objective}_loss"] < start[f"train_eval/{objective}_loss"]
-    if objective == "dpo":  # at the reference every implicit-reward margin is a tie
-        assert start["train_eval/dpo_acc"] == 0.0
-        assert start["train_eval/dpo_loss"] == pytest.approx(math.log(2.0), abs=1e-4)
-    for key in ("eval/logp_acc", "eval/dpo_acc", "eval/ctpd_acc", "eval/teacher_acc"):
-        assert 0.0 <= end[key] <= 1.0
-    assert end["eval/pairs"] == SETTINGS["num_eval_pairs"]
+    cfg, pairs, evals = load(objective, out, steps)
+    return cfg, start_stages(cfg, pairs.student_path, pairs.teacher_path), pairs, evals
 
-    # cross-tokenizer spans: Qwen splits every digit, Llama-3 groups up to three
-    data = summary["data"]
-    assert data["spans/teacher_tokens_per_span"] > data["spans/student_tokens_per_span"] >= 1.0
-    assert data["spans/teacher_mismatch"] == 0.0
 
-    final = Path(summary["final_model_dir"])
-    assert (final / "config.json").is_file()
-    for tag in ("start", "end"):
-        assert 0.0 <= summary["task"][f"{tag}/task_acc"] <= 1.0
-    assert summary["task"]["task_problems"] == SETTINGS["task_eval_problems"]
+def rows_of(out: Path) -> tuple[list[dict], list[dict], dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval/logp_acc" in r]
+    spans = next(r for r in rows if "spans/per_response" in r)
+    return steps, evals, spans
+
+
+def ledger_of(out: Path) -> dict[int, list[str]]:
+    rows = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    return {r["step"]: r["sample_ids"] for r in rows}
+
+
+def test_ctpd_trains_two_ranks_through_the_controller_and_resumes(ray_local, tmp_path):
+    from framework.controller import Controller
+
+    cfg, stages, pairs, evals = start("ctpd", tmp_path, steps=12)
+    try:
+        final = Controller(cfg, stages, pairs.prompts, evals, tmp_path, pairs).run()
+        steps, evals_rows, spans = rows_of(tmp_path)
+        assert [r["step"] for r in steps] == list(range(1, 13))
+        assert all(r["batch/pairs"] == PAIRS_PER_STEP and math.isfinite(r["loss"]) for r in steps)
+        losses = np.array([r["loss"] for r in steps])
+        assert losses[-4:].mean() < losses[:4].mean(), losses
+        first, last = evals_rows[0], evals_rows[-1]
+        assert [r["step"] for r in evals_rows] == [0, 6, 12]
+        assert last["train_eval/ctpd_acc"] > first["train_eval/ctpd_acc"]
+        assert last["train_eval/ctpd_loss"] < first["train_eval/ctpd_loss"]
+        assert last["eval/pairs"] == 24 and 0.0 <= last["eval/ctpd_acc"] <= 1.0
+        assert 0.0 <= final["eval/accuracy"] <= 1.0  # greedy task accuracy of the synced engines
+        # cross-tokenizer spans: Qwen splits every digit, Llama-3 groups up to three
+        assert spans["spans/teacher_tokens_per_span"] > spans["spans/student_tokens_per_span"] >= 1.0
+        ckpt = Path(final["checkpoint"])
+        assert (ckpt / "COMPLETE").exists() and (ckpt / "student" / "model.safetensors").exists()
+        assert list((tmp_path / "wandb").glob("offline-run-*")) and (tmp_path / "best" / "best.json").exists()
+        ledger = ledger_of(tmp_path)
+        # the ledger names each step by the version it trained (0-based)
+        assert sorted(ledger) == list(range(12)) and all(len(v) == PAIRS_PER_STEP for v in ledger.values())
+        reference = {p.pair_id: p.chosen.reference_logprobs for p in pairs.by_id.values()}
+
+        # a new process would start fresh ranks from the initial student: so does this resume
+        stages.restart_learner(cfg.trainer.actor_start_timeout_s)
+        cfg2, pairs2, _ = load("ctpd", tmp_path, 16, "trainer.resume=auto")
+        Controller(cfg2, stages, pairs2.prompts, evals, tmp_path, pairs2).run()
+        assert json.loads((tmp_path / "resumed_from.json").read_text())["step"] == 12
+        # the reference is the initial student's, as in the run that was resumed
+        for pair_id, expected in reference.items():
+            np.testing.assert_allclose(pairs2.by_id[pair_id].chosen.reference_logprobs, expected, atol=1e-5)
+        steps, _, _ = rows_of(tmp_path)
+        assert [r["step"] for r in steps] == list(range(1, 17))
+        ledger = ledger_of(tmp_path)
+        assert sorted(ledger) == list(range(16))
+        # the cursor went on where it stopped: 16 steps of 8 pairs walk the 24 pairs in whole epochs
+        trained = [i for s in range(16) for i in ledger[s]]
+        assert all(sorted(trained[k : k + 24]) == sorted(pairs.by_id) for k in range(0, 120, 24))
+    finally:
+        stop_stages(stages)
+
+
+def test_dpo_starts_at_a_tie_and_learns_the_training_pairs(ray_local, tmp_path):
+    from framework.controller import Controller
+
+    cfg, stages, pairs, evals = start("dpo", tmp_path, steps=12)
+    try:
+        Controller(cfg, stages, pairs.prompts, evals, tmp_path, pairs).run()
+        steps, evals_rows, _ = rows_of(tmp_path)
+        assert len(steps) == 12
+        first, last = evals_rows[0], evals_rows[-1]
+        # at the reference (the student before step 1) every implicit-reward margin is a tie
+        assert first["train_eval/dpo_acc"] == 0.0
+        assert first["train_eval/dpo_loss"] == pytest.approx(math.log(2.0), abs=1e-4)
+        assert last["train_eval/dpo_acc"] > 0.5 and last["train_eval/dpo_loss"] < first["train_eval/dpo_loss"]
+        assert last["train_eval/logp_margin"] > first["train_eval/logp_margin"]
+        assert "eval/accuracy" in last and "eval/teacher_kl" in last
+    finally:
+        stop_stages(stages)

@@ -127,19 +127,15 @@ def test_a_bad_objective_option_fails_at_validation_naming_it():
 
 
 def test_learner_settings_defaults_are_the_configs():
-    """One set of learner defaults: LearnerSettings (and the preference run's settings) default every
-    field they share with LearnerConfig to the config's value (they once disagreed on lr and betas)."""
+    """One set of learner defaults: LearnerSettings defaults every field it shares with LearnerConfig
+    to the config's value (they once disagreed on lr and betas)."""
     from framework.config import LearnerConfig
     from framework.learner.engine import LearnerSettings
-    from framework.preference.run import PreferenceRunSettings
 
     config = {f.name: f.default for f in dataclasses.fields(LearnerConfig)}
     shared = 0
-    for settings in (LearnerSettings, PreferenceRunSettings):
-        for f in dataclasses.fields(settings):
-            if f.name in config and f.name != "backend":  # config: "auto"; a rank needs gloo or nccl
-                assert f.default == config[f.name], (
-                    f"{settings.__name__}.{f.name}: {f.default} vs {config[f.name]}"
-                )
-                shared += 1
-    assert shared >= 14  # the comparison really covers the learner's fields
+    for f in dataclasses.fields(LearnerSettings):
+        if f.name in config and f.name != "backend":  # config: "auto"; a rank needs gloo or nccl
+            assert f.default == config[f.name], f"LearnerSettings.{f.name}: {f.default} vs {config[f.name]}"
+            shared += 1
+    assert shared >= 9  # the comparison really covers the learner's fields

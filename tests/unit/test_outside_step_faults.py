@@ -87,10 +87,10 @@ def test_a_configuration_error_in_the_sync_stops_the_run_with_its_text(controlle
 
 
 def test_an_evaluation_that_times_out_is_skipped_and_counted(controller, monkeypatch, capsys):
-    def hung(log):
+    def hung(step, version, log):
         raise ray.exceptions.GetTimeoutError("Get timed out: some object(s) not ready.")
 
-    monkeypatch.setattr(controller, "_run_eval", hung)
+    monkeypatch.setattr(controller.evaluator, "run", hung)
     assert controller._evaluate(log=None) == {}
     assert controller.faults.counts["eval_failed"] == 1
     assert "eval at step 5 failed (GetTimeoutError" in capsys.readouterr().out

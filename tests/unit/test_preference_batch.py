@@ -170,3 +170,41 @@ def test_metrics_need_teacher_and_reference(mapper):
         preference_metrics(encoded, [np.zeros(r.num_response_tokens) for r in responses_of(encoded)])
     with pytest.raises(ValueError, match="no pairs"):
         build_preference_batch([])
+
+
+@pytest.mark.parametrize("objective, options", [("dpo", {}), ("ctpd", {"mu": 1.0})])
+def test_pairs_dealt_over_ranks_give_the_whole_batch_loss(mapper, objective, options):
+    """What a learner step with several ranks computes: each rank's share (and a pair-padding
+    micro-batch for a rank with fewer micro-batches), normalised by the global pair count, sums to
+    the loss and gradient of the whole batch on one rank; the padding adds nothing."""
+    from framework.learner import deal_by_length, padding_micro_batch
+
+    encoded = encoded_pairs(mapper)
+    loss_fn = make_objective(objective, beta=0.5, **options)
+    whole = build_preference_batch(encoded).inputs
+    counts = LossCounts.of(whole)
+    policy = (whole.reference_logprobs_B_T + 0.3 * torch.randn_like(whole.mask_B_T)).double()
+    logprob_of = {sid: policy[b] for b, sid in enumerate(build_preference_batch(encoded).sample_ids)}
+
+    def loss_of(pairs) -> torch.Tensor:
+        mb = build_preference_batch(pairs)
+        rows = torch.stack([logprob_of[sid][: mb.inputs.mask_B_T.shape[1]] for sid in mb.sample_ids])
+        return loss_fn(TokenLogprobs(rows.float()), mb.inputs, counts).loss
+
+    lengths, ids = [p.max_length for p in encoded], [p.pair_id for p in encoded]
+    shares = deal_by_length(lengths, ids, 2, max(lengths))  # one pair per micro-batch
+    assert sorted(i for s in shares for i in s) == [0, 1, 2] and all(shares)
+    assert shares == deal_by_length(lengths, ids, 2, max(lengths))  # every rank computes the same deal
+    total = sum(loss_of([encoded[i] for i in share]) for share in shares)
+    assert float(total) == pytest.approx(float(loss_of(encoded)), rel=1e-5)
+
+    pad = padding_micro_batch(pad_id=0, pairs=True)
+    assert LossCounts.of(pad.inputs).pairs == 0 and LossCounts.of(pad.inputs).tokens == 0
+    student = torch.zeros(1, 1, requires_grad=True)
+    out = loss_fn(TokenLogprobs(student), pad.inputs, counts)
+    out.loss.backward()
+    assert (
+        float(out.loss.detach()) == 0.0
+        and student.grad is not None
+        and float(student.grad.abs().sum()) == 0.0
+    )

@@ -1,5 +1,5 @@
-"""Preference data sources and the config → run-settings mapping (framework/preference/data.py,
-from_config.py, run.PreferenceRunSettings)."""
+"""Preference data sources (framework/preference/data.py) and how an offline run loads them
+(framework/train.py:_load_pairs → framework/actors/pairs.py:PairBatches)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import json
 
 import pytest
 
-from framework.config import Config
+from framework.config import Config, ConfigError
 from framework.data.prompts import DataError
-from framework.preference import PreferenceRunSettings, load_preference_pairs, read_preference_jsonl
-from framework.preference.from_config import settings_from_config
-from framework.preference.run import load_pairs
+from framework.preference import load_preference_pairs, read_preference_jsonl
+from framework.train import _load_pairs
 
 RECORDS = [
     {"id": "a", "prompt": "Compute 3 + 4.", "chosen": "Answer: 7", "rejected": "Answer: 8"},
@@ -57,33 +56,26 @@ def test_zoo_pairs_held_out_share_no_problem_with_training():
     assert len(train) == 40 and len(held_out) == 20
     assert not {p.pair_id for p in train} & {p.pair_id for p in held_out}
     assert all(p.chosen != p.rejected for p in train + held_out)
-    s = PreferenceRunSettings("s", "t", train_pairs=train, eval_pairs=train[:2])
-    with pytest.raises(ValueError, match="also training pairs"):
-        load_pairs(s)
 
 
-def test_settings_validate_objective_and_options():
-    with pytest.raises(ValueError, match="preference runs train one of"):
-        PreferenceRunSettings("s", "t", objective="opd")
-    with pytest.raises(ValueError, match=r"\['clip_eps'\] are not options of 'dpo'"):
-        PreferenceRunSettings("s", "t", objective="dpo", objective_options={"clip_eps": 0.2})
-    s = PreferenceRunSettings("s", "t", objective="ctpd", beta=0.3, objective_options={"mu": 0.5})
-    assert s.options == {"beta": 0.3, "mu": 0.5}
-
-
-def test_config_maps_onto_run_settings():
+def test_an_offline_run_walks_one_prompt_per_training_pair(tmp_path):
+    path = str(write(tmp_path, RECORDS))
     cfg = Config()
-    cfg.algo.name, cfg.algo.beta = "ctpd", 0.2
-    cfg.teacher.backend = "hf"
-    cfg.trainer.steps, cfg.data.prompts_per_step, cfg.learner.lr = 7, 5, 3e-4
-    s = settings_from_config(cfg, "/student", "/teacher", "/out")
-    assert (s.objective, s.beta, s.steps, s.pairs_per_step, s.lr) == ("ctpd", 0.2, 7, 5, 3e-4)
-    assert (s.student_path, s.teacher_path, s.output_dir) == ("/student", "/teacher", "/out")
-    assert s.teacher_backend == "hf" and s.teacher_options["device"] == "cpu" and s.backend == "gloo"
-    assert s.num_train_pairs == cfg.data.num_train and s.num_eval_pairs == cfg.data.num_eval
-    cfg.algo.name = "opd"
-    with pytest.raises(ValueError, match=r"algo\.name"):
-        settings_from_config(cfg, "/s", "/t", "/o")
-    cfg.algo.name, cfg.learner.num_ranks = "dpo", 2
-    with pytest.raises(ValueError, match=r"learner\.num_ranks"):
-        settings_from_config(cfg, "/s", "/t", "/o")
+    cfg.algo.name, cfg.data.train, cfg.data.eval, cfg.data.num_train = "dpo", path, path, 2
+    pairs = _load_pairs(cfg, "/student", "/teacher")
+    assert [p.prompt_id for p in pairs.prompts] == ["a", "pairs:2"]  # the cursor's ids are the pair ids
+    assert pairs.prompts[0].messages == [{"role": "user", "content": "Compute 3 + 4."}]
+    assert [p.pair_id for p in pairs.raw_held_out] == ["c"]
+    assert not pairs.pending  # nothing is encoded or scored before the actors exist
+
+
+def test_bad_pair_data_stops_the_start_naming_data_train(tmp_path):
+    cfg = Config()
+    cfg.algo.name, cfg.data.train = "ctpd", str(tmp_path / "missing.jsonl")
+    with pytest.raises(ConfigError) as err:
+        _load_pairs(cfg, "/s", "/t")
+    assert err.value.key == "data.train" and "no such file" in str(err.value)
+    path = str(write(tmp_path, RECORDS))
+    cfg.data.train, cfg.data.eval, cfg.data.num_train = path, path, 3  # nothing left to hold out
+    with pytest.raises(ConfigError, match="held-out"):
+        _load_pairs(cfg, "/s", "/t")

@@ -1,4 +1,4 @@
-"""The HF teacher on encoded pairs, and batched greedy task accuracy, with tiny random models."""
+"""The HF teacher on encoded pairs, with tiny random models."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from framework.mapping import TokenMapper
 from framework.preference import (
     attach_teacher_scores,
     encode_pairs,
-    greedy_task_accuracy,
     responses_of,
     teacher_requests,
 )
 from framework.teacher import make_teacher
-from framework.types import PreferencePair, Prompt
+from framework.types import PreferencePair
 from tests.unit.mapping_fixtures import tokenizer_dir
 
 
@@ -66,40 +65,3 @@ def test_hf_teacher_span_logprobs_telescope(models):
         assert total < 0 and r.teacher_logprob == pytest.approx(total)
         assert r.teacher_span_logprobs.sum() == pytest.approx(total, abs=1e-6)
         assert (r.teacher_span_logprobs < 0).all()  # every span holds at least one teacher token
-
-
-def test_greedy_task_accuracy_batches_like_single_prompts(models):
-    from transformers import AutoModelForCausalLM
-
-    info = TokenMapper.from_paths(tokenizer_dir("bl_group"), tokenizer_dir("bl_group")).student
-    prompts = [
-        Prompt(f"q{i}", [{"role": "user", "content": q}], answer=str(i))
-        for i, q in enumerate(["Compute 1 + 2.", "Hi", "Compute 12 + 30 - 4 and explain the steps.", "x"])
-    ]
-    texts: list[str] = []
-
-    def record(text: str, answer: str) -> bool:
-        texts.append(text)
-        return answer in ("0", "2")
-
-    result = greedy_task_accuracy(models["bl_group"], info, prompts, record, max_new_tokens=12, batch_size=3)
-    assert result["n"] == 4 and result["accuracy"] == 0.5
-    assert sum(len(t) > 0 for t in texts) >= 2  # the random model does generate text
-    assert [ok for _, _, ok in result["samples"]] == [True, False, True, False]
-    # each prompt alone (no padding) generates the same text as in the left-padded batch
-    model = AutoModelForCausalLM.from_pretrained(models["bl_group"]).eval()
-    stops = sorted(info.stop_ids)
-    for prompt, text in zip(prompts, texts):
-        ids = torch.tensor(np.array(info.render_prompt_ids(prompt.messages)), dtype=torch.long)[None]
-        with torch.no_grad():
-            out = model.generate(
-                ids, max_new_tokens=12, do_sample=False, eos_token_id=stops, pad_token_id=stops[0]
-            )
-        new = out[0, ids.shape[1] :].numpy()
-        cut = np.flatnonzero(np.isin(new, stops))
-        new = new[: cut[0]] if cut.shape[0] else new
-        assert info.table.join(new).decode("utf-8", errors="replace") == text
-    with pytest.raises(ValueError, match="answer"):
-        greedy_task_accuracy(
-            models["bl_group"], info, [Prompt("n", [{"role": "user", "content": "x"}])], record
-        )
