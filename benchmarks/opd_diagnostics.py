@@ -331,7 +331,7 @@ def _mean_std(values: list[float]) -> dict:
 
 
 def gradient_cosine(args, student, tokenizer, stop_ids, teacher, mapper) -> dict:
-    from framework.zoo.task import make_problems
+    from framework.data.arith import make_problems
 
     if not mapper.is_identity:
         raise SystemExit("the gradient part needs a teacher with the student's tokenizer (--teacher)")
@@ -408,7 +408,7 @@ def gradient_cosine(args, student, tokenizer, stop_ids, teacher, mapper) -> dict
 # ----------------------------------------------------------------------------- part 2: token classes
 def advantage_classes(args, student, tokenizer, stop_ids, pairs) -> dict:
     """``pairs``: (label, teacher path, HFTeacher, TokenMapper); all score the same student responses."""
-    from framework.zoo.task import make_problems, verify
+    from framework.data.arith import make_problems, verify
 
     prompts = make_problems(args.class_samples, args.seed + 1, split="train")
     rollouts = sample_rollouts(

@@ -2,7 +2,9 @@
 
 A model argument is one of
 
-- ``zoo:NAME``: a model of the built-in tiny zoo (``framework.zoo``, imported only when asked for);
+- ``SCHEME:NAME``: a model of an installed model source, found by its entry point in the group
+  ``tokenbridge.model_sources`` (a callable ``(spec, build) -> folder``). This package installs one,
+  ``zoo`` (the demo zoo, ``framework.zoo``: ``zoo:NAME``); the core never imports it;
 - an existing local folder (or file: it is then refused with the reason);
 - ``org/name`` or ``org/name@revision``: a Hugging Face Hub repository, fetched with
   ``huggingface_hub.snapshot_download`` into the Hugging Face cache (``HF_HUB_CACHE`` / ``HF_HOME``),
@@ -26,7 +28,8 @@ from framework.config import ConfigError
 if TYPE_CHECKING:
     from framework.config import Config
 
-ZOO_PREFIX = "zoo:"
+SOURCE_GROUP = "tokenbridge.model_sources"
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][\w-]*):(?!//)")  # zoo:NAME (never a Hub id, which has no ":")
 # org/name with an optional @revision (branch, tag or commit); exactly one "/" and Hub-legal names
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
 
@@ -40,6 +43,14 @@ _HUB_PICKLE_PATTERNS = ["pytorch_model*.bin"]
 _HUB_IGNORE = ["original/*", "consolidated*"]
 
 _FORMS = "a local model folder, a Hugging Face id (org/name or org/name@revision) or zoo:NAME"
+
+
+class ModelSourceError(LookupError):
+    """What a model source raises for a name it cannot give: the problem and the fix, in words."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}. Fix: {fix}")
+        self.problem, self.fix = problem, fix
 
 
 class ModelPathError(ConfigError):
@@ -233,22 +244,22 @@ def resolve_model_dir(
     weights: bool = True,
     allow_pickle_weights: bool = False,
     remote_code: bool = False,
-    build_zoo: bool = True,
+    build: bool = True,
     check: bool = True,
 ) -> str:
     """The local folder of a model argument (see the module doc), checked with :func:`check_model_dir`.
 
     ``weights=False`` asks for the tokenizer only (``tokenbridge-pair``, an http teacher): nothing
-    else is downloaded or required. ``build_zoo=False`` refuses a zoo model that is not built yet
-    instead of building it (minutes). ``check=False`` returns any argument it cannot resolve unchanged.
+    else is downloaded or required. ``build=False`` asks a model source not to build a model it does
+    not have yet (the zoo's take minutes) but to refuse it. ``check=False`` returns any argument it cannot resolve unchanged.
     """
     spec = str(spec).strip()
     if not spec:
         raise ModelPathError(key, "empty model argument", f"give {_FORMS}")
-    if spec.startswith(ZOO_PREFIX):
-        path = _resolve_zoo(spec, key, build_zoo)
-    elif Path(spec).expanduser().exists():
+    if Path(spec).expanduser().exists():
         path = os.path.abspath(Path(spec).expanduser())  # actors may run in another working folder
+    elif (scheme := _SCHEME.match(spec)) is not None:
+        path = _from_source(scheme["scheme"], spec, key, build)
     elif (hub := parse_hub_id(spec)) is not None:
         path = download_from_hub(
             hub[0], hub[1], key=key, weights=weights, allow_pickle_weights=allow_pickle_weights,
@@ -263,18 +274,21 @@ def resolve_model_dir(
     return path
 
 
-def _resolve_zoo(spec: str, key: str, build: bool) -> str:
-    from framework.zoo.build import ZooModelMissing, resolve_model
+def _from_source(scheme: str, spec: str, key: str, build: bool) -> str:
+    """``spec`` from the model source installed under ``scheme`` (module docstring)."""
+    from importlib.metadata import entry_points
 
-    try:
-        return resolve_model(spec, build=build)
-    except ZooModelMissing as err:
+    found = [ep for ep in entry_points(group=SOURCE_GROUP) if ep.name == scheme]
+    if not found:
+        installed = sorted(ep.name for ep in entry_points(group=SOURCE_GROUP))
         raise ModelPathError(
-            key, f"zoo model {err.name!r} is not built (looked in {err.path})",
-            f"run `{err.command}` once to build it (or set TOKENBRIDGE_HOME to the home of a built one)",
-        ) from None  # fmt: skip
-    except ValueError as err:  # an unknown zoo name
-        raise ModelPathError(key, f"{spec!r}: {err}", "use one of the names listed above") from None
+            key, f"{spec!r}: no model source {scheme!r} is installed (installed: {installed})",
+            f"give {_FORMS}, or install the package that provides {scheme}:",
+        )  # fmt: skip
+    try:
+        return str(found[0].load()(spec, build=build))
+    except ModelSourceError as err:
+        raise ModelPathError(key, err.problem, err.fix) from None
 
 
 def resolve_pair(cfg: Config) -> tuple[str, str]:
@@ -297,6 +311,7 @@ def resolve_pair(cfg: Config) -> tuple[str, str]:
 
 __all__ = [
     "ModelPathError",
+    "ModelSourceError",
     "check_model_dir",
     "download_from_hub",
     "hub_cache_dir",

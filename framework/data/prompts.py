@@ -213,7 +213,7 @@ def load_prompts(
 ) -> tuple[list[Prompt], LoadReport]:
     """Prompts for ``split`` ("train" / "eval") from the zoo task or a file (at most ``n`` of them)."""
     if source == ZOO_TASK:
-        from framework.zoo.task import make_problems
+        from framework.data.arith import make_problems
 
         prompts = make_problems(n, seed=seed, split={"eval": "test"}.get(split, split))
         return prompts, LoadReport(source=source, loaded=len(prompts))

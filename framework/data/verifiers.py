@@ -18,7 +18,7 @@ def get_verifier(source: str | None) -> Verifier | None:
     if source is None:
         return None
     if source == "zoo:arith":
-        from framework.zoo.task import verify
+        from framework.data.arith import verify
 
         return verify
     return exact_match

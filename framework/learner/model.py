@@ -54,7 +54,7 @@ def load_student(
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"model_path {str(path)!r} is not a Hugging Face model directory (no config.json); pass a local "
-            "directory written by save_pretrained (e.g. framework.zoo.model_path(name))"
+            "directory written by save_pretrained (e.g. what framework.models.resolve_model_dir gives for zoo:NAME)"
         )
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     check_logprob_head(config)

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from framework.home import tokenbridge_home
 from framework.mapping.token_bytes import TokenByteTable
 from framework.mapping.topk import ProjectionMap
 
@@ -68,8 +69,6 @@ def cache_dir() -> Path | None:
         return None
     if setting:
         return Path(setting).expanduser()
-    from framework.zoo.settings import tokenbridge_home
-
     return tokenbridge_home() / "cache" / "mapping"
 
 

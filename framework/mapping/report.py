@@ -55,7 +55,7 @@ def resolve_path(spec: str, key: str = "model") -> str:
     raises :class:`framework.models.ModelPathError` naming ``key`` when it cannot be used."""
     from framework.models import resolve_model_dir
 
-    return resolve_model_dir(spec, key=key, weights=False, build_zoo=False)
+    return resolve_model_dir(spec, key=key, weights=False, build=False)
 
 
 def _side(info: TokenizerInfo) -> dict:

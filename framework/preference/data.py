@@ -54,19 +54,19 @@ def load_preference_pairs(
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """(training pairs, held-out pairs) with no pair id in both.
 
-    ``zoo:arith``: `framework.zoo.task.make_preferences` (held-out pairs come from another seed, minus any
+    ``zoo:arith``: `framework.data.arith.make_preferences` (held-out pairs come from another seed, minus any
     problem that is also a training pair). A file: its first ``num_train`` pairs; a held-out file that is
     the same file gives the ``num_eval`` pairs after those.
     """
     if train_source == ZOO_PAIRS:
-        from framework.zoo.task import make_preferences
+        from framework.data.arith import make_preferences
 
         train = make_preferences(num_train, seed)
     else:
         train = read_preference_jsonl(train_source)[:num_train]
     used = {p.pair_id for p in train}
     if eval_source == ZOO_PAIRS:
-        from framework.zoo.task import make_preferences
+        from framework.data.arith import make_preferences
 
         candidates = make_preferences(num_eval + len(train), seed + 7919)
     elif eval_source == train_source:

@@ -19,7 +19,7 @@ def validate_model_path(model_path: str) -> None:
     if not os.path.isdir(model_path):
         raise FileNotFoundError(
             f"model_path={model_path!r} is not a directory; pass a local Hugging Face model folder "
-            "(config.json + safetensors), e.g. framework.zoo.model_path('student-llama3')"
+            "(config.json + safetensors), e.g. what framework.models.resolve_model_dir gives for zoo:NAME or a Hub id"
         )
     if not os.path.isfile(os.path.join(model_path, "config.json")):
         raise FileNotFoundError(f"model_path={model_path!r} has no config.json; is it a HF model folder?")

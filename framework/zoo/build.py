@@ -170,8 +170,8 @@ def _build_model(
     import torch
     from transformers import AutoTokenizer, GenerationConfig
 
+    from framework.data.arith import make_problems, split_size
     from framework.zoo.models import create_model, make_config, num_parameters
-    from framework.zoo.task import make_problems, split_size
     from framework.zoo.training import accuracy, train_sft
 
     start = time.perf_counter()
@@ -395,6 +395,22 @@ def resolve_model(spec: str, build: bool = True) -> str:
 
 
 REAL_PREFIX = "real/"
+
+
+def model_source(spec: str, build: bool = True) -> str:
+    """The zoo as a model source of the core (``framework.models``; entry point ``zoo`` in the group
+    ``tokenbridge.model_sources``): `resolve_model`, its refusals as ``ModelSourceError``."""
+    from framework.models import ModelSourceError
+
+    try:
+        return resolve_model(spec, build=build)
+    except ZooModelMissing as err:
+        raise ModelSourceError(
+            f"zoo model {err.name!r} is not built (looked in {err.path})",
+            f"run `{err.command}` once to build it (or set TOKENBRIDGE_HOME to the home of a built one)",
+        ) from None
+    except ValueError as err:  # an unknown zoo name
+        raise ModelSourceError(f"{spec!r}: {err}", "use one of the names listed above") from None
 
 
 def _resolve_real(name: str, build: bool) -> str:

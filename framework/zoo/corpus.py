@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from framework.zoo.task import random_problem
+from framework.data.arith import random_problem
 
 _WORDS = [
     "the",

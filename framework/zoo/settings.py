@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from framework.zoo.task import task_settings
+from framework.data.arith import task_settings
+from framework.home import tokenbridge_home
 
 ZOO_FORMAT_VERSION = 2  # bump when the build code changes what it produces
 
@@ -142,10 +141,6 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     _student("student-qwen", "qwen", "qwen2"),
     _student("student-gemma", "gemma", "llama"),
 )
-
-
-def tokenbridge_home() -> Path:
-    return Path(os.environ.get("TOKENBRIDGE_HOME", Path.home() / ".cache" / "tokenbridge")).expanduser()
 
 
 __all__ = ["DEFAULT_MODELS", "ModelSpec", "TokenizerSpec", "ZooSettings", "tokenbridge_home"]

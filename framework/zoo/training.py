@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from framework.data.arith import reference_response, verify
 from framework.types import Prompt
-from framework.zoo.task import reference_response, verify
 
 
 @dataclass

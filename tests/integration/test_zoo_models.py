@@ -15,9 +15,9 @@ import time
 import pytest
 import torch
 
+from framework.data.arith import make_problems, verify
 from framework.zoo import FAMILIES, build_zoo
 from framework.zoo.families import style
-from framework.zoo.task import make_problems, verify
 
 pytestmark = pytest.mark.integration
 

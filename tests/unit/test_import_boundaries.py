@@ -58,3 +58,31 @@ def test_no_file_over_600_lines():
         if (n := len(p.read_text().splitlines())) > 600
     }
     assert not big, big
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Full dotted names of every absolute import, in-function imports included."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_the_core_never_imports_the_demo_zoo():
+    """The zoo is a plug-in of the core: its models arrive through the ``tokenbridge.model_sources``
+    entry point (framework/models.py), its task lives in framework/data/arith.py."""
+    offenders = {
+        str(p.relative_to(FRAMEWORK)): sorted(
+            m for m in _imported_modules(p) if m.startswith("framework.zoo")
+        )
+        for p in FRAMEWORK.rglob("*.py")
+        if _top(p) != "zoo"
+    }
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, offenders
+    zoo_files = list((FRAMEWORK / "zoo").rglob("*.py"))  # the check sees the zoo importing itself
+    assert any("framework.zoo.settings" in _imported_modules(p) for p in zoo_files)

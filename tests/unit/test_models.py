@@ -206,19 +206,19 @@ def test_zoo_names_go_to_the_zoo_resolver(monkeypatch, tiny_model):
 
     monkeypatch.setattr(zoo_build, "resolve_model", fake_resolve)
     assert resolve_model_dir("zoo:student-llama3") == str(tiny_model)
-    assert resolve_model_dir("zoo:teacher-qwen", weights=False, build_zoo=False) == str(tiny_model)
+    assert resolve_model_dir("zoo:teacher-qwen", weights=False, build=False) == str(tiny_model)
     assert calls == [("zoo:student-llama3", True), ("zoo:teacher-qwen", False)]
 
 
 def test_a_missing_zoo_says_to_run_tokenbridge_zoo_and_builds_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENBRIDGE_HOME", str(tmp_path / "home"))
     with pytest.raises(ModelPathError) as info:
-        resolve_model_dir("zoo:student-llama3", key="--student", build_zoo=False)
+        resolve_model_dir("zoo:student-llama3", key="--student", build=False)
     assert "not built" in info.value.problem and str(tmp_path / "home") in info.value.problem
     assert "tokenbridge-zoo" in info.value.fix
     assert not (tmp_path / "home").exists()  # nothing was built or even locked
     with pytest.raises(ModelPathError, match="unknown zoo model"):
-        resolve_model_dir("zoo:no-such-model", build_zoo=False)
+        resolve_model_dir("zoo:no-such-model", build=False)
 
 
 def test_real_tier_models_resolve_as_zoo_real_names(tmp_path, monkeypatch, tiny_model):
@@ -226,10 +226,10 @@ def test_real_tier_models_resolve_as_zoo_real_names(tmp_path, monkeypatch, tiny_
 
     monkeypatch.setenv("TOKENBRIDGE_HOME", str(tmp_path / "home"))
     with pytest.raises(ModelPathError) as info:  # not built, and not allowed to build
-        resolve_model_dir("zoo:real/smollm2-135m-instruct", key="pair.student", build_zoo=False)
+        resolve_model_dir("zoo:real/smollm2-135m-instruct", key="pair.student", build=False)
     assert "tokenbridge-zoo --real" in info.value.fix and not (tmp_path / "home").exists()
     with pytest.raises(ModelPathError, match="unknown real model 'nope'"):
-        resolve_model_dir("zoo:real/nope", build_zoo=False)
+        resolve_model_dir("zoo:real/nope", build=False)
     built = []  # building asks the real tier for that one model only
     monkeypatch.setattr(real, "build_real_tier", lambda **kw: built.append(kw))
     monkeypatch.setattr(real, "real_model_path", lambda name: tiny_model)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from framework.data import arith as task
 from framework.types import Prompt
-from framework.zoo import task
 
 
 def test_reference_response_is_a_worked_answer_that_verifies():

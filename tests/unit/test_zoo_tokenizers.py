@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from framework.data.arith import make_problems, reference_response
 from framework.types import Prompt
 from framework.zoo import FAMILIES, tokenizer_path
 from framework.zoo.families import style
-from framework.zoo.task import make_problems, reference_response
 
 METASPACE_MARK = "▁"  # U+2581: SentencePiece-style tokenizers decode it as a space (inherent)
 
