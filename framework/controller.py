@@ -9,7 +9,6 @@ replicas, mapping workers) and ``_recover_learner`` (design §7).
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -17,21 +16,18 @@ from pathlib import Path
 import ray
 
 from framework import checkpoint
+from framework.actors import streaming
 from framework.actors.cluster import Stages
 from framework.actors.evaluation import Evaluator
 from framework.actors.failures import Kind, RunStopped, classify, first_line
 from framework.actors.pairs import PairBatches
 from framework.actors.stats import StageMeter
-from framework.actors.streaming import RAY_FAILURES, EmptyBatch, FaultBook, SampleStream
 from framework.config import Config
-from framework.data import PromptCursor
+from framework.data import PromptQueue
 from framework.eval import summarize_run
 from framework.ledger import Ledger
 from framework.logging import RunLogger, open_run_log, say, truncate_metrics_after
 from framework.types import Prompt
-
-# what eval, sync and checkpoint may raise and the run survives (see _outside_step_failed)
-OUTSIDE_STEP_FAILURES = (*RAY_FAILURES, ray.exceptions.GetTimeoutError, OSError)
 
 
 class Controller:
@@ -40,19 +36,16 @@ class Controller:
     def __init__(self, cfg: Config, stages: Stages, train: list[Prompt], evals: list[Prompt],
                  output_dir: Path, pairs: PairBatches | None = None):  # fmt: skip
         self.cfg, self.stages, self.output_dir = cfg, stages, output_dir
-        self.train_prompts, self.eval_prompts = train, evals
-        self.cursor = PromptCursor(train, seed=cfg.trainer.seed)
+        self.queue = PromptQueue(train, seed=cfg.trainer.seed)
         self.step, self.version, self.synced = 0, 0, 0  # synced: the version the engines hold
-        self.requeued: deque[list[Prompt]] = deque()  # prompts of batches in flight at a checkpoint
-        self.faults = FaultBook(cfg.trainer.max_restarts)
-        self.stream = SampleStream(cfg, stages, self.faults, version=lambda: self.version)
-        self.pairs = pairs
-        self.batches: SampleStream | PairBatches = pairs or self.stream  # where training batches come from
+        self.faults = streaming.FaultBook(cfg.trainer.max_restarts)
+        self.stream = streaming.SampleStream(cfg, stages, self.faults, version=lambda: self.version)
+        self.pairs = pairs  # offline: the batch source; online, the stream is
+        self.batches: streaming.SampleStream | PairBatches = pairs or self.stream
         self.meter = StageMeter()
         self.evaluator = Evaluator(cfg, stages, self.stream, evals, output_dir, pairs)
         self.ledger = Ledger(output_dir / "ledger.jsonl")
 
-    # ---------------------------------------------------------------- the loop
     def run(self) -> dict[str, float]:
         t = self.cfg.trainer
         open_run_log(self.output_dir)  # what the console shows also goes to OUTPUT/train.log
@@ -67,8 +60,7 @@ class Controller:
                 if metrics is None:  # an empty batch (the stream said why) or a learner recovered
                     continue
                 log.log(self.step, metrics)
-                shown = {"loss": metrics.get("loss"), "kl": metrics.get("batch/reverse_kl")}  # kl: online
-                log.advance({k: v for k, v in shown.items() if v is not None})
+                log.advance(metrics)
                 if t.eval_every and self.step % t.eval_every == 0 and self.step < t.steps:
                     final = self._evaluate(log)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
@@ -83,23 +75,17 @@ class Controller:
     def _step(self) -> dict[str, float] | None:
         """One step: launch batches (source → generate → map → score → map), train the oldest, sync."""
         t, start, times = self.cfg.trainer, time.perf_counter(), {}
-        while (
-            len(self.batches.pending) < t.max_staleness + 1
-            and self.step + len(self.batches.pending) < t.steps
-        ):
-            prompts = (
-                self.requeued.popleft() if self.requeued else self.cursor.take(self.cfg.data.prompts_per_step)
-            )
-            self.batches.launch(self.step + len(self.batches.pending), prompts)
+        while len(pending := self.batches.pending) <= t.max_staleness and self.step + len(pending) < t.steps:
+            self.batches.launch(self.step + len(pending), self.queue.next(self.cfg.data.prompts_per_step))
         try:
             refs = self.batches.collect()
-        except EmptyBatch:
+        except streaming.EmptyBatch:
             return None
         times["wait_samples"] = time.perf_counter() - start
         times["sleep"] = self._colocated(self.stages.sleep_rollout)  # colocated: the learner's GPUs
         try:
             metrics = self.stages.learner.train_step(refs, self.version, timeout_s=t.learner_timeout_s)
-        except (*RAY_FAILURES, ray.exceptions.GetTimeoutError):
+        except (*streaming.RAY_FAILURES, ray.exceptions.GetTimeoutError):
             self._colocated(partial(self.stages.wake_rollout, None))
             self._recover_learner()
             return None
@@ -112,20 +98,18 @@ class Controller:
         due = self.pairs is None and (self.step % t.sync_every == 0 or self.step == t.steps)
         times["sync"] = self._sync() if due else 0.0
         times["wake"] += self._colocated(partial(self.stages.wake_rollout, ["kv_cache"]))
-        if not self.stages.colocated:
-            del times["sleep"], times["wake"]
-        metrics.update({f"time/{k}_s": v for k, v in times.items()})
-        metrics["time/step_s"] = time.perf_counter() - start
-        metrics.update(self.meter.step(self.stages.stats(), metrics["time/step_s"]))
-        return {**metrics, **self._fault_metrics()}
+        times["step"] = time.perf_counter() - start
+        skip = () if self.stages.colocated else ("sleep", "wake")
+        metrics.update({f"time/{k}_s": v for k, v in times.items() if k not in skip})
+        metrics.update(self.meter.step(self.stages.stats(), times["step"]))
+        return {**metrics, **self.faults.metrics(self.stages.restarts)}
 
     def _sync(self) -> float:
-        """Weights into the engines. Engines lost on the way are replaced; a failed export (the
-        learner's side) is a learner fault: new ranks, back to the last checkpoint."""
+        """Weights into the engines; lost engines are replaced, a failed export is a learner fault."""
         start = time.perf_counter()
         try:
             lost = self.stages.sync_weights(self.version, timeout_s=self.cfg.trainer.sync_timeout_s)
-        except OUTSIDE_STEP_FAILURES as exc:
+        except streaming.OUTSIDE_STEP_FAILURES as exc:
             self._outside_step_failed("sync", exc)
             self._recover_learner()
             return time.perf_counter() - start
@@ -151,26 +135,29 @@ class Controller:
             self.stream.replace_rollout(index, "lost_in_sleep_wake")
         return time.perf_counter() - start
 
-    def _fault_metrics(self) -> dict[str, float]:
-        return self.faults.metrics(self.stages.restarts)
-
     def _evaluate(self, log: RunLogger) -> dict[str, float]:
         """An evaluation that fails is skipped (counted, said); lost engines are repaired on next use."""
         try:
             if self.synced != self.version:  # offline runs, or a sync cadence longer than one step
                 self._sync()
             return self.evaluator.run(self.step, self.version, log)
-        except OUTSIDE_STEP_FAILURES as exc:
+        except streaming.OUTSIDE_STEP_FAILURES as exc:
             self._outside_step_failed("eval", exc)
             return {}
 
-    # ---------------------------------------------------------------- checkpoints
     def _checkpoint(self, last: bool = False) -> Path | None:
         """A checkpoint that cannot be written (disk full, a learner lost while saving) leaves the
         previous ones intact and the run going; the run's last checkpoint must be written."""
         try:
-            return self._write_checkpoint()
-        except OUTSIDE_STEP_FAILURES as exc:
+            tmp = checkpoint.begin(self.output_dir, self.step)
+            self.stages.learner.save(tmp, timeout_s=self.cfg.trainer.learner_timeout_s)
+            state = {"step": self.step, "version": self.version,
+                     **self.queue.state([b.prompts for b in self.batches.pending]),  # redone on resume
+                     **self.faults.state(self.stages.restarts)}  # a resumed run's faults/* go on  # fmt: skip
+            final = checkpoint.commit(tmp, state)
+            checkpoint.prune(self.output_dir, self.cfg.trainer.keep_checkpoints)
+            return final
+        except streaming.OUTSIDE_STEP_FAILURES as exc:
             checkpoint.remove_stale(self.output_dir)  # the half-written folder
             if last:
                 raise RunStopped(f"the final checkpoint (step {self.step}): {first_line(exc)}") from None
@@ -178,21 +165,6 @@ class Controller:
             if not isinstance(exc, OSError):
                 self._recover_learner()
             return None
-
-    def _write_checkpoint(self) -> Path:
-        tmp = checkpoint.begin(self.output_dir, self.step)
-        self.stages.learner.save(tmp, timeout_s=self.cfg.trainer.learner_timeout_s)
-        state = {
-            "step": self.step,
-            "version": self.version,
-            "cursor": self.cursor.state(),
-            # batches already launched but not trained are regenerated after a resume
-            "requeued_prompt_ids": [[p.prompt_id for p in b.prompts] for b in self.batches.pending],
-            **self.faults.state(self.stages.restarts),  # a resumed run's faults/* continue from here
-        }
-        final = checkpoint.commit(tmp, state)
-        checkpoint.prune(self.output_dir, self.cfg.trainer.keep_checkpoints)
-        return final
 
     def _restore(self, ckpt: Path | None = None) -> None:
         resume, startup = self.cfg.trainer.resume, ckpt is None  # else: a learner recovery mid-run
@@ -205,9 +177,7 @@ class Controller:
         state = checkpoint.load_controller_state(ckpt)
         self.stages.learner.load(ckpt, timeout_s=self.cfg.trainer.learner_timeout_s)
         self.step, self.version = int(state["step"]), int(state["version"])
-        self.cursor = PromptCursor.from_state(self.train_prompts, self.cfg.trainer.seed, state["cursor"])
-        by_id = {p.prompt_id: p for p in self.train_prompts}
-        self.requeued = deque([by_id[i] for i in ids] for ids in state.get("requeued_prompt_ids", []))
+        self.queue.load(state)
         self.ledger.truncate_after(self.step)  # steps trained after the checkpoint are redone
         if startup:  # mid-run, the log is open for appending and the live counts hold the checkpoint's
             truncate_metrics_after(self.output_dir / "metrics.jsonl", self.step)
@@ -220,11 +190,10 @@ class Controller:
         self.faults.record("learner_failed", sum(self.stages.restarts.values()))
         self.stages.restart_learner(self.cfg.trainer.actor_start_timeout_s)
         self.batches.pending.clear()
-        ckpt = checkpoint.latest_complete(self.output_dir)
-        if ckpt is not None:
+        if (ckpt := checkpoint.latest_complete(self.output_dir)) is not None:
             self._restore(ckpt)
         else:  # no checkpoint yet: from the initial weights and the first prompt
-            self.step, self.version, self.requeued = 0, 0, deque()
-            self.cursor = PromptCursor(self.train_prompts, seed=self.cfg.trainer.seed)
+            self.step, self.version = 0, 0
+            self.queue.reset()
             self.ledger.truncate_after(0)
             self._sync()

@@ -188,14 +188,22 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        if not clean:
+            return
         self.jsonl.write(json.dumps({"step": step, "time": time.time() - self._t0, **clean}) + "\n")
         self.jsonl.flush()
         if self.wandb is not None:
             self.wandb.log(clean, step=step)
 
-    def advance(self, summary: dict[str, float]) -> None:
+    def advance(self, metrics: dict[str, float]) -> None:
+        """One step done: the bar shows its loss and, online, the batch's teacher reverse-KL."""
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in summary.items()}, refresh=False)
+            shown = {
+                name: metrics[key]
+                for name, key in (("loss", "loss"), ("kl", "batch/reverse_kl"))
+                if key in metrics
+            }
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
             self.bar.update(1)
 
     def log_generations(self, step: int, rows: list[dict[str, Any]]) -> None:

@@ -40,6 +40,8 @@ from framework.logging import say
 from framework.types import Prompt
 
 RAY_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, ray.exceptions.ObjectLostError)
+# what evaluation, weight sync and checkpoints may raise and the run survives (design §7.4)
+OUTSIDE_STEP_FAILURES = (*RAY_FAILURES, ray.exceptions.GetTimeoutError, OSError)
 
 
 class StageFailure(RuntimeError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,32 @@ class PromptCursor:
     @classmethod
     def from_state(cls, prompts: list[Prompt], seed: int, state: dict[str, int]) -> PromptCursor:
         return cls(prompts, seed, epoch=int(state["epoch"]), index=int(state["index"]))
+
+
+class PromptQueue:
+    """What a run trains next: the prompts of batches that were in flight at the checkpoint a run
+    resumed from (they are trained first, as they would have been), then the cursor's walk."""
+
+    def __init__(self, prompts: list[Prompt], seed: int):
+        self.prompts, self.seed = prompts, seed
+        self.reset()
+
+    def reset(self) -> None:
+        """From the first prompt, nothing re-queued (a run restarted from its initial weights)."""
+        self.cursor = PromptCursor(self.prompts, self.seed)
+        self.requeued: deque[list[Prompt]] = deque()
+
+    def next(self, k: int) -> list[Prompt]:
+        return self.requeued.popleft() if self.requeued else self.cursor.take(k)
+
+    def state(self, in_flight: list[list[Prompt]]) -> dict[str, Any]:
+        """For a checkpoint: the cursor and the batches launched but not trained (redone on resume)."""
+        return {
+            "cursor": self.cursor.state(),
+            "requeued_prompt_ids": [[p.prompt_id for p in b] for b in in_flight],
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.cursor = PromptCursor.from_state(self.prompts, self.seed, state["cursor"])
+        by_id = {p.prompt_id: p for p in self.prompts}
+        self.requeued = deque([by_id[i] for i in ids] for ids in state.get("requeued_prompt_ids", []))

@@ -29,6 +29,11 @@ def _controller(out: Path, max_restarts: int = 20) -> Controller:
     return Controller(cfg, FakeStages(), PROMPTS, PROMPTS[:1], out)  # type: ignore[arg-type]
 
 
+def fault_metrics(ctl: Controller) -> dict[str, float]:
+    """What the step logs under faults/* (Controller._step)."""
+    return ctl.faults.metrics(ctl.stages.restarts)
+
+
 def _faults_of_the_first_process(ctl: Controller) -> None:
     ctl.step = ctl.version = 5
     ctl.faults.note("sync_failed")
@@ -45,14 +50,14 @@ def test_a_resume_continues_the_fault_counters_from_the_checkpoint(tmp_path):
     saved = checkpoint.load_controller_state(ckpt)
     assert saved["faults"] == {"sync_failed": 1, "skipped_too_long": 3, "requeued_samples": 7}
     assert saved["restarts"] == {"rollout": 2, "learner": 1}
-    before = first._fault_metrics()
+    before = fault_metrics(first)
 
     second = _controller(tmp_path)  # the driver crashed; trainer.resume=auto
     second._restore()
-    assert second.step == 5 and second._fault_metrics() == before
+    assert second.step == 5 and fault_metrics(second) == before
     second.faults.note("sync_failed")
     second.stages.restarts["rollout"] += 1
-    metrics = second._fault_metrics()
+    metrics = fault_metrics(second)
     assert metrics["faults/sync_failed"] == 2.0 and metrics["faults/skipped_too_long"] == 3.0
     assert metrics["faults/restarts_rollout"] == 3.0 and metrics["faults/restarts_learner"] == 1.0
 
@@ -60,7 +65,7 @@ def test_a_resume_continues_the_fault_counters_from_the_checkpoint(tmp_path):
     second._checkpoint()
     third = _controller(tmp_path)
     third._restore()
-    assert third.step == 10 and third._fault_metrics() == metrics
+    assert third.step == 10 and fault_metrics(third) == metrics
 
 
 def test_the_restart_budget_is_per_process_so_a_resumed_run_does_not_stop_at_once(tmp_path):
@@ -75,7 +80,7 @@ def test_the_restart_budget_is_per_process_so_a_resumed_run_does_not_stop_at_onc
     second._restore()
     second.faults.record("teacher_died", sum(second.stages.restarts.values()))  # a fresh budget
     assert second.faults.counts["teacher_died"] == 2
-    assert second._fault_metrics()["faults/restarts_teacher"] == 1.0  # the logged counter stays cumulative
+    assert fault_metrics(second)["faults/restarts_teacher"] == 1.0  # the logged counter stays cumulative
 
 
 def test_a_learner_recovery_mid_run_keeps_the_live_counts(tmp_path):
@@ -86,7 +91,7 @@ def test_a_learner_recovery_mid_run_keeps_the_live_counts(tmp_path):
     ctl.faults.note("sync_failed")  # after the checkpoint: it happened, the steps are redone
     ctl._recover_learner()  # back to the checkpoint of step 5, counters not rolled back
     assert ctl.step == 5
-    metrics = ctl._fault_metrics()
+    metrics = fault_metrics(ctl)
     assert metrics["faults/sync_failed"] == 2.0 and metrics["faults/learner_failed"] == 1.0
     assert metrics["faults/restarts_learner"] == 2.0
 
@@ -99,8 +104,10 @@ def test_an_older_checkpoint_without_counters_resumes_from_zero(tmp_path):
 
     ctl = _controller(tmp_path)
     ctl._restore()
-    assert (ctl.step, ctl.version) == (4, 4) and [[p.prompt_id for p in b] for b in ctl.requeued] == [["p3"]]
-    assert ctl._fault_metrics() == {}
+    assert (ctl.step, ctl.version) == (4, 4) and [[p.prompt_id for p in b] for b in ctl.queue.requeued] == [
+        ["p3"]
+    ]
+    assert fault_metrics(ctl) == {}
     ctl.faults.note("eval_failed")
     ctl.stages.restarts["rollout"] += 1
-    assert ctl._fault_metrics() == {"faults/eval_failed": 1.0, "faults/restarts_rollout": 1.0}
+    assert fault_metrics(ctl) == {"faults/eval_failed": 1.0, "faults/restarts_rollout": 1.0}

@@ -13,6 +13,7 @@ import pytest
 from framework import checkpoint
 from framework import logging as run_logging
 from framework.config import Config, ConfigError
+from framework.data import PromptQueue
 from framework.ledger import Ledger
 from framework.types import Prompt
 
@@ -134,7 +135,7 @@ def test_controller_resume_truncates_ledger_and_metrics(tmp_path):
     ctl = _controller(out, resume="auto")
     loaded = []
     ctl.stages = SimpleNamespace(learner=SimpleNamespace(load=lambda c, timeout_s: loaded.append(c)))
-    ctl.train_prompts, ctl._sync = [Prompt("p0", [])], lambda: 0.0
+    ctl.queue, ctl._sync = PromptQueue([Prompt("p0", [])], seed=0), lambda: 0.0
     (out / "checkpoints" / "step_000004" / "controller.json").write_text('{"step": 2, "vers')  # cut short
     ctl._restore()
     assert loaded == [out / "checkpoints" / "step_000002"] and ctl.step == 2
