@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import shutil
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +17,7 @@ from framework.actors.placement import colocated_gpus, pack, role_options, share
 from framework.actors.pool import ActorPool, gather_stats
 from framework.actors.rollout import RolloutWorker
 from framework.actors.teacher import TeacherWorker
+from framework.actors.weights import FileWeights, NcclWeights, choose_weight_path
 from framework.algo.registry import needs_topk_support, objective_kwargs
 from framework.config import Config
 from framework.logging import say
@@ -42,11 +39,12 @@ class Stages:
     start_timeout_s: float = 900.0  # trainer.actor_start_timeout_s
     learner_factory: Callable[[int], Any] | None = None  # make learner rank r
     restarts: Counter[str] = field(default_factory=Counter)  # replacements by role, this process
-    # CPU weight sync (see sync_weights): the folder on learner rank 0's node, the last file written
-    sync_folder: str | None = None
-    latest_weights: tuple[int, str] | None = None  # (version, path)
-    _learner_ip: str | None = field(default=None, init=False, repr=False)
-    _cleanup: weakref.finalize | None = field(default=None, init=False, repr=False)
+    weight_path: str = "file"  # "file" | "nccl": how weights reach the engines (actors/weights.py)
+    engine_workers: int = 1  # vLLM workers per rollout engine (rollout.tensor_parallel_size)
+    weights: FileWeights | NcclWeights = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.weights = NcclWeights(self) if self.weight_path == "nccl" else FileWeights(self)
 
     @property
     def rollout(self) -> list:
@@ -76,90 +74,20 @@ class Stages:
             pool.record_trees()
 
     def sync_weights(self, version: int, timeout_s: float, engines: list | None = None) -> list[int]:
-        """Learner → rollout engines through ONE safetensors file on the shared node's filesystem.
-
-        Learner rank 0 writes ``weights-v{version}.safetensors`` into the sync folder (every rank
-        joins the gather), then each engine reloads it in place, streaming one tensor at a time. Only
-        the path travels through Ray: the weights exist once on disk / in the page cache, not as a
-        byte string copied through the object store, this driver, the engine actor and vLLM's RPC.
-        That needs learner rank 0 and every engine on ONE node (a local file); a sync that would cross
-        nodes raises (the cross-node GPU path, ``rollout/weight_sync.py:NcclWeightSync``, is not
-        wired). After the loads, older files are deleted: only the latest stays, so that a restarted
-        engine (``engines=[new]``, same ``version``) reloads it without a new export.
-
-        Returns the indexes of engines that died or hung during the sync (the caller replaces them);
-        a learner failure raises.
-        """
-        # a replacement still starting is synced by poll_started once it is up
-        up = self.usable("rollout")
+        """The learner's weights into the rollout engines that are up (``engines``: only those, e.g. a
+        replacement), by this run's weight path (``actors/weights.py``). Returns the indexes of
+        engines that died or hung during the sync (the caller replaces them); a learner failure
+        raises."""
+        up = self.usable("rollout")  # a replacement still starting is synced by poll_started once up
         targets = [self.rollout[i] for i in up] if engines is None else engines
-        self._check_one_node(targets, timeout_s)
-        if engines is not None and self.latest_weights is not None and self.latest_weights[0] == version:
-            path = self.latest_weights[1]  # a replacement engine: the current weights are on disk
-        else:
-            path = os.path.join(self._sync_folder(timeout_s), f"weights-v{version}.safetensors")
-            ray.get(self.learner.export_refs(path), timeout=timeout_s)  # paths only; raises if a rank failed
-            self.latest_weights = (version, path)
-        loads = [engine.load_weights.remote(path, version) for engine in targets]
-        failed = self.pools["rollout"].failed_calls(loads, targets, timeout_s)
-        # every load has finished (or its engine is dead / hung and about to be replaced): drop the rest
-        ray.get(self.learner.ranks[0].remove_sync_files.remote(self.sync_folder, path), timeout=timeout_s)
+        failed = self.weights.sync(version, targets, timeout_s)
         if engines is not None and failed:
             raise RuntimeError(f"a freshly started engine failed its first weight sync: {failed}")
         return failed if engines is not None else [up[i] for i in failed]
 
-    def _sync_folder(self, timeout_s: float) -> str:
-        """The run's sync folder, made once by learner rank 0 in its node's system temp dir.
-
-        Not under the run's output folder: that one may be a network volume shared by every node
-        (slow for a full model per step, and kept after the run), while the file only has to live
-        until the engines on this node have read it. The temp dir honours ``TMPDIR``; where it is a
-        tmpfs (RAM), point ``TMPDIR`` at a disk folder to keep the file out of memory. ``close``
-        removes the folder; a driver on the learner's node also removes it when it exits.
-        """
-        if self.sync_folder is None:
-            self.sync_folder = ray.get(self.learner.ranks[0].make_sync_folder.remote(), timeout=timeout_s)
-            if self._learner_ip == ray.util.get_node_ip_address():  # a run that ends without close()
-                self._cleanup = weakref.finalize(self, shutil.rmtree, self.sync_folder, True)
-        return self.sync_folder
-
-    def _check_one_node(self, targets: list, timeout_s: float) -> None:
-        """The engines read a file learner rank 0 writes: raise unless they all run on its node."""
-        if self._learner_ip is None:
-            self._learner_ip = ray.get(self.learner.ranks[0].process_tree.remote(), timeout=timeout_s)[0]
-        nodes: dict[int, str] = {}
-        asked = {}
-        for i, engine in enumerate(targets):
-            index = next((j for j, e in enumerate(self.rollout) if e == engine), None)
-            tree = self.pools["rollout"].trees.get(index) if index is not None else None
-            if tree is not None:
-                nodes[i] = tree[0]  # recorded at start-up / restart
-            else:
-                asked[i] = engine.process_tree.remote()
-        if asked:
-            ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=self.health_timeout_s)
-            for i, ref in asked.items():
-                if ref in ready:
-                    with contextlib.suppress(ray.exceptions.RayError):  # a dead one fails its load instead
-                        nodes[i] = ray.get(ref)[0]
-        away = sorted({ip for ip in nodes.values() if ip != self._learner_ip})
-        if away:
-            raise RuntimeError(
-                f"the CPU weight sync passes a file on the local filesystem, but learner rank 0 runs on "
-                f"node {self._learner_ip} and rollout engines on {', '.join(away)}: place the learner's "
-                "rank 0 and every rollout engine on one node (the cross-node NCCL sync is not wired)"
-            )
-
     def close(self, timeout_s: float = 60.0) -> None:
-        """Remove the weight-sync folder (learner rank 0 deletes it on its node). Call before the
-        actors are killed; a learner that is gone already is skipped (the driver's exit hook, where
-        it shares the node, still removes the folder)."""
-        if self.sync_folder is not None:
-            with contextlib.suppress(ray.exceptions.RayError):
-                ray.get(self.learner.ranks[0].remove_sync_files.remote(self.sync_folder), timeout=timeout_s)
-            if self._cleanup is not None:
-                self._cleanup()
-        self.sync_folder, self.latest_weights = None, None
+        """What the weight path left behind (the file path's folder); call before killing the actors."""
+        self.weights.close(timeout_s)
 
     def sleep_rollout(self, timeout_s: float) -> list[int]:
         """Colocated: free every rollout engine's GPU for the learner step (vLLM sleep level 1: weights
@@ -230,8 +158,7 @@ class Stages:
             ray.kill(rank, no_restart=True)
         self.learner = LearnerGroup([self.learner_factory(r) for r in range(len(self.learner.ranks))])
         self.restarts["learner"] += 1
-        # new ranks: a new node perhaps, and the weights on disk are not theirs (the folder stays)
-        self._learner_ip, self.latest_weights = None, None
+        self.weights.learner_replaced()
 
     def stats(self) -> dict[str, list[dict[str, float]]]:
         """Busy counters by role (sft_teacher's generators count as teacher work)."""
@@ -257,7 +184,7 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
         "mapping": _mapping_factory(cfg, student_path, teacher_path),
     }
     if cfg.algo.name == "sft_teacher":  # the teacher WRITES the training responses: vLLM engines on it
-        factories["generator"] = _engine_factory(cfg, teacher_path, cfg.rollout.num_engines)
+        factories["generator"] = _engine_factory(cfg, teacher_path, cfg.rollout.num_engines, student=False)
     sizes = {"rollout": cfg.rollout.num_engines, "teacher": cfg.teacher.num_replicas,
              "mapping": cfg.mapping.num_workers, "generator": cfg.rollout.num_engines}  # fmt: skip
     pools = {role: [make(i) for i in range(sizes[role])] for role, make in factories.items()}
@@ -278,22 +205,21 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
         {role: ActorPool(role, members, factories[role], health_s) for role, members in pools.items()},
         learner, identity_mapping=identity, colocated=c.placement == "colocated", health_timeout_s=health_s,
         start_timeout_s=cfg.trainer.actor_start_timeout_s, learner_factory=make_rank,
+        weight_path=choose_weight_path(cfg), engine_workers=cfg.rollout.tensor_parallel_size,
     )  # fmt: skip
     stages.record_trees()
     return stages
 
 
-def _engine_factory(cfg: Config, model_path: str, count: int, shared=None) -> Callable[[int], Any]:
-    """``shared``: the colocated placement group of :func:`placement.shared_gpus` (engines that sleep)."""
+def _engine_factory(
+    cfg: Config, model_path: str, count: int, shared=None, student: bool = True
+) -> Callable[[int], Any]:
+    """``shared``: the colocated placement group of :func:`placement.shared_gpus` (engines that sleep);
+    ``student``: engines that take the learner's weights (sft_teacher's generators do not)."""
     c = cfg.cluster
     env = vllm_runtime_env(cfg.rollout.kv_cache_gib, c.gpus_per_rollout_engine)
     group = shared or pack(count, c.cpus_per_actor, c.gpus_per_rollout_engine)
-    engine_kwargs = dict(
-        max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
-        enforce_eager=cfg.rollout.enforce_eager, tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, dtype=rollout_dtype(cfg),
-        enable_sleep_mode=shared is not None,
-    )  # fmt: skip
+    engine_kwargs = rollout_engine_kwargs(cfg, sleeps=shared is not None, student=student)
 
     def make(i: int):
         gpus = c.gpus_per_rollout_engine if shared is None else colocated_gpus(cfg, i)
@@ -303,6 +229,20 @@ def _engine_factory(cfg: Config, model_path: str, count: int, shared=None) -> Ca
         )  # fmt: skip
 
     return make
+
+
+def rollout_engine_kwargs(cfg: Config, sleeps: bool, student: bool) -> dict[str, Any]:
+    """`StudentEngine` options of a rollout engine (``sleeps``: colocated; ``student``: it takes the
+    learner's weights, and on the NCCL weight path joins the learner's transfer group)."""
+    r = cfg.rollout
+    kwargs: dict[str, Any] = dict(
+        max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib, enforce_eager=r.enforce_eager,
+        tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
+        dtype=rollout_dtype(cfg), enable_sleep_mode=sleeps,
+    )  # fmt: skip
+    if student and choose_weight_path(cfg) == "nccl":
+        kwargs["weight_transfer_backend"] = "nccl"
+    return kwargs
 
 
 def vllm_runtime_env(kv_cache_gib: float, gpus: float) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -51,6 +52,8 @@ class LearnerWorker(Health):
         self.model_path, self.rank, self.world_size = model_path, rank, world_size
         self.learner_kwargs = learner_kwargs
         self._learner: LearnerRank | None = None  # built by init(), once the rendezvous is known
+        self._transfer: Any = None  # rank 0 on the NCCL weight path: its NcclWeightSync
+        self._transfer_engines: list[str] = []  # the engines (actor ids) its group was built for
         self.clock = BusyClock()
 
     @property
@@ -122,6 +125,46 @@ class LearnerWorker(Health):
         with self.clock:
             return self.learner.export_weights_file(path)
 
+    def push_weights(
+        self, engines: list, version: int, timeout_s: float, workers_per_engine: int = 1
+    ) -> bool:
+        """NCCL weight path (framework/actors/weights.py): every rank joins the gather of the full
+        weights; rank 0 broadcasts them to ``engines`` (``workers_per_engine`` tensor-parallel
+        workers each) in packed buckets tagged ``version``, through
+        a transfer group it builds at the first push and rebuilds when the engine set changed or a
+        push failed (a group stuck mid-broadcast cannot be reused)."""
+        with self.clock:
+            state = self.learner.full_weights()  # collective: rank 0 holds the tensors
+            if self.rank != 0:
+                return True
+            ids = [engine._actor_id.hex() for engine in engines]
+            if self._transfer is None or ids != self._transfer_engines:
+                self._close_transfer()
+                from framework.rollout.weight_sync import NcclWeightSync
+
+                with socket.socket() as s:  # a free port on this node for the group's rendezvous
+                    s.bind(("", 0))
+                    port = s.getsockname()[1]
+                receivers = [_EngineReceiver(engine, timeout_s) for engine in engines]
+                self._transfer = NcclWeightSync(
+                    receivers, master_address=ray.util.get_node_ip_address(), master_port=port,
+                    workers_per_receiver=workers_per_engine, timeout_s=timeout_s,
+                    bucket_bytes=self.learner.settings.export_bucket_bytes, device=self.learner.device,
+                )  # fmt: skip
+                self._transfer_engines = ids
+            try:
+                self._transfer.push(state, version)
+            except BaseException:
+                self._close_transfer()
+                raise
+            return True
+
+    def _close_transfer(self) -> None:
+        if self._transfer is not None:
+            with contextlib.suppress(Exception):  # a broken group may fail to shut down cleanly
+                self._transfer.close()
+        self._transfer, self._transfer_engines = None, []
+
     def make_sync_folder(self) -> str:
         """A fresh folder for the weight-sync files, in the system temp dir of THIS node (rank 0 is
         asked: it writes the files, and the engines that read them run on its node)."""
@@ -158,6 +201,20 @@ class LearnerWorker(Health):
     @ray.method(concurrency_group="health")  # answered beside a busy call (the step's metrics)
     def stats(self) -> dict[str, float]:
         return self.clock.snapshot()
+
+
+class _EngineReceiver:
+    """A rollout engine actor as `NcclWeightSync`'s receiver: its fan-out threads call these and
+    block until the engine has joined the group / received the whole update."""
+
+    def __init__(self, engine, timeout_s: float):
+        self.engine, self.timeout_s = engine, timeout_s
+
+    def init_weight_transfer(self, init_info: dict) -> Any:
+        return ray.get(self.engine.init_weight_transfer.remote(init_info), timeout=self.timeout_s)
+
+    def receive_weights(self, update_info: dict, version: int) -> Any:
+        return ray.get(self.engine.receive_weights.remote(update_info, version), timeout=self.timeout_s)
 
 
 class LearnerGroup:

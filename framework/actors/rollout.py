@@ -83,6 +83,21 @@ class RolloutWorker(Health):
             self.version = version
         return time.perf_counter() - start
 
+    def init_weight_transfer(self, init_info: dict) -> bool:
+        """NCCL path: join the learner's weight-transfer group (``init_info``: vLLM's NCCL init info
+        with this engine's rank offset; actors/weights.py)."""
+        self.engine.init_weight_transfer(init_info)
+        return True
+
+    def receive_weights(self, update_info: dict, version: int) -> float:
+        """NCCL path: receive one broadcast of the full weights (every bucket), then tag ``version``;
+        returns the seconds it took."""
+        start = time.perf_counter()
+        with self.clock:
+            self.engine.receive_weights(update_info, version)
+            self.version = version
+        return time.perf_counter() - start
+
     def sleep(self, level: int = 1) -> float:
         """Colocated placement: free the GPU while the learner steps (see ``StudentEngine.sleep``)."""
         return self._timed("sleep", self.engine.sleep, level)

@@ -359,6 +359,11 @@ class LearnerRank:
             self._module, rank=self.rank, bucket_bytes=bucket_bytes or self.settings.export_bucket_bytes
         )
 
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        """The full HF-named weights on rank 0 (``{}`` elsewhere); collective: every rank joins the
+        gather (ZeRO-3 shards)."""
+        return gather_state_dict(self._module, rank=self.rank, bucket_bytes=self.settings.export_bucket_bytes)
+
     def export_weights_file(self, path: str | Path) -> str:
         """Full weights as one safetensors file at ``path``, written by rank 0 (collective: every rank
         joins the gather). Returns ``path`` on rank 0 and ``""`` on the other ranks.
@@ -367,9 +372,7 @@ class LearnerRank:
         (same filesystem). Rank 0 writes ``path + ".tmp"`` and renames it: a reader never sees a
         partial file.
         """
-        state = gather_state_dict(
-            self._module, rank=self.rank, bucket_bytes=self.settings.export_bucket_bytes
-        )
+        state = self.full_weights()
         return save_weights_file(state, path) if self.rank == 0 else ""
 
     def save_hf(self, out_dir: str | Path) -> None:

@@ -1,16 +1,15 @@
 """Learner -> rollout weight sync over NCCL (GPU), behind the ``WeightSync`` interface.
 
-The path training uses is NOT here: on CPU (and, until this one is wired, on every device) learner
-rank 0 writes the full HF-named state dict as one safetensors file
-(``LearnerRank.export_weights_file``) and every engine reloads it in place, one tensor at a time
-(``StudentEngine.load_weights(path, version)``); ``actors/cluster.py:Stages.sync_weights`` drives
-it. That file path needs learner rank 0 and the engines on one node.
+Which path a run uses is chosen by device in ``framework/actors/weights.py`` (design §6): on CPU and
+for colocated GPUs learner rank 0 writes the full HF-named state dict as one safetensors file
+(``LearnerRank.export_weights_file``) and every engine reloads it in place
+(``StudentEngine.load_weights(path, version)``); that needs rank 0 and the engines on one node.
 
-``NcclWeightSync`` (GPU) lives on the learner's sending rank (rank 0, which holds the full, gathered
-state dict) and broadcasts the tensors in packed buckets over an NCCL group that it shares with every
-vLLM worker, using vLLM's native weight-transfer engine (``vllm.distributed.weight_transfer``,
-backend ``"nccl"``); engines must be started with ``weight_transfer_backend="nccl"``. It is written
-but not wired into training; its only caller is a two-GPU test.
+``NcclWeightSync`` (CUDA, disaggregated placement) lives on the learner's sending rank (rank 0, which
+holds the full, gathered state dict; ``LearnerWorker.push_weights``) and broadcasts the tensors in
+packed buckets over an NCCL group that it shares with every vLLM worker, using vLLM's native
+weight-transfer engine (``vllm.distributed.weight_transfer``, backend ``"nccl"``); engines must be
+started with ``weight_transfer_backend="nccl"``. It has not yet run on a GPU here.
 
 Receivers are duck-typed so the Ray layer can hand in actor proxies: a transfer receiver has
 ``init_weight_transfer(init_info)`` and ``receive_weights(update_info, version)`` (``StudentEngine``

@@ -67,6 +67,10 @@ class FakeEngine(_Counted):
         self.version = version
         return 0.0
 
+    def receive_weights(self, update_info: dict, version: int) -> float:  # the NCCL path's receive
+        self.version = version
+        return 0.0
+
 
 @ray.remote(concurrency_groups={"health": 1}, allow_out_of_order_execution=True)
 class FakeTeacher(_Counted):
@@ -111,6 +115,8 @@ class FakeLearner(_Counted):
     def __init__(self):
         super().__init__()
         self.steps = 0
+        self.pushed: list[tuple[int, int]] = []  # NCCL path: (version, engines) per push
+        self.exports = 0
 
     def address(self) -> tuple[str, int]:
         return "127.0.0.1", 0
@@ -125,8 +131,20 @@ class FakeLearner(_Counted):
         return {**stats, "loss": 1.0 / self.steps, "sample_ids": [s.sample_id for s in samples]}
 
     def export_weights(self, path: str) -> str:
+        self.exports += 1
         Path(path).write_bytes(b"weights")
         return path
+
+    def push_weights(
+        self, engines: list, version: int, timeout_s: float, workers_per_engine: int = 1
+    ) -> bool:
+        """The NCCL path's verb: here the "broadcast" is one receive call per engine."""
+        ray.get([e.receive_weights.remote({"buckets": 1}, version) for e in engines], timeout=timeout_s)
+        self.pushed.append((version, len(engines)))
+        return True
+
+    def weight_calls(self) -> dict:
+        return {"pushed": self.pushed, "exports": self.exports}
 
     def make_sync_folder(self) -> str:
         import tempfile
@@ -152,7 +170,7 @@ class FakeLearner(_Counted):
         return True
 
 
-def _stages(health_timeout_s: float = 2.0):
+def _stages(health_timeout_s: float = 2.0, weight_path: str = "file"):
     from framework.actors.cluster import Stages
 
     def pool(role, cls, n):
@@ -162,7 +180,7 @@ def _stages(health_timeout_s: float = 2.0):
         {"rollout": pool("rollout", FakeEngine, 2), "teacher": pool("teacher", FakeTeacher, 2),
          "mapping": pool("mapping", FakeMapper, 1)},
         LearnerGroup([FakeLearner.remote()]), identity_mapping=True, health_timeout_s=health_timeout_s,
-        start_timeout_s=60, learner_factory=lambda r: FakeLearner.remote(),
+        start_timeout_s=60, learner_factory=lambda r: FakeLearner.remote(), weight_path=weight_path,
     )  # fmt: skip
     stages.record_trees()
     return stages
@@ -244,3 +262,26 @@ def test_resume_from_a_checkpoint_with_a_batch_in_flight_retrains_the_same_promp
     ids = [s for row in rows for s in row["sample_ids"]]
     assert len(ids) == len(set(ids))
     assert json.loads((tmp_path / "resumed_from.json").read_text())["step"] == 2
+
+
+def test_the_nccl_weight_path_syncs_through_the_learner_and_names_a_dead_engine(ray_local, tmp_path):
+    """``weight_path="nccl"`` (CUDA, disaggregated): every step's weights go through the learner's
+    ``push_weights`` to every engine, tagged with the version, and no file is written; when an engine
+    dies the failed broadcast names it for replacement instead of failing the learner."""
+    stages = _stages(weight_path="nccl")
+    try:
+        _run(_cfg(tmp_path, steps=3), stages, tmp_path)
+        rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        assert [r["batch/staleness"] for r in rows if "loss" in r] == [0.0, 0.0, 0.0]  # engines were current
+        calls = ray.get(stages.learner.ranks[0].weight_calls.remote())
+        assert calls == {"pushed": [(1, 2), (2, 2), (3, 2)], "exports": 0}
+        assert (
+            ray.get([e.generate.remote(_prompts(1), {"n": 1}) for e in stages.rollout])[0][0].weight_version
+            == 3
+        )
+        os.kill(ray.get(stages.rollout[1].pid.remote()), signal.SIGKILL)
+        assert stages.sync_weights(version=4, timeout_s=20) == [1]
+    finally:
+        stages.close()
+        for actor in stages.actors():
+            ray.kill(actor)

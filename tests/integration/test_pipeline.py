@@ -38,7 +38,7 @@ def cross(ray_local, tmp_path_factory):
         [*COMMON, f"trainer.steps={STEPS}"], tmp_path_factory.mktemp("cross")
     )
     yield cfg, stages, train, evals
-    folder = stages.sync_folder
+    folder = stages.weights.sync_folder
     stop_stages(stages)
     assert folder is None or not Path(folder).exists(), "stop_stages must remove the weight-sync folder"
 
@@ -100,10 +100,10 @@ def test_weight_sync_vllm_matches_learner_and_noop_sync_changes_nothing(cross):
     assert all(np.array_equal(a, b) for a, b in zip(vllm_lp, again))
     # one file, on learner rank 0's node: only the latest version is kept, and a replacement engine
     # (engines=[...], same version) reloads that file without a new export
-    folder = Path(stages.sync_folder)
+    folder = Path(stages.weights.sync_folder)
     assert [f.name for f in folder.iterdir()] == ["weights-v10000.safetensors"]
     assert stages.sync_weights(version=10_000, timeout_s=300, engines=[engine]) == []
-    assert stages.latest_weights == (10_000, str(folder / "weights-v10000.safetensors"))
+    assert stages.weights.latest == (10_000, str(folder / "weights-v10000.safetensors"))
     again = [ray.get(engine.score.remote(r.prompt_ids.tolist(), r.response_ids.tolist())) for r in rollouts]
     assert all(np.array_equal(a, b) for a, b in zip(vllm_lp, again))
 

@@ -128,9 +128,32 @@ def test_the_sync_refuses_engines_on_another_node_than_learner_rank_0():
     near, far = object(), object()  # engine stand-ins; their nodes come from the recorded trees
     engines = ActorPool("rollout", [near, far], trees={0: ("10.0.0.1", [11]), 1: ("10.0.0.2", [12])})
     stages = Stages({"rollout": engines}, learner=None)  # type: ignore[arg-type]
-    stages._learner_ip = "10.0.0.1"
-    stages._check_one_node([near], timeout_s=1)  # on the learner's node: fine
+    stages.weights.learner_ip = "10.0.0.1"
+    stages.weights._check_one_node([near], timeout_s=1)  # on the learner's node: fine
     with pytest.raises(
         RuntimeError, match=r"learner rank 0 runs on node 10\.0\.0\.1 and rollout engines on 10\.0\.0\.2"
     ):
-        stages._check_one_node(stages.rollout, timeout_s=1)
+        stages.weights._check_one_node(stages.rollout, timeout_s=1)
+
+
+@pytest.mark.parametrize(
+    "device, placement, path",
+    [("cpu", "disaggregated", "file"), ("cuda", "colocated", "file"), ("cuda", "disaggregated", "nccl")],
+)
+def test_the_weight_path_is_chosen_by_device_and_placement(device, placement, path):
+    """CPU and colocated GPUs reload a file; disaggregated GPUs take vLLM's NCCL transfer, and only
+    then are the student engines (not sft_teacher's generators) started with its transfer backend."""
+    from framework.actors.cluster import Stages, rollout_engine_kwargs
+    from framework.actors.weights import FileWeights, NcclWeights, choose_weight_path
+    from framework.config import Config
+
+    cfg = Config()
+    cfg.cluster.device, cfg.cluster.placement = device, placement
+    assert choose_weight_path(cfg) == path
+    student = rollout_engine_kwargs(cfg, sleeps=placement == "colocated", student=True)
+    generator = rollout_engine_kwargs(cfg, sleeps=False, student=False)
+    assert student.get("weight_transfer_backend") == ("nccl" if path == "nccl" else None)
+    assert "weight_transfer_backend" not in generator
+    assert student["enable_sleep_mode"] == (placement == "colocated")
+    stages = Stages({}, learner=None, weight_path=path)  # type: ignore[arg-type]
+    assert isinstance(stages.weights, NcclWeights if path == "nccl" else FileWeights)
