@@ -36,11 +36,10 @@ changes no resource: the same actors run, and the engines' sleep/wake calls are 
 CPUs are checked only when ``cluster.cpus_per_actor = c > 0``: ``CPUs = (E + R + M + L) * c`` with
 ``M`` = ``mapping.num_workers`` (the driver reserves none).
 
-With per-node resources the actors are also packed onto the nodes, GPU by GPU, the way Ray assigns
-them (an actor asking ``k >= 1`` GPUs takes ``k`` whole GPUs of one node; one asking a fraction takes
-part of one GPU): best-fit decreasing. For whole-GPU requests that are powers of two on nodes whose
-GPU count they divide (the usual 1/2/4/8 on 8-GPU nodes) this packing is optimal, so a reported
-misfit is real.
+With per-node resources, a TP group larger than the largest node is refused here too. Packing the
+actors onto the nodes is Ray's: the actor layer reserves each role in a placement group
+(``framework/actors/placement.py``), and a group Ray cannot place stops the start with what was
+asked, what the cluster has left and the arithmetic above (``train.py``).
 """
 
 from __future__ import annotations
@@ -58,7 +57,6 @@ _UNITS = {
     "teacher": "teacher replica",
     "mapping": "mapping worker",
     "learner": "learner rank",
-    "rollout+learner": "colocated rollout engine (shared with learner ranks)",
 }
 
 
@@ -96,7 +94,6 @@ class ResourcePlan:
     gpu_arithmetic: str  # e.g. "2 rollout engines × 1 GPU (TP 1) + ... = 8 GPUs"
     cpus_needed: float
     cpus_available: float
-    node_assignment: list[dict[str, float]] | None = None  # per node: role -> GPUs placed there
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -105,10 +102,6 @@ class ResourcePlan:
             lines.append(f"  GPUs: {self.gpu_arithmetic}; the cluster has {_fmt(self.gpus_available)}")
         if self.cpus_needed > 0:
             lines.append(f"  CPUs: {_fmt(self.cpus_needed)} reserved of {_fmt(self.cpus_available)}")
-        if self.node_assignment is not None:
-            for i, used in enumerate(self.node_assignment):
-                placed = ", ".join(f"{r} {_fmt(v)} GPUs" for r, v in used.items() if v > 0) or "no GPU actors"
-                lines.append(f"  node {i}: {placed}")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -147,8 +140,7 @@ def check_resources(
     """Raise :class:`ConfigError` (with the arithmetic) unless ``cfg``'s actors fit the cluster.
 
     ``available`` is ``ray.cluster_resources()`` (``{"CPU": 64, "GPU": 16, ...}``); ``nodes`` is the
-    per-node list (:func:`alive_node_resources`), which adds the one-node-per-TP-group check and a
-    placement of every actor onto the nodes.
+    per-node list (:func:`alive_node_resources`), which adds the one-node-per-TP-group check.
     """
     roles = role_demands(cfg)
     notes: list[str] = []
@@ -186,7 +178,6 @@ def check_resources(
             f"the cluster has {_fmt(cpus_available)}",
             "lower cluster.cpus_per_actor (0 lets actors share cores) or the actor counts",
         )
-    assignment = _place_on_nodes(cfg, roles, nodes) if nodes is not None else None
     return ResourcePlan(
         device=cfg.cluster.device,
         placement=cfg.cluster.placement,
@@ -196,7 +187,6 @@ def check_resources(
         gpu_arithmetic=arithmetic,
         cpus_needed=cpus_needed,
         cpus_available=cpus_available,
-        node_assignment=assignment,
         notes=notes,
     )
 
@@ -329,84 +319,3 @@ def _colocated_notes(cfg: Config, roles: dict[str, RoleDemand], notes: list[str]
             f"colocated: rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization:g} leaves little room "
             "for the learner's weights, gradients and optimizer states on the same GPUs"
         )
-
-
-# ---- placement onto nodes -------------------------------------------------------------------
-
-
-@dataclass
-class _NodeState:
-    gpu_free: list[float]  # free fraction of each GPU
-    cpu_free: float
-    used: dict[str, float]  # role -> GPUs placed here
-
-    def whole_free(self) -> int:
-        return sum(1 for f in self.gpu_free if f >= 1.0 - _EPS)
-
-
-def _placement_items(cfg: Config, roles: dict[str, RoleDemand]) -> list[tuple[str, float, float]]:
-    """(role, GPUs, CPUs) per actor; colocated: the shared pool as rollout engines + the learner's surplus."""
-    colocated = cfg.cluster.placement == "colocated" and cfg.cluster.device == "cuda"
-    items: list[tuple[str, float, float]] = []
-    for demand in roles.values():
-        gpus = demand.gpus_each if cfg.cluster.device == "cuda" else 0.0
-        if demand.role == "rollout" and colocated:
-            items += [("rollout+learner", gpus, demand.cpus_each)] * demand.count
-            continue
-        if demand.role == "learner" and colocated:
-            # ranks ride on the engines' GPUs; only those beyond the rollout footprint need GPUs of their own
-            own = max(0, demand.count - int(roles["rollout"].gpus + _EPS))
-            items += [("learner", 1.0, demand.cpus_each)] * own
-            items += [("learner", 0.0, demand.cpus_each)] * (demand.count - own)
-            continue
-        items += [(demand.role, gpus, demand.cpus_each)] * demand.count
-    return sorted(items, key=lambda it: (it[1], it[2]), reverse=True)
-
-
-def _place_on_nodes(
-    cfg: Config, roles: dict[str, RoleDemand], nodes: Sequence[Mapping[str, float]]
-) -> list[dict[str, float]]:
-    states = [_NodeState([1.0] * int(n.get("GPU", 0.0) + _EPS), float(n.get("CPU", 0.0)), {}) for n in nodes]
-    for role, gpus, cpus in _placement_items(cfg, roles):
-        if gpus == 0 and cpus == 0:
-            continue  # asks for nothing: Ray places it anywhere
-        if not _place_one(states, role, gpus, cpus):
-            free = [
-                f"node {i}: {s.whole_free()} free GPUs, {_fmt(s.cpu_free)} CPUs" for i, s in enumerate(states)
-            ]
-            raise ConfigError(
-                "cluster",
-                f"the totals fit but the actors do not pack onto the nodes: no node can take a {_UNITS[role]} "
-                f"asking {_fmt(gpus)} GPUs and {_fmt(cpus)} CPUs after the larger actors were placed "
-                f"({'; '.join(free)})",
-                "use TP sizes that divide the GPUs per node, fewer replicas, or a smaller cluster.cpus_per_actor",
-            )
-    return [s.used for s in states]
-
-
-def _place_one(states: list[_NodeState], role: str, gpus: float, cpus: float) -> bool:
-    """Best fit: the node (or GPU) with the least room that still holds the actor."""
-    fits = [s for s in states if s.cpu_free + _EPS >= cpus]
-    if gpus >= 1.0:
-        k = int(gpus + _EPS)
-        fits = [s for s in fits if s.whole_free() >= k]
-        if not fits:
-            return False
-        node = min(fits, key=lambda s: s.whole_free())
-        taken = [i for i, f in enumerate(node.gpu_free) if f >= 1.0 - _EPS][:k]
-        for i in taken:
-            node.gpu_free[i] = 0.0
-    elif gpus > 0:
-        slots = [(f, s, i) for s in fits for i, f in enumerate(s.gpu_free) if f + _EPS >= gpus]
-        if not slots:
-            return False
-        _, node, i = min(slots, key=lambda t: t[0])
-        node.gpu_free[i] -= gpus
-    else:
-        if not fits:
-            return False
-        node = max(fits, key=lambda s: s.cpu_free)
-    node.cpu_free -= cpus
-    if gpus > 0:
-        node.used[role] = node.used.get(role, 0.0) + gpus
-    return True

@@ -177,11 +177,17 @@ def run(cfg: Config) -> dict[str, float]:
     say(f"[tokenbridge] actor logs (vLLM, DeepSpeed): {os.environ[ACTOR_LOG_ENV]}")
     _init_ray(cfg)
     try:
+        from framework.actors.placement import PlacementError
         from framework.resources import alive_node_resources, check_resources
 
         plan = check_resources(cfg, ray.cluster_resources(), alive_node_resources(ray.nodes()))
         say("[tokenbridge] " + plan.summary())
-        stages = start_stages(cfg, student, teacher)
+        try:
+            stages = start_stages(cfg, student, teacher)
+        except PlacementError as err:  # Ray says what it cannot place; the plan says what was asked
+            raise ConfigError(
+                "cluster", f"{err}; {plan.summary()}", "lower the actor counts or sizes, or add nodes"
+            ) from None
         try:
             return Controller(cfg, stages, train, evals, output_dir, pairs).run()
         finally:

@@ -1,9 +1,10 @@
 """Where each actor runs: Ray placement groups per role, and the shared GPU bundles of colocated
 placement (docs/design.md §3).
 
-`framework/resources.py` checks at start-up, with arithmetic a user can read, that the layout fits
-the cluster; here Ray reserves it. A group Ray cannot place within ``PLACEMENT_TIMEOUT_S`` fails with
-what was asked and what the cluster has left, instead of Ray's bare timeout.
+`framework/resources.py` checks at start-up, with arithmetic a user can read, that the totals fit
+the cluster; here Ray reserves the layout and packs it onto the nodes. A group Ray cannot place
+within ``PLACEMENT_TIMEOUT_S`` fails with what was asked and what the cluster has left (and, from
+``train.py``, that arithmetic), instead of Ray's bare timeout.
 """
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from framework.config import Config
+from framework.logging import say
 
 PLACEMENT_TIMEOUT_S = 600.0
+PLACEMENT_NOTICE_S = 30.0  # a group not placed by then is said on the console
+
+
+class PlacementError(RuntimeError):
+    """Ray could not place a role's placement group (``train.py`` adds the GPU/CPU arithmetic)."""
 
 
 def role_options(
@@ -57,10 +64,14 @@ def colocated_gpus(cfg: Config, i: int) -> float:
 
 def _reserved(bundles: list[dict[str, float]]) -> PlacementGroup:
     group = placement_group(bundles, strategy="PACK")
-    ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+    ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_NOTICE_S)
+    if not ready:  # an autoscaler may still bring nodes: say so, then wait the rest
+        say(f"[tokenbridge] waiting for Ray to place {len(bundles)} bundle(s) of {bundles[0]} (up to "
+            f"{PLACEMENT_TIMEOUT_S:g} s; the cluster has {ray.available_resources()} available)")  # fmt: skip
+        ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S - PLACEMENT_NOTICE_S)
     if not ready:
         remove_placement_group(group)
-        raise RuntimeError(
+        raise PlacementError(
             f"Ray could not place {len(bundles)} bundle(s) of {bundles[0]} within {PLACEMENT_TIMEOUT_S:g} s; "
             f"the cluster has {ray.available_resources()} available. Lower the role's size or resources "
             "(cluster.cpus_per_actor, cluster.gpus_per_*), or add nodes"

@@ -44,10 +44,11 @@ def test_colocated_pairs_share_a_gpu_bundle_and_ask_for_half_of_it(monkeypatch):
     assert [placement.colocated_gpus(cfg, i) for i in range(3)] == [0.5, 0.5, 1.0]
 
 
-def test_a_group_ray_cannot_place_is_removed_and_named(monkeypatch):
+def test_a_group_ray_cannot_place_is_removed_and_named(monkeypatch, capsys):
     seen = _fake_ray(monkeypatch, placed=False)
     with pytest.raises(
         RuntimeError, match=r"could not place 2 bundle\(s\) of \{'CPU': 4\}.*\{'CPU': 1\.0\} available"
     ):
         placement.pack(2, cpus=4, gpus=0)
     assert len(seen["removed"]) == 1
+    assert "waiting for Ray to place 2 bundle(s)" in capsys.readouterr().out  # said before the long wait
