@@ -43,6 +43,7 @@ from framework.preference.pairs import (
 from framework.types import PreferencePair, Prompt
 
 TRAIN_EVAL_PAIRS = 64  # training pairs also evaluated each time (how well the training set is fitted)
+CHUNK = 512  # responses per teacher / learner call of the one-time pass
 
 
 @dataclass
@@ -80,21 +81,33 @@ class PairBatches:
         self.train_eval = [
             EncodedPair(p.pair_id, replace(p.chosen), replace(p.rejected)) for p in train[:TRAIN_EVAL_PAIRS]
         ]
-        timeout = self.cfg.trainer.learner_timeout_s
         for pairs in (train, self.held_out, self.train_eval):
-            attach_reference(pairs, stages.learner.logprobs(*student_sequences(pairs), timeout_s=timeout))
+            attach_reference(pairs, self._logprobs(stages, pairs))
         self.by_id = {p.pair_id: p for p in train}
         say(f"[tokenbridge] pairs prepared in {time.perf_counter() - start:.0f}s")
         return {"pairs/train": float(len(train)), "pairs/eval": float(len(self.held_out)),
                 **span_stats(everything)}  # fmt: skip
 
     def _score(self, stages: Stages, requests: list) -> list:
-        """Every response scored once, the requests dealt over the teacher replicas."""
-        teachers = stages.teacher
-        parts = [t.score.remote(requests[i :: len(teachers)]) for i, t in enumerate(teachers)]
-        scored = ray.get(parts, timeout=self.cfg.trainer.teacher_timeout_s)
-        by_id = {s.sample_id: s for part in scored for s in part}
-        return [by_id[r.sample_id] for r in requests]
+        """Every response scored once: chunks of ``CHUNK`` requests dealt round-robin over the teacher
+        replicas, each chunk bounded by ``trainer.teacher_timeout_s`` (not the whole pass)."""
+        teachers, chunks = stages.teacher, range(0, len(requests), CHUNK)
+        parts = [
+            teachers[k % len(teachers)].score.remote(requests[i : i + CHUNK]) for k, i in enumerate(chunks)
+        ]
+        return [s for part in parts for s in ray.get(part, timeout=self.cfg.trainer.teacher_timeout_s)]
+
+    def _logprobs(self, stages: Stages, pairs: list[EncodedPair]) -> list:
+        """The learner's logprobs of every response, ``CHUNK`` responses per call (each bounded by
+        ``trainer.learner_timeout_s``): the reference at version 0 and every evaluation, batched
+        alike (so that an evaluation at version 0 reproduces the reference exactly)."""
+        ids, starts = student_sequences(pairs)
+        timeout = self.cfg.trainer.learner_timeout_s
+        return [
+            lp
+            for i in range(0, len(ids), CHUNK)
+            for lp in stages.learner.logprobs(ids[i : i + CHUNK], starts[i : i + CHUNK], timeout_s=timeout)
+        ]
 
     # ------------------------------------------------------------ the controller's source verbs
     def launch(self, step: int, prompts: list[Prompt]) -> None:
@@ -114,9 +127,7 @@ class PairBatches:
         metrics: dict[str, float] = {}
         for prefix, pairs in (("eval", self.held_out), ("train_eval", self.train_eval)):
             if pairs:
-                logprobs = stages.learner.logprobs(
-                    *student_sequences(pairs), timeout_s=self.cfg.trainer.learner_timeout_s
-                )
+                logprobs = self._logprobs(stages, pairs)
                 metrics.update(
                     preference_metrics(pairs, logprobs, beta=a.beta, ctpd_options=options, prefix=prefix)
                 )
