@@ -86,7 +86,7 @@ def pad_logprobs(logprobs: Sequence[np.ndarray], width: int) -> torch.Tensor:
     """float32 [B, width]: per-row token logprobs right-padded with 0 (to match a batch's ``[B, T]``)."""
     out = torch.zeros(len(logprobs), width, dtype=torch.float32)
     for b, lp in enumerate(logprobs):
-        out[b, : len(lp)] = torch.as_tensor(np.asarray(lp, dtype=np.float32))
+        out[b, : len(lp)] = torch.tensor(np.asarray(lp, dtype=np.float32))
     return out
 
 
