@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.algo.registry import make_objective, needs_topk_support, objective_kwargs, objective_options
+from framework.algo.registry import make_objective, needs_topk_support, objective_kwargs
 
 
 class ConfigError(ValueError):
@@ -347,14 +347,6 @@ def validate(cfg: Config) -> None:
     ]:
         _positive(key, value, allow_zero=True)
     _check_objective(cfg.algo)
-    # a task reward needs a verifier; the mapping workers have one for the zoo tasks only
-    uses_reward = "reward_weight" in objective_options(cfg.algo.name)
-    if uses_reward and cfg.algo.reward_weight > 0 and not cfg.data.train.startswith("zoo:"):
-        raise ConfigError(
-            "algo.reward_weight",
-            f"a task reward needs a verifier, and data.train={cfg.data.train} has none (only the zoo tasks do)",
-            "set algo.reward_weight=0, or train on a zoo task (data.train=zoo:arith)",
-        )
     if cfg.rollout.top_p != 1.0:
         # the learner recomputes log pi(a) / T over the whole vocabulary; a top-p-truncated
         # behaviour distribution would make the importance ratio wrong on every step

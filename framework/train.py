@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from framework import checkpoint
-from framework.algo import PAIR_OBJECTIVES
+from framework.algo import PAIR_OBJECTIVES, objective_options
 from framework.config import Config, ConfigError, register_configs, to_config
 from framework.data.prompts import DataError, LoadReport, load_prompts
 from framework.eval import console_metrics
@@ -61,6 +61,21 @@ def _load_split(cfg: Config, split: str) -> tuple[list[Prompt], LoadReport]:
         raise ConfigError(
             key, problem, fix.rstrip(".") or f"point {key} at a JSONL or Parquet file"
         ) from None
+
+
+def _check_answers_for_reward(cfg: Config, train: list[Prompt]) -> None:
+    """A task reward (``algo.reward_weight`` > 0) is verified against each prompt's ``answer``
+    (framework/data/verifiers.py): every training record must carry one."""
+    if "reward_weight" not in objective_options(cfg.algo.name) or cfg.algo.reward_weight <= 0:
+        return
+    missing = [p.prompt_id for p in train if p.answer is None]
+    if missing:
+        raise ConfigError(
+            "algo.reward_weight",
+            f"a task reward checks each response against its record's answer, and {len(missing)} of "
+            f"{len(train)} records of data.train={cfg.data.train} have none (e.g. {missing[0]!r})",
+            "add an 'answer' field to every record, or set algo.reward_weight=0",
+        )
 
 
 def _load_pairs(cfg: Config, student: str, teacher: str) -> PairBatches:
@@ -158,6 +173,7 @@ def run(cfg: Config) -> dict[str, float]:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     pairs = _load_pairs(cfg, student, teacher) if cfg.algo.name in PAIR_OBJECTIVES else None
     train, train_report = (pairs.prompts, None) if pairs else _load_split(cfg, "train")
+    _check_answers_for_reward(cfg, train)
     evals, _ = _load_split(cfg, "eval")
     output_dir = _output_dir(cfg)
     # chat templates, prompt lengths, the output folder: refused here in one line, not in an actor later

@@ -280,7 +280,7 @@ def _teacher_factory(cfg: Config, teacher_path: str) -> Callable[[int], Any]:
 
 
 def _mapping_factory(cfg: Config, student_path: str, teacher_path: str) -> Callable[[int], Any]:
-    verifier = cfg.data.train if cfg.data.train.startswith("zoo:") else None
+    verifier = cfg.data.train  # its records' answers give the sequence reward (data/verifiers.py)
 
     def make(i: int):
         return MappingWorker.options(num_cpus=cfg.cluster.cpus_per_actor).remote(  # type: ignore[attr-defined]  # Ray adds .options

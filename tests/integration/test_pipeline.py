@@ -142,21 +142,29 @@ def test_teacher_equal_to_student_is_identity_with_zero_advantage(ray_local):
 
 
 def test_opd_with_a_task_reward_trains_on_both_signals(ray_local, tmp_path):
-    """``algo=opd_reward`` (λ = 1, group-mean baseline) through the real actors: the mapping workers'
-    verifier scores every sample, and the learner adds λ (R − mean R of the prompt's samples) to the
-    teacher term (docs/design.md §4.2a)."""
+    """``algo=opd_reward`` (λ = 1, group-mean baseline) through the real actors, on a JSONL file of
+    problems with answers: the mapping workers' verifier (the final answer a response states against
+    the record's ``answer``) scores every sample, and the learner adds λ (R − mean R of the prompt's
+    samples) to the teacher term (docs/design.md §4.2a)."""
     from framework.controller import Controller
+    from framework.data.arith import make_problems
 
-    steps = 6
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("".join(
+        json.dumps({"id": p.prompt_id, "messages": p.messages, "answer": p.answer}) + "\n"
+        for p in make_problems(64, seed=5, split="train")
+    ))  # fmt: skip
+    steps, out = 6, tmp_path / "run"
     cfg, stages, train, evals = start_run(
-        [*COMMON, "algo=opd_reward", f"trainer.steps={steps}", "data.num_eval=16"], tmp_path
+        [*COMMON, "algo=opd_reward", f"trainer.steps={steps}", "data.num_eval=16", f"data.train={data}"],
+        out,
     )
     try:
         assert cfg.algo.reward_weight == 1.0 and cfg.algo.distill_weight == 1.0
-        Controller(cfg, stages, train, evals, tmp_path).run()
+        Controller(cfg, stages, train, evals, out).run()
     finally:
         stop_stages(stages)
-    rows, _ = _read_metrics(tmp_path)
+    rows, _ = _read_metrics(out)
     assert len(rows) == steps and all(math.isfinite(r["loss"]) for r in rows)
     rewards = [r["batch/reward"] for r in rows]  # every sample verified: the mean of 0/1 rewards
     assert all(0.0 <= x <= 1.0 for x in rewards), rewards

@@ -68,7 +68,6 @@ def test_every_algo_has_a_recipe():
         ("algo.reward_baseline=median", "algo.reward_baseline"),
         ("algo.distill_weight=0", "algo.distill_weight"),
         ("algo.clip_eps_high=-1", "algo.clip_eps_high"),
-        ("algo.reward_weight=0.5 data.train=/tmp/prompts.jsonl", "algo.reward_weight"),
     ],
 )
 def test_impossible_value_names_key_and_fix(override, key):

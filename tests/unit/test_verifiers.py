@@ -38,3 +38,19 @@ def test_a_worked_solution_is_right_when_its_final_answer_is():
     assert get_verifier("data/tasks.jsonl") is answer_match and get_verifier(None) is None
     arith = get_verifier("zoo:arith")
     assert arith is not None and arith("3 + 4 = 7. Answer: 7", "7")
+
+
+def test_a_task_reward_on_a_dataset_file_needs_an_answer_in_every_record():
+    from framework.config import Config, ConfigError
+    from framework.train import _check_answers_for_reward
+    from framework.types import Prompt
+
+    cfg = Config()
+    cfg.data.train, cfg.algo.reward_weight = "data/tasks.jsonl", 1.0
+    with_answers = [Prompt(f"q{i}", [{"role": "user", "content": "1+1"}], answer="2") for i in range(3)]
+    _check_answers_for_reward(cfg, with_answers)  # every record can be verified: fine
+    with pytest.raises(ConfigError) as err:
+        _check_answers_for_reward(cfg, [*with_answers, Prompt("q3", [{"role": "user", "content": "hi"}])])
+    assert err.value.key == "algo.reward_weight" and "1 of 4 records" in str(err.value)
+    cfg.algo.reward_weight = 0.0
+    _check_answers_for_reward(cfg, [Prompt("q3", [{"role": "user", "content": "hi"}])])  # no reward: no need
