@@ -377,9 +377,7 @@ class LearnerRank:
 
     def save_hf(self, out_dir: str | Path) -> None:
         """Write the student as a Hugging Face model directory (rank 0 writes; collective)."""
-        state = gather_state_dict(
-            self._module, rank=self.rank, bucket_bytes=self.settings.export_bucket_bytes
-        )
+        state = self.full_weights()
         if self.rank == 0:
             save_hf_dir(state, self.hf_model, out_dir, source_dir=self.model_path)
         distributed.barrier()
