@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 
-from framework.algo import PAIR_OBJECTIVES
 from framework.config import Config, ConfigError
 from framework.data.chat import render_prompt_ids, stop_token_ids
 from framework.data.prompts import DataError
@@ -205,7 +204,7 @@ def _limits(cfg: Config, student: _Side, teacher: _Side, prompts: list[Prompt], 
         )
     ]  # fmt: skip
     in_train = np.arange(len(prompts)) < n_train
-    if cfg.algo.name == "sft_teacher":  # the teacher's engines write the train responses
+    if cfg.algo.teacher_generates:  # the teacher's engines write the train responses
         limits.append(
             _Limit(
                 "data.max_prompt_tokens", in_train & (t_counts > student_limit), t_counts, "teacher tokens",
@@ -216,7 +215,7 @@ def _limits(cfg: Config, student: _Side, teacher: _Side, prompts: list[Prompt], 
     if cfg.teacher.backend == "vllm":
         # the teacher scores prompt + response and must fit one generated token: Lt <= max_model_len - 1
         teacher_limit = cfg.teacher.max_model_len - 1 - new
-        scored = ~in_train if cfg.algo.name == "sft_teacher" else np.ones(len(prompts), bool)
+        scored = ~in_train if cfg.algo.teacher_generates else np.ones(len(prompts), bool)
         limits.append(
             _Limit(
                 "teacher.max_model_len", scored & (t_counts > teacher_limit), t_counts, "teacher tokens",
@@ -320,7 +319,7 @@ def check_before_start(
         problem, _, fix = str(err).partition(". Fix: ")
         raise ConfigError("pair.student", problem, fix or "set eos_token in tokenizer_config.json") from None
     warnings: list[str] = []
-    if cfg.algo.name not in PAIR_OBJECTIVES:
+    if not cfg.algo.trains_on_pairs:
         warnings = _check_prompt_lengths(cfg, student, teacher, train_prompts, eval_prompts)
     check_output_dir(output_dir)
     return warnings

@@ -48,7 +48,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from framework.algo import PAIR_OBJECTIVES
 from framework.config import Config, ConfigError
 
 _EPS = 1e-9
@@ -294,7 +293,7 @@ def _check_tp_fits_a_node(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> 
 
 def _check_learner_batch(cfg: Config, learner: RoleDemand, notes: list[str]) -> None:
     """Every rank needs at least one sample per step (a rank with none would stall ZeRO's collectives)."""
-    per_prompt = 1 if cfg.algo.name in PAIR_OBJECTIVES else cfg.rollout.samples_per_prompt
+    per_prompt = 1 if cfg.algo.trains_on_pairs else cfg.rollout.samples_per_prompt
     samples = cfg.data.prompts_per_step * per_prompt
     if samples < learner.count:
         raise ConfigError(

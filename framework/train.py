@@ -19,7 +19,6 @@ import hydra
 from omegaconf import DictConfig
 
 from framework import checkpoint
-from framework.algo import PAIR_OBJECTIVES, objective_options
 from framework.config import Config, ConfigError, register_configs, to_config
 from framework.data.prompts import DataError, LoadReport, load_prompts
 from framework.eval import console_metrics
@@ -66,7 +65,7 @@ def _load_split(cfg: Config, split: str) -> tuple[list[Prompt], LoadReport]:
 def _check_answers_for_reward(cfg: Config, train: list[Prompt]) -> None:
     """A task reward (``algo.reward_weight`` > 0) is verified against each prompt's ``answer``
     (framework/data/verifiers.py): every training record must carry one."""
-    if "reward_weight" not in objective_options(cfg.algo.name) or cfg.algo.reward_weight <= 0:
+    if not cfg.algo.uses_task_reward():
         return
     missing = [p.prompt_id for p in train if p.answer is None]
     if missing:
@@ -171,7 +170,7 @@ def run(cfg: Config) -> dict[str, float]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if cfg.cluster.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    pairs = _load_pairs(cfg, student, teacher) if cfg.algo.name in PAIR_OBJECTIVES else None
+    pairs = _load_pairs(cfg, student, teacher) if cfg.algo.trains_on_pairs else None
     train, train_report = (pairs.prompts, None) if pairs else _load_split(cfg, "train")
     _check_answers_for_reward(cfg, train)
     evals, _ = _load_split(cfg, "eval")

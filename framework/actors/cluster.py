@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,8 +17,8 @@ from framework.actors.pool import ActorPool, gather_stats
 from framework.actors.rollout import RolloutWorker
 from framework.actors.teacher import TeacherWorker
 from framework.actors.weights import FileWeights, NcclWeights, choose_weight_path
-from framework.algo.registry import needs_topk_support, objective_kwargs
 from framework.config import Config
+from framework.learner.settings import RankSettings
 from framework.logging import say
 
 
@@ -183,7 +182,7 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
         "teacher": _teacher_factory(cfg, teacher_path),
         "mapping": _mapping_factory(cfg, student_path, teacher_path),
     }
-    if cfg.algo.name == "sft_teacher":  # the teacher WRITES the training responses: vLLM engines on it
+    if cfg.algo.teacher_generates:  # the teacher WRITES the training responses: vLLM engines on it
         factories["generator"] = _engine_factory(cfg, teacher_path, cfg.rollout.num_engines, student=False)
     sizes = {"rollout": cfg.rollout.num_engines, "teacher": cfg.teacher.num_replicas,
              "mapping": cfg.mapping.num_workers, "generator": cfg.rollout.num_engines}  # fmt: skip
@@ -193,7 +192,7 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
     def make_rank(r: int):
         gpus = c.gpus_per_learner_rank if shared is None else colocated_gpus(cfg, r)
         return LearnerWorker.options(**role_options(cfg, gpus, learner_pg, r)).remote(  # type: ignore[attr-defined]  # Ray adds .options
-            student_path, r, cfg.learner.num_ranks, _learner_kwargs(cfg)
+            student_path, r, cfg.learner.num_ranks, _rank_settings(cfg)
         )
 
     learner = LearnerGroup([make_rank(r) for r in range(cfg.learner.num_ranks)])
@@ -287,7 +286,7 @@ def _mapping_factory(cfg: Config, student_path: str, teacher_path: str) -> Calla
             student_path,
             teacher_path,
             cfg.mapping.credit,
-            needs_topk_support(cfg.algo.name),  # the objective decides the dense projection
+            cfg.algo.needs_support,  # the objective decides the dense projection
             verifier,
             cfg.data.max_prompt_tokens,
         )
@@ -315,14 +314,8 @@ def _teacher_kwargs(cfg: Config, teacher_path: str) -> dict:
     )  # fmt: skip
 
 
-def _learner_kwargs(cfg: Config) -> dict:
-    lc = cfg.learner
-    backend = lc.backend if lc.backend != "auto" else ("nccl" if cfg.cluster.device == "cuda" else "gloo")
-    return dict(
-        zero_stage=lc.zero_stage, lr=lc.lr, weight_decay=lc.weight_decay, betas=tuple(lc.betas),
-        grad_clip=lc.grad_clip, warmup_steps=lc.warmup_steps, micro_batch_tokens=lc.micro_batch_tokens,
-        logprob_chunk_size=lc.logprob_chunk_size, backend=backend, dtype=lc.dtype, seed=cfg.trainer.seed,
-        objective=cfg.algo.name, objective_options=objective_kwargs(cfg.algo.name, dataclasses.asdict(cfg.algo)),
-        gradient_checkpointing=lc.gradient_checkpointing, temperature=cfg.rollout.temperature,
-        trust_remote_code=cfg.pair.trust_remote_code,
+def _rank_settings(cfg: Config) -> RankSettings:
+    return RankSettings(
+        learner=cfg.learner, objective=cfg.algo, seed=cfg.trainer.seed, temperature=cfg.rollout.temperature,
+        trust_remote_code=cfg.pair.trust_remote_code, device=cfg.cluster.device,
     )  # fmt: skip

@@ -13,7 +13,7 @@ import numpy as np
 import ray
 
 from framework.actors.stats import BusyClock, Health
-from framework.algo import PAIR_OBJECTIVES
+from framework.learner.settings import RankSettings
 from framework.types import MappedSample
 
 if TYPE_CHECKING:  # imported inside init(): the driver never loads DeepSpeed
@@ -48,9 +48,9 @@ def batch_statistics(samples: list[MappedSample], trained_version: int) -> dict[
 class LearnerWorker(Health):
     """One DeepSpeed rank."""
 
-    def __init__(self, model_path: str, rank: int, world_size: int, learner_kwargs: dict):
+    def __init__(self, model_path: str, rank: int, world_size: int, settings: RankSettings):
         self.model_path, self.rank, self.world_size = model_path, rank, world_size
-        self.learner_kwargs = learner_kwargs
+        self.settings = settings
         self._learner: LearnerRank | None = None  # built by init(), once the rendezvous is known
         self._transfer: Any = None  # rank 0 on the NCCL weight path: its NcclWeightSync
         self._transfer_engines: list[str] = []  # the engines (actor ids) its group was built for
@@ -72,12 +72,10 @@ class LearnerWorker(Health):
     def init(self, master_addr: str, master_port: int) -> bool:
         from framework.learner.engine import LearnerRank
 
-        os.environ.setdefault(
-            "DS_ACCELERATOR", "cpu" if self.learner_kwargs.get("backend") == "gloo" else "cuda"
-        )
+        os.environ.setdefault("DS_ACCELERATOR", "cpu" if self.settings.backend == "gloo" else "cuda")
         self._learner = LearnerRank(
             self.model_path, rank=self.rank, world_size=self.world_size,
-            master_addr=master_addr, master_port=master_port, **self.learner_kwargs,
+            master_addr=master_addr, master_port=master_port, settings=self.settings,
         )  # fmt: skip
         return True
 
@@ -88,13 +86,13 @@ class LearnerWorker(Health):
             from framework.learner import shard_samples
 
             samples = [s for part in ray.get(sample_refs) for s in part]
-            if self.learner.settings.objective in PAIR_OBJECTIVES:
+            if self.settings.objective.trains_on_pairs:
                 return self._train_pairs(samples)
             attach_reward_groups(samples)  # group baselines need the whole step, before sharding
             stats = batch_statistics(samples, version) if self.rank == 0 else {}
             num_tokens = int(sum(float(s.mask.sum()) for s in samples))
             # every rank reads the same refs and takes its own deterministic share
-            mine = shard_samples(samples, self.world_size, self.learner.settings.micro_batch_tokens)[
+            mine = shard_samples(samples, self.world_size, self.settings.learner.micro_batch_tokens)[
                 self.rank
             ]
             metrics = self.learner.train_step(mine, num_tokens_global=num_tokens)
@@ -107,7 +105,7 @@ class LearnerWorker(Health):
         deal on every rank; a pair's two responses stay together)."""
         from framework.learner import deal_by_length
 
-        budget = self.learner.settings.micro_batch_tokens // 2  # two rows per pair
+        budget = self.settings.learner.micro_batch_tokens // 2  # two rows per pair
         shares = deal_by_length(
             [p.max_length for p in pairs], [p.pair_id for p in pairs], self.world_size, budget
         )
@@ -149,7 +147,7 @@ class LearnerWorker(Health):
                 self._transfer = NcclWeightSync(
                     receivers, master_address=ray.util.get_node_ip_address(), master_port=port,
                     workers_per_receiver=workers_per_engine, timeout_s=timeout_s,
-                    bucket_bytes=self.learner.settings.export_bucket_bytes, device=self.learner.device,
+                    bucket_bytes=self.settings.export_bucket_bytes, device=self.learner.device,
                 )  # fmt: skip
                 self._transfer_engines = ids
             try:

@@ -18,7 +18,6 @@ checkpoint, so a resumed run gets the same reference as the run it continues.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -26,7 +25,7 @@ from dataclasses import dataclass, replace
 import ray
 
 from framework.actors.cluster import Stages
-from framework.algo import objective_kwargs
+from framework.algo import CTPD, DPO
 from framework.config import Config
 from framework.logging import say
 from framework.mapping import TokenMapper
@@ -121,8 +120,9 @@ class PairBatches:
         """Preference accuracies and losses of the current student on the held-out pairs
         (``eval/*``) and on some training pairs (``train_eval/*``): framework.preference.evaluate."""
         a = self.cfg.algo
+        assert isinstance(a, DPO | CTPD)  # PairBatches is the source of the pair objectives only
         # ctpd's numbers with the run's options when it trains ctpd, else with ctpd's defaults
-        options = objective_kwargs("ctpd", dataclasses.asdict(a)) if a.name == "ctpd" else {}
+        options = a.options() if isinstance(a, CTPD) else {}
         options.pop("beta", None)
         metrics: dict[str, float] = {}
         for prefix, pairs in (("eval", self.held_out), ("train_eval", self.train_eval)):

@@ -2,7 +2,7 @@
 
 Per micro-batch the learner does::
 
-    objective = make_objective(cfg.name, **{k: v for k, v in cfg.items() if k in objective_options(cfg.name)})
+    objective = make_objective(name, **options)  # or the `algo` config section, which is one
     # hidden_B_T_H: final hidden states at positions response_start - 1 + t (they predict response token t)
     support = batch.support_ids_B_T_S if objective.needs_support else None
     student = chunked_token_logprobs(hidden_B_T_H, lm_head.weight, batch.target_ids_B_T,
@@ -16,6 +16,7 @@ from framework.algo.inputs import (
     LossInputs,
     LossOutput,
     Objective,
+    ObjectiveConfig,
     TokenLogprobs,
     collate_mapped_samples,
     distillation_metrics,
@@ -27,7 +28,7 @@ from framework.algo.registry import (
     OBJECTIVES,
     PAIR_OBJECTIVES,
     make_objective,
-    objective_kwargs,
+    objective_class,
     objective_options,
 )
 from framework.algo.sft import SFTTeacher, sft_loss
@@ -44,6 +45,7 @@ __all__ = [
     "LossOutput",
     "OPDTopK",
     "Objective",
+    "ObjectiveConfig",
     "SFTTeacher",
     "TokenLogprobs",
     "chunked_token_logprobs",
@@ -55,7 +57,7 @@ __all__ = [
     "entropy_from_logits",
     "logprobs_from_logits",
     "make_objective",
-    "objective_kwargs",
+    "objective_class",
     "objective_options",
     "opd_loss",
     "sft_loss",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -163,6 +163,30 @@ class LossCounts:
     def from_tensor(t: torch.Tensor) -> LossCounts:
         tokens, dense, pairs = (float(x) for x in t.tolist())
         return LossCounts(tokens, dense, pairs)
+
+
+@dataclass
+class ObjectiveConfig:
+    """Base of every objective dataclass. An objective's fields are its options: the ``algo`` config
+    section is the objective itself (``algo=ctpd algo.mu=0.5``), so an option exists exactly where it
+    has an effect, and what the run needs from the other services is derived from the class below,
+    never set by the user (docs/design.md §4)."""
+
+    name: str = ""  # the registry name; each objective fixes it
+    # trains on the teacher's top-k projected onto the student vocabulary (the mapping's dense rows)
+    needs_support: ClassVar[bool] = False
+    # trains on offline preference pairs scored once, not on rollouts
+    trains_on_pairs: ClassVar[bool] = False
+    # the generator pool is built on the teacher model: the teacher writes the training responses
+    teacher_generates: ClassVar[bool] = False
+
+    def options(self) -> dict[str, Any]:
+        """The option values (every field but ``name``), e.g. to rebuild it on a learner rank."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+
+    def uses_task_reward(self) -> bool:
+        """Whether the samples need the task verifier's reward (framework.algo.reward)."""
+        return False
 
 
 class Objective(Protocol):

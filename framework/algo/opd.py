@@ -26,6 +26,7 @@ turn the backward pass into ``0 · inf = NaN``; masked tokens never reach the lo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -33,6 +34,7 @@ from framework.algo.inputs import (
     LossCounts,
     LossInputs,
     LossOutput,
+    ObjectiveConfig,
     TokenLogprobs,
     as_token_logprobs,
     denominator,
@@ -161,19 +163,22 @@ def opd_loss(
 
 
 @dataclass
-class OPD:
+class OPD(ObjectiveConfig):
     """Objective ``opd`` (see `opd_loss`): needs behaviour_logprobs_B_T, advantages_B_T, mask_B_T."""
 
     clip_eps: float | None = 0.2
     clip_eps_high: float | None = None
     dual_clip: float | None = None
-    adv_clamp: float | None = None
+    # |advantage| bound: the wrong result digits carry teacher logprobs down to -25 (issue #12)
+    adv_clamp: float | None = 5.0
     reward_weight: float = 0.0  # λ: weight of the sequence reward term (framework.algo.reward)
     reward_baseline: str = "group_mean"  # group_mean | leave_one_out | none
     distill_weight: float = 1.0  # w_d: weight of the distillation term (0 = task reward only)
     name: str = "opd"
-    needs_support: bool = False
-    needs_reference: bool = False
+    needs_reference: ClassVar[bool] = False
+
+    def uses_task_reward(self) -> bool:
+        return self.reward_weight > 0
 
     def __post_init__(self) -> None:  # fail at construction, not at the first step
         check_opd_options(

@@ -34,6 +34,7 @@ the sequence log-ratio). The weights are constants (no gradient); TIS-DPO's extr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,7 @@ from framework.algo.inputs import (
     LossInputs,
     LossOutput,
     Metrics,
+    ObjectiveConfig,
     TokenLogprobs,
     as_token_logprobs,
     denominator,
@@ -186,14 +188,14 @@ def _pairs(batch: LossInputs, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass
-class DPO:
+class DPO(ObjectiveConfig):
     """Objective ``dpo``: needs batch.reference_logprobs_B_T from the frozen student-init model."""
 
     beta: float = 0.1
     label_smoothing: float = 0.0
     name: str = "dpo"
-    needs_support: bool = False
-    needs_reference: bool = True
+    trains_on_pairs: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = True
 
     def __call__(
         self, student: TokenLogprobs | torch.Tensor, batch: LossInputs, counts: LossCounts | None = None
@@ -216,7 +218,7 @@ class DPO:
 
 
 @dataclass
-class CTPD:
+class CTPD(ObjectiveConfig):
     """Objective ``ctpd``. Needs span_index_B_T, teacher_span_logprobs_B_K, span_mask_B_K and, when
     ``mu != 0``, reference span logprobs (reference_span_logprobs_B_K, or reference_logprobs_B_T which is
     summed into spans here). ``mu = 0`` gives uniform span weights and needs no reference model."""
@@ -228,7 +230,7 @@ class CTPD:
     weight_max: float = 4.0
     label_smoothing: float = 0.0
     name: str = "ctpd"
-    needs_support: bool = False
+    trains_on_pairs: ClassVar[bool] = True
 
     @property
     def needs_reference(self) -> bool:

@@ -12,6 +12,7 @@ with ``m_t = 1`` on response tokens only (prompt and padding masked).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -19,6 +20,7 @@ from framework.algo.inputs import (
     LossCounts,
     LossInputs,
     LossOutput,
+    ObjectiveConfig,
     TokenLogprobs,
     as_token_logprobs,
     denominator,
@@ -39,12 +41,12 @@ def sft_loss(
 
 
 @dataclass
-class SFTTeacher:
+class SFTTeacher(ObjectiveConfig):
     """Objective ``sft_teacher`` (see `sft_loss`): needs only the mask and the student logprobs."""
 
     name: str = "sft_teacher"
-    needs_support: bool = False
-    needs_reference: bool = False
+    teacher_generates: ClassVar[bool] = True  # the generator pool is built on the teacher model
+    needs_reference: ClassVar[bool] = False
 
     def __call__(
         self, student: TokenLogprobs | torch.Tensor, batch: LossInputs, counts: LossCounts | None = None

@@ -38,7 +38,8 @@ the teacher token's bytes; the student keeps its own preference among the ways o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -197,31 +198,31 @@ def topk_kl_loss(
 
 
 @dataclass
-class OPDTopK:
-    """Objective ``opd_topk``: ``L = L_opd + topk_weight · L_topk`` (``opd=None``: ``topk_weight · L_topk``).
+class OPDTopK(OPD):
+    """Objective ``opd_topk``: ``L = L_opd + topk_weight · L_topk`` (``with_sampled=False``:
+    ``topk_weight · L_topk``). It is ``opd`` plus a dense term, so it takes every ``opd`` option too.
 
     ``L_opd`` is normalised by the global token count, ``L_topk`` by the global count of dense positions
     (dense_mask_B_T · mask_B_T). Needs the student's support logprobs (``needs_support``).
     """
 
-    topk_weight: float = 1.0
-    direction: str = "forward"
-    min_target_prob: float = 1e-8
-    opd: OPD | None = field(default_factory=OPD)
     name: str = "opd_topk"
-    needs_support: bool = True
-    needs_reference: bool = False
+    topk_weight: float = 1.0  # weight of the dense KL term
+    kl_direction: str = "forward"  # forward | reverse
+    min_target_prob: float = 1e-8  # floor of a projected target probability
+    with_sampled: bool = True  # add the sampled-path opd term (False: the dense KL only)
+    needs_support: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise ValueError(
-                f"opd_topk direction (config key kl_direction) must be one of {DIRECTIONS}, "
-                f"got {self.direction!r}"
-            )
+        super().__post_init__()
+        if self.kl_direction not in DIRECTIONS:
+            raise ValueError(f"kl_direction must be one of {DIRECTIONS}, got {self.kl_direction!r}")
         if self.topk_weight < 0:
             raise ValueError(f"topk_weight must be >= 0, got {self.topk_weight}")
         if not 0 < self.min_target_prob < 1:
             raise ValueError(f"min_target_prob must be in (0, 1), got {self.min_target_prob}")
+        if self.topk_weight == 0 and not self.with_sampled:
+            raise ValueError("topk_weight=0 without the sampled term (with_sampled=False) trains nothing")
 
     @staticmethod
     def _groups(batch: LossInputs) -> dict[str, torch.Tensor]:
@@ -256,14 +257,14 @@ class OPDTopK:
             batch.other_prob_B_T.reshape(-1),  # type: ignore[union-attr]
             batch.effective_dense_mask().reshape(-1),
             counts.dense_positions,
-            direction=self.direction,
+            direction=self.kl_direction,
             min_target_prob=self.min_target_prob,
             **self._groups(batch),
         )
         loss = self.topk_weight * topk.loss
         metrics = dict(topk.metrics)
-        if self.opd is not None:
-            opd = self.opd(student, batch, counts)
+        if self.with_sampled:
+            opd = super().__call__(student, batch, counts)
             loss = loss + opd.loss
             metrics.update(opd.metrics)
         return LossOutput(loss, metrics)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +26,13 @@ import numpy as np
 import torch
 
 from framework.algo import (
-    PAIR_OBJECTIVES,
     LossCounts,
     LossInputs,
     TokenLogprobs,
     distillation_metrics,
     make_objective,
 )
+from framework.config import LearnerConfig
 from framework.learner import distributed
 from framework.learner.batching import (
     MicroBatch,
@@ -44,6 +43,7 @@ from framework.learner.batching import (
     padding_micro_batch,
 )
 from framework.learner.model import LogprobLM, load_student
+from framework.learner.settings import RankSettings
 from framework.learner.state import load_learner_state, save_learner_state
 from framework.learner.weights import (
     NamedTensors,
@@ -58,55 +58,16 @@ if TYPE_CHECKING:  # preference.batch imports learner.batching: imported in trai
     from framework.preference.pairs import EncodedPair
 
 
-@dataclass
-class LearnerSettings:
-    """Everything a learner rank needs besides its place in the process group."""
-
-    # the defaults of the fields shared with framework.config.LearnerConfig are its defaults
-    # (tests/unit/test_config.py keeps them equal): the run always passes the config's values
-    zero_stage: int = 2
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    eps: float = 1e-8
-    grad_clip: float | None = 1.0  # max global grad norm; None = no clipping
-    warmup_steps: int = 0  # linear warmup: lr · min(1, (step + 1) / warmup_steps)
-    micro_batch_tokens: int = 8192  # padded tokens (B · L_max) per micro-batch
-    logprob_chunk_size: int = 256  # positions per LM-head chunk
-    objective: str = "opd"
-    objective_options: dict[str, Any] = field(default_factory=dict)
-    backend: str = "gloo"  # "gloo" (CPU) | "nccl" (GPU)
-    dtype: str = "float32"  # training dtype: "float32" | "bfloat16"
-    seed: int = 0
-    temperature: float = 1.0  # sampling temperature of the rollouts: logits are divided by it
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
-    pad_id: int | None = None  # None: the model config's pad_token_id, else 0
-    export_bucket_bytes: int = 256 << 20
-
-    def __post_init__(self) -> None:
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.lr <= 0 or self.micro_batch_tokens <= 0 or self.logprob_chunk_size <= 0:
-            raise ValueError("lr, micro_batch_tokens and logprob_chunk_size must be positive")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16' (DeepSpeed bf16), got {self.dtype!r}")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-
-
+ADAM_EPS = 1e-8
 ZERO_BUCKETS = {"reduce_bucket_size": 50_000_000, "allgather_bucket_size": 50_000_000}
 
 
-def deepspeed_config(s: LearnerSettings) -> dict[str, Any]:
+def deepspeed_config(s: LearnerConfig) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": 1,  # nominal: micro-batches are token-budgeted here
         "gradient_accumulation_steps": 1,
         "managed_gradient_accumulation": False,  # every engine.step() is one optimizer update
-        "gradient_clipping": float(s.grad_clip or 0.0),
+        "gradient_clipping": float(s.grad_clip),  # 0 = off
         # DeepSpeed's default buckets are 5e8 elements (2 GB in fp32, allocated whether the model fills
         # them or not); 5e7 keeps the reduce/all-gather calls large while bounding that buffer.
         "zero_optimization": {"stage": s.zero_stage, **ZERO_BUCKETS},
@@ -126,8 +87,7 @@ def _warmup(warmup_steps: int):
 class LearnerRank:
     """One DeepSpeed rank. Every public method is collective: all ranks call it in the same order.
 
-    ``LearnerRank(model_path, rank=r, world_size=R, master_addr=..., master_port=..., **settings)`` where
-    ``settings`` are `LearnerSettings` fields (or pass ``settings=LearnerSettings(...)``).
+    ``LearnerRank(model_path, rank=r, world_size=R, master_addr=..., master_port=..., settings=RankSettings(...))``.
     """
 
     def __init__(
@@ -138,17 +98,14 @@ class LearnerRank:
         world_size: int = 1,
         master_addr: str = "127.0.0.1",
         master_port: int = 29500,
-        settings: LearnerSettings | None = None,
-        **overrides: Any,
+        settings: RankSettings | None = None,
     ):
-        valid = {f.name for f in dataclasses.fields(LearnerSettings)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise TypeError(f"LearnerRank got unknown settings {unknown}; valid: {sorted(valid)}")
-        self.settings = s = dataclasses.replace(settings or LearnerSettings(), **overrides)
+        self.settings = s = settings or RankSettings()
+        lc = s.learner
+        lc.check()  # the driver checked it too; a rank built directly (tests, tools) is checked here
         self.model_path = Path(model_path)
         self.rank, self.world_size = rank, world_size
-        self.objective = make_objective(s.objective, **s.objective_options)
+        self.objective = make_objective(s.objective.name, **s.objective.options())  # a fresh copy
         t0 = time.perf_counter()
         distributed.init_distributed(
             rank=rank,
@@ -165,19 +122,20 @@ class LearnerRank:
             self.model_path,
             dtype="float32",  # DeepSpeed casts to bf16 itself and keeps fp32 master weights
             trust_remote_code=s.trust_remote_code,
-            gradient_checkpointing=s.gradient_checkpointing,
+            gradient_checkpointing=lc.gradient_checkpointing,
         )
         pad = s.pad_id if s.pad_id is not None else getattr(self.hf_model.config, "pad_token_id", None)
         self.pad_id = int(pad) if isinstance(pad, int) else 0
-        module = LogprobLM(self.hf_model, chunk_size=s.logprob_chunk_size, temperature=s.temperature)
+        module = LogprobLM(self.hf_model, chunk_size=lc.logprob_chunk_size, temperature=s.temperature)
+        betas = (float(lc.betas[0]), float(lc.betas[1]))
         optimizer = torch.optim.AdamW(
-            self.hf_model.parameters(), lr=s.lr, betas=s.betas, eps=s.eps, weight_decay=s.weight_decay
+            self.hf_model.parameters(), lr=lc.lr, betas=betas, eps=ADAM_EPS, weight_decay=lc.weight_decay
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(s.warmup_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(lc.warmup_steps))
         self.engine, _, _, _ = deepspeed.initialize(
-            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(s)
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(lc)
         )
-        if s.zero_stage == 3:  # the chunked head reads lm_head.weight outside lm_head.forward
+        if lc.zero_stage == 3:  # the chunked head reads lm_head.weight outside lm_head.forward
             for p in module.head.parameters():
                 deepspeed.zero.register_external_parameter(module, p)
         self.device = self.engine.device
@@ -197,14 +155,14 @@ class LearnerRank:
         ``lr`` (used by this step), ``tokens``, ``dense_positions``, ``micro_batches``, ``step_seconds``
         and the objective's metrics (``opd/...``, ``topk/...``, ``distill/...``).
         """
-        if self.settings.objective in PAIR_OBJECTIVES:
+        if self.settings.objective.trains_on_pairs:
             raise NotImplementedError(
-                f"objective {self.settings.objective!r} trains on preference pairs (with reference logprobs), "
+                f"objective {self.settings.objective.name!r} trains on preference pairs (with reference logprobs), "
                 "not MappedSamples: call train_pairs"
             )
         batches = build_micro_batches(
             samples,
-            self.settings.micro_batch_tokens,
+            self.settings.learner.micro_batch_tokens,
             pad_id=self.pad_id,
             with_dense=bool(self.objective.needs_support),
         )
@@ -214,14 +172,16 @@ class LearnerRank:
         """One optimizer step of ``dpo`` / ``ctpd`` on this rank's share of the step's preference pairs
         (teacher scores and reference attached; both rows of a pair stay in one micro-batch). The loss
         is normalised by the pairs of all ranks, so the ranks' shares may differ (even be empty)."""
-        if self.settings.objective not in PAIR_OBJECTIVES:
+        if not self.settings.objective.trains_on_pairs:
             raise ValueError(
-                f"objective {self.settings.objective!r} trains on MappedSamples: call train_step"
+                f"objective {self.settings.objective.name!r} trains on MappedSamples: call train_step"
             )
         from framework.preference.batch import build_preference_micro_batches
 
         batches = (
-            build_preference_micro_batches(pairs, self.settings.micro_batch_tokens, pad_id=self.pad_id)
+            build_preference_micro_batches(
+                pairs, self.settings.learner.micro_batch_tokens, pad_id=self.pad_id
+            )
             if pairs
             else []
         )
@@ -250,7 +210,7 @@ class LearnerRank:
             num_batches,
             pad_id=self.pad_id,
             with_dense=bool(self.objective.needs_support),
-            pairs=self.settings.objective in PAIR_OBJECTIVES,
+            pairs=self.settings.objective.trains_on_pairs,
         )
 
         self.engine.train()
@@ -316,7 +276,7 @@ class LearnerRank:
             if not 1 <= start <= len(ids):
                 raise ValueError(f"sequence {i}: response_start={start} must be in [1, {len(ids)}]")
         lengths = [len(x) for x in input_ids_list]
-        groups = pack_micro_batches(lengths, self.settings.micro_batch_tokens)
+        groups = pack_micro_batches(lengths, self.settings.learner.micro_batch_tokens)
         backend = self.settings.backend
         n = int(distributed.all_reduce(torch.tensor([len(groups)]), "max", backend).item())
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(input_ids_list)
@@ -397,8 +357,8 @@ class LearnerRank:
         return {
             "version": self.version,
             "world_size": self.world_size,
-            "zero_stage": self.settings.zero_stage,
-            "objective": self.settings.objective,
+            "zero_stage": self.settings.learner.zero_stage,
+            "objective": self.settings.objective.name,
         }
 
 
@@ -406,4 +366,4 @@ def _to(value: Any, device: torch.device) -> Any:
     return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
-__all__ = ["LearnerRank", "LearnerSettings", "deepspeed_config"]
+__all__ = ["LearnerRank", "RankSettings", "deepspeed_config"]

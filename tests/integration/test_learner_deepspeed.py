@@ -27,7 +27,7 @@ import torch
 pytestmark = pytest.mark.integration
 
 VOCAB = 512
-SETTINGS = dict(
+SETTINGS = dict(  # learner.* config values
     lr=2e-3,
     weight_decay=0.01,
     betas=(0.9, 0.95),
@@ -35,10 +35,8 @@ SETTINGS = dict(
     warmup_steps=2,
     micro_batch_tokens=48,
     logprob_chunk_size=7,
-    objective="opd_topk",
-    objective_options={"clip_eps": 0.2, "topk_weight": 0.5},
-    seed=0,
 )
+OBJECTIVE = ("opd_topk", {"clip_eps": 0.2, "topk_weight": 0.5})
 # name -> (zero stage, world size, gradient checkpointing)
 RUNS = {"z2_r1": (2, 1, False), "z2_r2": (2, 2, False), "z3_r2": (3, 2, True)}
 WORKER_TIMEOUT_S = 420
@@ -105,8 +103,11 @@ def worker(spec: dict) -> None:
     torch.set_num_threads(1)
     from safetensors.torch import save_file
 
+    from framework.algo import make_objective
+    from framework.config import LearnerConfig
     from framework.learner.batching import build_micro_batches
     from framework.learner.engine import LearnerRank
+    from framework.learner.settings import RankSettings
 
     rank, world_size, out = spec["rank"], spec["world_size"], Path(spec["out_dir"])
     t0 = time.perf_counter()
@@ -115,9 +116,15 @@ def worker(spec: dict) -> None:
         rank=rank,
         world_size=world_size,
         master_port=spec["port"],
-        zero_stage=spec["zero_stage"],
-        gradient_checkpointing=spec["gradient_checkpointing"],
-        **SETTINGS,
+        settings=RankSettings(
+            learner=LearnerConfig(
+                zero_stage=spec["zero_stage"],
+                gradient_checkpointing=spec["gradient_checkpointing"],
+                **SETTINGS,
+            ),
+            objective=make_objective(OBJECTIVE[0], **OBJECTIVE[1]),  # type: ignore[arg-type]
+            seed=0,
+        ),
     )
     report: dict = {"init_seconds": learner.init_seconds, "process_to_ready_s": time.perf_counter() - t0}
     report["local_micro_batches"] = [
@@ -263,7 +270,7 @@ def reference(tiny_model_dir) -> dict:
 
     torch.manual_seed(0)
     lm = LogprobLM(load_student(tiny_model_dir), chunk_size=SETTINGS["logprob_chunk_size"])
-    objective = make_objective(SETTINGS["objective"], **SETTINGS["objective_options"])
+    objective = make_objective(OBJECTIVE[0], **OBJECTIVE[1])
     opt = torch.optim.AdamW(
         lm.parameters(), lr=SETTINGS["lr"], betas=SETTINGS["betas"], weight_decay=SETTINGS["weight_decay"]
     )

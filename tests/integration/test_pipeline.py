@@ -173,3 +173,31 @@ def test_opd_with_a_task_reward_trains_on_both_signals(ray_local, tmp_path):
     # (a group's samples differ in length), and the teacher term is there too
     assert any(abs(r["opd/reward_adv_mean"]) > 1e-6 for r in rows), [r["opd/reward_adv_mean"] for r in rows]
     assert all(r["batch/reverse_kl"] != 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("objective", "metric"),
+    [("opd_topk", "topk/kl"), ("sft_teacher", "sft/nll")],
+)
+def test_each_rollout_objective_trains_through_the_controller(ray_local, tmp_path, objective, metric):
+    """``algo=opd_topk`` and ``algo=sft_teacher`` through the real actors for a few steps: what each
+    needs from the other services follows from the objective (docs/design.md §4): the mapping's dense
+    top-k rows for ``opd_topk``, a generator pool on the teacher model for ``sft_teacher``."""
+    from framework.controller import Controller
+
+    steps, out = 3, tmp_path / objective
+    cfg, stages, train, evals = start_run(
+        [*COMMON, f"algo={objective}", f"trainer.steps={steps}", "data.num_eval=16"], out
+    )
+    try:
+        assert cfg.algo.name == objective
+        assert ("generator" in stages.pools) == (objective == "sft_teacher")
+        Controller(cfg, stages, train, evals, out).run()
+    finally:
+        stop_stages(stages)
+    rows, _ = _read_metrics(out)
+    assert len(rows) == steps and all(math.isfinite(r["loss"]) and math.isfinite(r[metric]) for r in rows)
+    if objective == "opd_topk":  # dense rows reached the loss, beside the sampled term
+        assert all(r["dense_positions"] > 0 and "opd/clip_frac" in r for r in rows), rows[0]
+    else:  # cross-entropy on the teacher's responses: a mean NLL, positive
+        assert all(r[metric] > 0 for r in rows)

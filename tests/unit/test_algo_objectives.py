@@ -143,25 +143,24 @@ def test_registry_names_flags_and_errors():
         make_objective("opd_topk", topk_weigth=1.0)
     with pytest.raises(ValueError, match="kl_direction"):
         make_objective("opd_topk", kl_direction="sideways")
-    # a flat config carrying every objective's options (like AlgoConfig) narrowed per objective
-    flat = {
-        "clip_eps": 0.1,
-        "adv_clamp": 5.0,
-        "topk_weight": 0.5,
-        "with_sampled": True,
-        "kl_direction": "reverse",
-        "beta": 0.3,
-    }
-    for name in OBJECTIVES:
-        make_objective(name, **{k: v for k, v in flat.items() if k in objective_options(name)})
-    topk = make_objective("opd_topk", **{k: v for k, v in flat.items() if k in objective_options("opd_topk")})
-    assert topk.direction == "reverse" and topk.opd.clip_eps == 0.1 and topk.opd.adv_clamp == 5.0
+    # opd_topk is opd plus a dense term: it takes every opd option, and nothing of the pair objectives
+    assert set(objective_options("opd")) < set(objective_options("opd_topk"))
+    assert "beta" not in objective_options("opd_topk") and "mu" not in objective_options("dpo")
+    topk = make_objective("opd_topk", clip_eps=0.1, kl_direction="reverse", topk_weight=0.5)
+    assert topk.kl_direction == "reverse" and topk.clip_eps == 0.1 and topk.adv_clamp == 5.0
+    rebuilt = make_objective("opd_topk", **topk.options())  # how a learner rank gets the run's objective
+    assert rebuilt == topk and rebuilt is not topk
     assert make_objective("dpo", beta=0.3).beta == 0.3
     flags = {n: make_objective(n) for n in OBJECTIVES}
     assert [n for n, o in flags.items() if o.needs_support] == ["opd_topk"]
     assert flags["dpo"].needs_reference and flags["ctpd"].needs_reference
     assert not make_objective("ctpd", mu=0.0).needs_reference
-    assert make_objective("opd_topk", with_sampled=False).opd is None
+    assert [n for n, o in flags.items() if o.trains_on_pairs] == ["dpo", "ctpd"]
+    assert [n for n, o in flags.items() if o.teacher_generates] == ["sft_teacher"]
+    assert (
+        not make_objective("opd").uses_task_reward()
+        and make_objective("opd", reward_weight=0.5).uses_task_reward()
+    )
     for name, obj in flags.items():
         assert obj.name == name
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from framework.algo import OPD, LossInputs, OPDTopK, TokenLogprobs, opd_loss, topk_kl_loss
+from framework.algo import LossInputs, OPDTopK, TokenLogprobs, opd_loss, topk_kl_loss
 from framework.algo.topk_kl import log1mexp
 
 torch.set_num_threads(1)
@@ -175,7 +175,7 @@ def _student_outputs(batch, logits_B_T_V):
 def test_objective_mixes_opd_and_topk(direction):
     batch, logits, positions = _dense_batch()
     student = _student_outputs(batch, logits)
-    obj = OPDTopK(topk_weight=0.7, direction=direction, opd=OPD(clip_eps=0.2))
+    obj = OPDTopK(topk_weight=0.7, kl_direction=direction, clip_eps=0.2, adv_clamp=None)
     out = obj(student, batch)
     # dense position (1, 3) sits on a masked token: only 2 dense positions count
     trained = [(b, t) for b, t in positions if batch.mask_B_T[b, t] > 0]
@@ -196,7 +196,7 @@ def test_objective_mixes_opd_and_topk(direction):
     ).loss
     torch.testing.assert_close(out.loss, opd_ref + 0.7 * topk_ref)
     assert "opd/clip_frac" in out.metrics and "topk/kl" in out.metrics
-    alone = OPDTopK(topk_weight=0.7, direction=direction, opd=None)(student, batch)
+    alone = OPDTopK(topk_weight=0.7, kl_direction=direction, with_sampled=False)(student, batch)
     torch.testing.assert_close(alone.loss, 0.7 * topk_ref)
 
 
@@ -206,8 +206,10 @@ def test_objective_requires_support_logprobs():
     student.support_logprobs_B_T_S = None
     with pytest.raises(ValueError, match="support"):
         OPDTopK()(student, batch)
-    with pytest.raises(ValueError, match="direction"):
-        OPDTopK(direction="sideways")
+    with pytest.raises(ValueError, match="kl_direction"):
+        OPDTopK(kl_direction="sideways")
+    with pytest.raises(ValueError, match="trains nothing"):
+        OPDTopK(topk_weight=0.0, with_sampled=False)
 
 
 # ------------------------------------------------------------------ byte-prefix groups (loss-side split)
@@ -315,7 +317,7 @@ def test_group_fields_come_together_and_the_objective_uses_them():
     student = TokenLogprobs(
         logprobs_B_T=torch.zeros(1, 3, dtype=F64), support_logprobs_B_T_S=_gather(logits, ids)[None]
     )
-    got = OPDTopK(opd=None)(student, batch).loss
+    got = OPDTopK(with_sampled=False)(student, batch).loss
     want = topk_kl_loss(
         _gather(logits, ids), ids, direct, other, weight, 3.0,
         group_mass_P_G=mass, group_start_P_G=start, group_end_P_G=end,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from framework.config import ALGOS, AlgoConfig, Config, ConfigError, register_configs, to_config, validate
+from framework.config import ALGOS, Config, ConfigError, register_configs, to_config, validate
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 register_configs()
@@ -51,12 +51,16 @@ def test_every_algo_has_a_recipe():
         ("rollout.top_p=1.5", "rollout.top_p"),
         ("rollout.temperature=0", "rollout.temperature"),
         ("algo.name=ppo", "algo.name"),
+        ("algo=ctpd algo.name=dpo", "algo.name"),  # the group chooses the objective, not the name
         ("learner.zero_stage=4", "learner.zero_stage"),
         ("learner.lr=-1", "learner.lr"),
         ("rollout.max_new_tokens=600", "rollout.max_new_tokens"),
         ("data.max_prompt_tokens=500", "data.max_prompt_tokens"),
         ("teacher.backend=http", "teacher.url"),
-        ("algo.name=opd_topk teacher.top_k=0", "teacher.top_k"),
+        ("algo=opd_topk teacher.top_k=0", "teacher.top_k"),
+        ("algo=opd_topk algo.topk_weight=0 algo.with_sampled=false", "algo.topk_weight"),
+        ("learner.dtype=float16", "learner.dtype"),
+        ("learner.warmup_steps=-1", "learner.warmup_steps"),
         ("cluster.gpus_per_learner_rank=1", "cluster.gpus_per_learner_rank"),
         ("cluster.placement=colocated trainer.max_staleness=1", "trainer.max_staleness"),
         ("cluster.placement=colocated rollout.tensor_parallel_size=2", "rollout.tensor_parallel_size"),
@@ -84,14 +88,25 @@ def test_validate_accepts_defaults_and_staleness_with_room():
     validate(cfg)
 
 
-def test_every_objective_option_is_a_config_key_and_every_algo_key_is_an_option():
-    """One schema: whatever an objective accepts can be set as ``algo.<option>``, and no ``algo.*`` key
-    is a dead knob (the flat section is exactly the union of the objectives' options)."""
+def test_the_algo_section_is_the_objective_with_exactly_its_options():
+    """One schema: ``algo`` is the chosen objective's own dataclass, so its options are the algo.* keys,
+    an option of another objective is refused naming the key, and what the run needs from the other
+    services (top-k projection, pairs, teacher-written responses) comes from the objective."""
     from framework.algo import OBJECTIVES, objective_options
 
-    keys = {f.name for f in dataclasses.fields(AlgoConfig)} - {"name"}
-    options = {option for name in OBJECTIVES for option in objective_options(name)}
-    assert keys == options
+    for name, objective in OBJECTIVES.items():
+        cfg = to_config(_compose([f"algo={name}"]))
+        assert type(cfg.algo) is objective
+        assert set(cfg.algo.options()) == set(objective_options(name))
+    assert to_config(_compose(["algo=opd_topk"])).algo.needs_support
+    assert to_config(_compose(["algo=ctpd"])).algo.trains_on_pairs
+    assert to_config(_compose(["algo=sft_teacher"])).algo.teacher_generates
+    with pytest.raises(ConfigError) as info:  # the same from a plain dict (the Python entry point)
+        to_config({"algo": {"name": "opd", "mu": 0.5}})
+    assert info.value.key == "algo.mu" and "algo=opd has no option" in str(info.value)
+    assert to_config({"algo": {"name": "ctpd", "mu": 0.5}}).algo.options()["mu"] == 0.5
+    with pytest.raises(Exception, match=r"algo\.mu"):  # Hydra refuses it at composition
+        _compose(["algo=opd", "algo.mu=0.5"])
 
 
 @pytest.mark.parametrize(
@@ -99,7 +114,7 @@ def test_every_objective_option_is_a_config_key_and_every_algo_key_is_an_option(
     [
         ("opd", "dual_clip", 3.0, lambda o: o.dual_clip == 3.0),
         ("opd", "clip_eps_high", 0.28, lambda o: o.clip_eps_high == 0.28),
-        ("opd_topk", "min_target_prob", 1e-6, lambda o: o.min_target_prob == 1e-6 and o.opd is not None),
+        ("opd_topk", "min_target_prob", 1e-6, lambda o: o.min_target_prob == 1e-6 and o.with_sampled),
         ("ctpd", "mu", 0.0, lambda o: o.mu == 0.0 and not o.needs_reference),
         ("dpo", "label_smoothing", 0.1, lambda o: o.label_smoothing == 0.1),
         ("opd", "reward_weight", 0.5, lambda o: o.reward_weight == 0.5 and o.distill_weight == 1.0),
@@ -107,16 +122,17 @@ def test_every_objective_option_is_a_config_key_and_every_algo_key_is_an_option(
             "opd_topk",
             "reward_baseline",
             "none",
-            lambda o: o.opd is not None and o.opd.reward_baseline == "none",
+            lambda o: o.with_sampled and o.reward_baseline == "none",
         ),
     ],
 )
 def test_algo_options_reach_the_objective(name, key, value, reaches):
-    from framework.algo import make_objective, objective_kwargs
+    from framework.actors.cluster import _rank_settings
+    from framework.algo import make_objective
 
-    cfg = to_config(_compose([f"algo.name={name}", f"algo.{key}={value}"]))
-    objective = make_objective(name, **objective_kwargs(name, dataclasses.asdict(cfg.algo)))
-    assert reaches(objective)
+    cfg = to_config(_compose([f"algo={name}", f"algo.{key}={value}"]))
+    settings = _rank_settings(cfg)  # what the learner ranks are given
+    assert reaches(make_objective(settings.objective.name, **settings.objective.options()))
 
 
 def test_a_bad_objective_option_fails_at_validation_naming_it():
@@ -125,16 +141,18 @@ def test_a_bad_objective_option_fails_at_validation_naming_it():
     assert info.value.key == "algo.dual_clip" and "dual_clip" in str(info.value)
 
 
-def test_learner_settings_defaults_are_the_configs():
-    """One set of learner defaults: LearnerSettings defaults every field it shares with LearnerConfig
-    to the config's value (they once disagreed on lr and betas)."""
+def test_learner_ranks_get_the_learner_section_itself():
+    """One set of learner options: a rank's settings hold the run's ``learner`` section and objective,
+    not copies with defaults of their own (they once disagreed on lr and betas)."""
+    from framework.actors.cluster import _rank_settings
     from framework.config import LearnerConfig
-    from framework.learner.engine import LearnerSettings
+    from framework.learner.settings import RankSettings
 
-    config = {f.name: f.default for f in dataclasses.fields(LearnerConfig)}
-    shared = 0
-    for f in dataclasses.fields(LearnerSettings):
-        if f.name in config and f.name != "backend":  # config: "auto"; a rank needs gloo or nccl
-            assert f.default == config[f.name], f"LearnerSettings.{f.name}: {f.default} vs {config[f.name]}"
-            shared += 1
-    assert shared >= 9  # the comparison really covers the learner's fields
+    cfg = to_config(_compose(["algo=ctpd", "learner.lr=2e-5", "trainer.seed=3"]))
+    settings = _rank_settings(cfg)
+    assert settings.learner is cfg.learner and settings.objective is cfg.algo and settings.seed == 3
+    assert settings.backend == "gloo" and RankSettings(device="cuda").backend == "nccl"
+    shared = {f.name for f in dataclasses.fields(RankSettings)} & {
+        f.name for f in dataclasses.fields(LearnerConfig)
+    }
+    assert not shared  # no learner option is defined twice

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from framework.algo import CTPD, DPO
 from framework.config import Config, ConfigError
 from framework.data.prompts import DataError
 from framework.preference import load_preference_pairs, read_preference_jsonl
@@ -60,8 +61,8 @@ def test_zoo_pairs_held_out_share_no_problem_with_training():
 
 def test_an_offline_run_walks_one_prompt_per_training_pair(tmp_path):
     path = str(write(tmp_path, RECORDS))
-    cfg = Config()
-    cfg.algo.name, cfg.data.train, cfg.data.eval, cfg.data.num_train = "dpo", path, path, 2
+    cfg = Config(algo=DPO())
+    cfg.data.train, cfg.data.eval, cfg.data.num_train = path, path, 2
     pairs = _load_pairs(cfg, "/student", "/teacher")
     assert [p.prompt_id for p in pairs.prompts] == ["a", "pairs:2"]  # the cursor's ids are the pair ids
     assert pairs.prompts[0].messages == [{"role": "user", "content": "Compute 3 + 4."}]
@@ -70,8 +71,8 @@ def test_an_offline_run_walks_one_prompt_per_training_pair(tmp_path):
 
 
 def test_bad_pair_data_stops_the_start_naming_data_train(tmp_path):
-    cfg = Config()
-    cfg.algo.name, cfg.data.train = "ctpd", str(tmp_path / "missing.jsonl")
+    cfg = Config(algo=CTPD())
+    cfg.data.train = str(tmp_path / "missing.jsonl")
     with pytest.raises(ConfigError) as err:
         _load_pairs(cfg, "/s", "/t")
     assert err.value.key == "data.train" and "no such file" in str(err.value)
