@@ -257,6 +257,19 @@ class LoggingConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """Standard-benchmark evaluation with lm-evaluation-harness at every evaluation (framework/harness)."""
+
+    # zoo:arith, JSONL/Parquet files, or harness task names (gsm8k, ...); empty = off
+    tasks: list[str] = field(default_factory=list)
+    limit: int | None = 128  # problems per task and evaluation (None: all)
+    max_new_tokens: int | None = None  # None: rollout.max_new_tokens
+
+    def check(self) -> None:
+        _positive(self, "harness", "limit", "max_new_tokens")
+
+
+@dataclass
 class ClusterConfig:
     """Where actors run. ``address=None`` starts a local Ray bound to loopback."""
 
@@ -293,6 +306,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
@@ -389,7 +403,17 @@ def _validate_colocated(cfg: Config) -> None:
 def validate(cfg: Config) -> None:
     """Reject impossible values before any actor starts (each message names key and fix): each
     section's own checks, then the rules that span sections."""
-    for section in (cfg.rollout, cfg.teacher, cfg.mapping, cfg.learner, cfg.data, cfg.trainer, cfg.logging):
+    sections = (
+        cfg.rollout,
+        cfg.teacher,
+        cfg.mapping,
+        cfg.learner,
+        cfg.data,
+        cfg.trainer,
+        cfg.logging,
+        cfg.harness,
+    )
+    for section in sections:
         section.check()
     cfg.cluster.check()
     _check_objective(cfg.algo.name, dataclasses.asdict(cfg.algo))

@@ -53,7 +53,8 @@ def console_metrics(metrics: dict, objective: str) -> dict:
         f"eval/{objective}_acc",
         f"train_eval/{objective}_acc",
     )
-    return {k: metrics[k] for k in shown if k in metrics}
+    harness = sorted(k for k in metrics if k.startswith("harness/"))  # the benchmarks the user asked for
+    return {k: metrics[k] for k in (*shown, *harness) if k in metrics}
 
 
 # the held-out figures the closing lines show, first → last evaluation

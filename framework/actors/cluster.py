@@ -40,6 +40,7 @@ class Stages:
     restarts: Counter[str] = field(default_factory=Counter)  # replacements by role, this process
     weight_path: str = "file"  # "file" | "nccl": how weights reach the engines (actors/weights.py)
     engine_workers: int = 1  # vLLM workers per rollout engine (rollout.tensor_parallel_size)
+    student_path: str = ""  # the student's folder: the harness evaluation reads its tokenizer
     weights: FileWeights | NcclWeights = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -205,6 +206,7 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
         learner, identity_mapping=identity, colocated=c.placement == "colocated", health_timeout_s=health_s,
         start_timeout_s=cfg.trainer.actor_start_timeout_s, learner_factory=make_rank,
         weight_path=choose_weight_path(cfg), engine_workers=cfg.rollout.tensor_parallel_size,
+        student_path=student_path,
     )  # fmt: skip
     stages.record_trees()
     return stages

@@ -4,15 +4,19 @@
   data's verifier (absent when the data has none);
 - ``eval/teacher_kl`` (and its parts): the teacher's reverse KL on the student's own samples (T = 1,
   fixed seed), through the same mapping → teacher → mapping hop as training;
-- offline preference runs add the preference accuracies of `PairBatches.evaluate`.
+- offline preference runs add the preference accuracies of `PairBatches.evaluate`;
+- ``harness/<task>/<metric>`` when ``harness.tasks`` is set: lm-evaluation-harness on the same live
+  engines (framework/harness), its results also in ``OUTPUT/harness/step_NNNNNN.json``.
 
 The student of the best evaluation so far is kept in ``OUTPUT/best`` beside the last checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -33,6 +37,16 @@ class Evaluator:
         self.cfg, self.stages, self.stream, self.prompts = cfg, stages, stream, prompts
         self.output_dir, self.pairs = output_dir, pairs
         self.verify = get_verifier(cfg.data.eval)
+        self.harness_tasks: list[Any] = []
+        if cfg.harness.tasks:  # read and checked now, so a bad task file stops the run before step 1
+            from framework.harness.tasks import harness_tasks
+
+            h = cfg.harness
+            # seed + 1: data.eval's held-out draw (train.py), so `harness.tasks=[zoo:arith]` with
+            # harness.limit = data.num_eval scores the very problems behind eval/accuracy
+            self.harness_tasks = harness_tasks(
+                list(h.tasks), limit=h.limit, seed=cfg.trainer.seed + 1, max_gen_toks=self._harness_tokens()
+            )
 
     def run(self, step: int, version: int, log: RunLogger) -> dict[str, float]:
         """Evaluate the engines' weights (they must hold ``version``), log, and keep the best student."""
@@ -57,12 +71,48 @@ class Evaluator:
             metrics.update(teacher_kl(ray.get(chain.out_ref, timeout=cfg.trainer.teacher_timeout_s)))
         if self.pairs:
             metrics.update(self.pairs.evaluate(self.stages))
+        if self.harness_tasks:
+            metrics.update(self._harness(step))
         log.log(step, metrics)
         log.log_generations(step, generation_rows(greedy_out, self.verify, cfg.logging.log_generations))
         shown = console_metrics(metrics, cfg.algo.name)
         say(f"[eval step {step}] " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
         self._keep_best(step, metrics)
         return metrics
+
+    def _harness_tokens(self) -> int:
+        return self.cfg.harness.max_new_tokens or self.cfg.rollout.max_new_tokens
+
+    def _harness(self, step: int) -> dict[str, float]:
+        """lm-evaluation-harness on the rollout engines: greedy generations and continuation scores,
+        dealt round-robin over the engines like the held-out prompts."""
+        from transformers import AutoTokenizer
+
+        from framework.harness.lm import EngineLM
+        from framework.harness.tasks import run_harness
+
+        cfg, engines = self.cfg, self.stages.rollout
+        timeout = cfg.trainer.rollout_timeout_s
+
+        def dealt(method: str, items: list, *args: Any) -> list:
+            refs = [getattr(e, method).remote(items[i :: len(engines)], *args) for i, e in enumerate(engines)]
+            out: list = [None] * len(items)
+            for i, part in enumerate(ray.get(refs, timeout=timeout)):
+                out[i :: len(engines)] = part
+            return out
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            self.stages.student_path, trust_remote_code=cfg.pair.trust_remote_code
+        )
+        lm = EngineLM(
+            tokenizer, partial(dealt, "greedy_ids"), partial(dealt, "score_ranked"),
+            max_length=cfg.rollout.max_model_len, max_gen_toks=self._harness_tokens(),
+        )  # fmt: skip
+        out = run_harness(lm, self.harness_tasks, limit=cfg.harness.limit, seed=cfg.trainer.seed)
+        folder = self.output_dir / "harness"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"step_{step:06d}.json").write_text(json.dumps({"step": step, **out}, indent=2))
+        return out["metrics"]
 
     def _keep_best(self, step: int, metrics: dict[str, float]) -> None:
         score = checkpoint.eval_score(metrics)

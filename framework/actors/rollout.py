@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import ray
@@ -117,6 +118,20 @@ class RolloutWorker(Health):
 
     def score(self, prompt_ids: list[int], continuation_ids: list[int]) -> np.ndarray:
         return self.engine.score(prompt_ids, continuation_ids)
+
+    def greedy_ids(self, prompts_ids: list[list[int]], max_tokens: int) -> list[list[int]]:
+        """Greedy response ids of already rendered prompts (the harness evaluation, framework/harness)."""
+        from framework.harness.lm import engine_calls
+
+        with self.clock:
+            return engine_calls(self.engine, self.stop_ids)[0](prompts_ids, max_tokens)
+
+    def score_ranked(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[Any, Any]]:
+        """Logprob and rank of each continuation token given its context (harness log-likelihoods)."""
+        from framework.harness.lm import engine_calls
+
+        with self.clock:
+            return list(engine_calls(self.engine, self.stop_ids)[1](pairs))
 
     @ray.method(concurrency_group="health")  # answered beside a busy call (the step's metrics)
     def stats(self) -> dict[str, float]:

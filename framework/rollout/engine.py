@@ -215,6 +215,13 @@ class StudentEngine:
     def score(self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]) -> np.ndarray:
         """float32[C]: the engine's logprob of each fixed continuation token given everything before
         it (vLLM ``prompt_logprobs``). Used to check a weight sync against the learner's forward."""
+        return self.score_ranked(prompt_ids, continuation_ids)[0]
+
+    def score_ranked(
+        self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`score` plus int64[C]: each continuation token's rank in its position's distribution (1 =
+        the greedy choice), which a harness's log-likelihood tasks need (``is_greedy``)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
@@ -235,9 +242,10 @@ class StudentEngine:
         request_id = f"tb-score-{next(self._request_counter)}"
         self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=ids), params)
         (out,) = list(drive_to_completion(self.llm, {request_id}))
-        start = len(prompt_ids)
-        return np.asarray(
-            [out.prompt_logprobs[p][ids[p]].logprob for p in range(start, len(ids))], dtype=np.float32
+        picked = [out.prompt_logprobs[p][ids[p]] for p in range(len(prompt_ids), len(ids))]
+        return (
+            np.asarray([x.logprob for x in picked], dtype=np.float32),
+            np.asarray([x.rank for x in picked], dtype=np.int64),
         )
 
     # ------------------------------------------------------------------ weight sync

@@ -43,6 +43,31 @@ def cross(ray_local, tmp_path_factory):
     assert folder is None or not Path(folder).exists(), "stop_stages must remove the weight-sync folder"
 
 
+def _check_engine_loglikelihoods(cfg, stages):
+    """The harness's log-likelihood path (rollout engine ``score_ranked``) against a plain Hugging Face
+    forward of the same student: per-token logprobs within 2e-3, rank 1 exactly where HF's argmax is."""
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from framework.zoo import resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.pair.student), dtype=torch.float32)
+    context = [12, 40, 7, 99, 23]
+    greedy_tail = model.generate(torch.tensor([context]), max_new_tokens=4, do_sample=False)[0, 5:].tolist()
+    continuation = [*greedy_tail, 31, 64, 5]  # ranks 1, then (almost surely) other ranks
+    ids = context + continuation
+    ((logprobs, ranks),) = ray.get(
+        stages.rollout[0].score_ranked.remote([(context, continuation)]), timeout=120
+    )
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    want = logits[len(context) - 1 : -1].gather(1, torch.tensor(continuation)[:, None])[:, 0]
+    np.testing.assert_allclose(np.asarray(logprobs), want.numpy(), atol=2e-3)
+    greedy = logits[len(context) - 1 : -1].argmax(-1).numpy() == np.asarray(continuation)
+    assert ((np.asarray(ranks) == 1) == greedy).all() and greedy[: len(greedy_tail)].all()
+
+
 def _read_metrics(output_dir):
     rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
@@ -186,16 +211,28 @@ def test_each_rollout_objective_trains_through_the_controller(ray_local, tmp_pat
     from framework.controller import Controller
 
     steps, out = 3, tmp_path / objective
+    # opd_topk also runs lm-evaluation-harness on the live engines at each evaluation (framework/harness)
+    harness = ["harness.tasks=[zoo:arith]", "harness.limit=16", "trainer.eval_every=3"]
     cfg, stages, train, evals = start_run(
-        [*COMMON, f"algo={objective}", f"trainer.steps={steps}", "data.num_eval=16"], out
-    )
+        [*COMMON, f"algo={objective}", f"trainer.steps={steps}", "data.num_eval=16",
+         *(harness if objective == "opd_topk" else [])],
+        out,
+    )  # fmt: skip
     try:
         assert cfg.algo.name == objective
         assert ("generator" in stages.pools) == (objective == "sft_teacher")
+        if objective == "opd_topk":
+            _check_engine_loglikelihoods(cfg, stages)
         Controller(cfg, stages, train, evals, out).run()
     finally:
         stop_stages(stages)
-    rows, _ = _read_metrics(out)
+    rows, eval_rows = _read_metrics(out)
+    if objective == "opd_topk":  # the harness scored the problems behind eval/accuracy, greedily
+        assert [r["step"] for r in eval_rows] == [0, 3], eval_rows
+        for r in eval_rows:
+            assert abs(r["harness/zoo_arith/accuracy"] - r["eval/accuracy"]) <= 1 / 16 + 1e-9, r
+            saved = json.loads((out / "harness" / f"step_{r['step']:06d}.json").read_text())
+            assert saved["metrics"]["harness/zoo_arith/accuracy"] == r["harness/zoo_arith/accuracy"]
     assert len(rows) == steps and all(math.isfinite(r["loss"]) and math.isfinite(r[metric]) for r in rows)
     if objective == "opd_topk":  # dense rows reached the loss, beside the sampled term
         assert all(r["dense_positions"] > 0 and "opd/clip_frac" in r for r in rows), rows[0]
