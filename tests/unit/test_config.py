@@ -23,7 +23,7 @@ def _group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (RECIPES / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["pair", "algo", "data", "cluster"])
+@pytest.mark.parametrize("group", ["pair", "algo", "data", "cluster", "harness"])
 def test_every_recipe_in_group_composes_and_validates(group):
     options = _group_options(group)
     assert options, f"recipes/{group} is empty"
@@ -37,6 +37,11 @@ def test_default_recipe_is_the_cross_family_cpu_demo():
     assert cfg.pair.student.startswith("zoo:") and cfg.pair.teacher.startswith("zoo:")
     assert cfg.pair.student.split("-")[-1] != cfg.pair.teacher.split("-")[-1]  # different families
     assert cfg.cluster.device == "cpu" and cfg.algo.name == "opd" and not cfg.pair.trust_remote_code
+
+
+def test_the_harness_recipe_turns_on_harness_evaluation():
+    assert to_config(_compose([])).harness.tasks == []
+    assert to_config(_compose(["harness=zoo_arith"])).harness.tasks == ["zoo:arith"]
 
 
 def test_every_algo_has_a_recipe():
