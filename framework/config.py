@@ -27,7 +27,10 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, problem: str, fix: str):
         super().__init__(f"config error at `{key}`: {problem}. Fix: {fix}")
-        self.key = key
+        self.key, self.problem, self.fix = key, problem, fix
+
+    def __reduce__(self) -> tuple:  # rebuilt whole when it crosses a process (raised in a Ray actor)
+        return (type(self), (self.key, self.problem, self.fix))
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -173,12 +176,21 @@ class LearnerConfig:
     dtype: str = "float32"
     backend: str = "auto"  # auto = gloo on CPU, nccl on GPU
     gradient_checkpointing: bool = False
+    # LoRA (framework/learner/lora.py): train rank-r adapters only and sync only them; 0 = full weights
+    lora_rank: int = 0
+    lora_alpha: int = 16  # the update is scaled by lora_alpha / lora_rank
+    lora_targets: str = "all-linear"  # peft target modules: all-linear (not the LM head) or a,b,c names
 
     def check(self) -> None:
         _positive(self, "learner", "num_ranks", "lr", "micro_batch_tokens", "logprob_chunk_size")
         _positive(self, "learner", "weight_decay", "grad_clip", allow_zero=True)
         _choice("learner.backend", self.backend, ("auto", "gloo", "nccl"))
-        _positive(self, "learner", "warmup_steps", allow_zero=True)
+        _positive(self, "learner", "warmup_steps", "lora_rank", allow_zero=True)
+        _positive(self, "learner", "lora_alpha")
+        if self.lora_rank > 512:  # vLLM's largest max_lora_rank (framework/learner/lora.py)
+            raise ConfigError(
+                "learner.lora_rank", f"{self.lora_rank} is above vLLM's 512", "use a rank <= 512"
+            )
         _choice("learner.dtype", self.dtype, ("float32", "bfloat16"))  # DeepSpeed: fp32 or bf16 (fp32 master)
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(

@@ -101,6 +101,7 @@ class Controller:
         times["step"] = time.perf_counter() - start
         skip = () if self.stages.colocated else ("sleep", "wake")
         metrics.update({f"time/{k}_s": v for k, v in times.items() if k not in skip})
+        metrics.update(self.stages.weights.metrics() if due else {})  # sync/bytes
         metrics.update(self.meter.step(self.stages.stats(), times["step"]))
         return {**metrics, **self.faults.metrics(self.stages.restarts)}
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import ray
 
+from framework.actors.failures import config_error_in
 from framework.actors.learner import LearnerGroup, LearnerWorker
 from framework.actors.mapping import MappingWorker
 from framework.actors.placement import colocated_gpus, pack, role_options, shared_gpus
@@ -18,6 +19,7 @@ from framework.actors.rollout import RolloutWorker
 from framework.actors.teacher import TeacherWorker
 from framework.actors.weights import FileWeights, NcclWeights, choose_weight_path
 from framework.config import Config
+from framework.learner.lora import vllm_max_lora_rank
 from framework.learner.settings import RankSettings
 from framework.logging import say
 
@@ -41,6 +43,7 @@ class Stages:
     weight_path: str = "file"  # "file" | "nccl": how weights reach the engines (actors/weights.py)
     engine_workers: int = 1  # vLLM workers per rollout engine (rollout.tensor_parallel_size)
     student_path: str = ""  # the student's folder: the harness evaluation reads its tokenizer
+    adapters: bool = False  # a LoRA student: the file path syncs adapter folders (learner/lora.py)
     weights: FileWeights | NcclWeights = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -197,7 +200,10 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
         )
 
     learner = LearnerGroup([make_rank(r) for r in range(cfg.learner.num_ranks)])
-    ray.get([a.ping.remote() for members in pools.values() for a in members], timeout=900)
+    try:
+        ray.get([a.ping.remote() for members in pools.values() for a in members], timeout=900)
+    except ray.exceptions.ActorDiedError as err:  # a constructor refused the config: say which key
+        raise config_error_in(err) or err from None
     identity = ray.get(pools["mapping"][0].is_identity.remote())
     say(f"[tokenbridge] actors up in {time.time() - t0:.0f}s (identity mapping: {identity})")
     health_s = cfg.trainer.health_timeout_s
@@ -206,7 +212,7 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
         learner, identity_mapping=identity, colocated=c.placement == "colocated", health_timeout_s=health_s,
         start_timeout_s=cfg.trainer.actor_start_timeout_s, learner_factory=make_rank,
         weight_path=choose_weight_path(cfg), engine_workers=cfg.rollout.tensor_parallel_size,
-        student_path=student_path,
+        student_path=student_path, adapters=cfg.learner.lora_rank > 0,
     )  # fmt: skip
     stages.record_trees()
     return stages
@@ -243,6 +249,8 @@ def rollout_engine_kwargs(cfg: Config, sleeps: bool, student: bool) -> dict[str,
     )  # fmt: skip
     if student and choose_weight_path(cfg) == "nccl":
         kwargs["weight_transfer_backend"] = "nccl"
+    if student and cfg.learner.lora_rank > 0:  # the syncs bring LoRA adapters, not weights
+        kwargs["max_lora_rank"] = vllm_max_lora_rank(cfg.learner.lora_rank)
     return kwargs
 
 

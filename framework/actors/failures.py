@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from framework.config import ConfigError
 from framework.data.prompts import DataError
 
 
@@ -73,6 +74,16 @@ def unwrap(exc: BaseException) -> BaseException:
             break
         exc, seen = cause, seen + 1
     return exc
+
+
+_CONFIG_TEXT = re.compile(r"ConfigError: config error at `([^`]+)`: (.*?)\. Fix: ([^\n]*?)\.?$", re.M)
+
+
+def config_error_in(exc: BaseException) -> ConfigError | None:
+    """The ``ConfigError`` an actor's constructor raised, rebuilt from Ray's ``ActorDiedError`` (which
+    keeps only the text of a creation task's exception), else None."""
+    match = _CONFIG_TEXT.search(str(getattr(exc, "error_msg", "") or exc))
+    return ConfigError(*match.groups()) if match else None
 
 
 def _names(exc: BaseException) -> set[str]:

@@ -168,6 +168,11 @@ class LearnerWorker(Health):
         asked: it writes the files, and the engines that read them run on its node)."""
         return tempfile.mkdtemp(prefix="tokenbridge-sync-")
 
+    def sync_bytes(self, path: str) -> int:
+        """Bytes of an exported weights file or adapter folder on this node."""
+        p = Path(path)
+        return sum(f.stat().st_size for f in p.iterdir()) if p.is_dir() else p.stat().st_size
+
     def remove_sync_files(self, folder: str, keep: str | None = None) -> int:
         """Delete the weight-sync files in ``folder`` but ``keep``; ``keep=None``: the folder too."""
         from framework.learner.weights import remove_weights_files

@@ -32,8 +32,15 @@ if TYPE_CHECKING:
 
 
 def choose_weight_path(cfg: Config) -> str:
-    """``"nccl"`` on CUDA with disaggregated placement, else ``"file"`` (module docstring)."""
-    return "nccl" if cfg.cluster.device == "cuda" and cfg.cluster.placement == "disaggregated" else "file"
+    """``"nccl"`` on CUDA with disaggregated placement, else ``"file"`` (module docstring). A LoRA
+    student always takes the file path: its sync is an adapter folder of a few MB, which vLLM loads
+    as a LoRA adapter (``learner.lora_rank``, framework/learner/lora.py)."""
+    nccl = (
+        cfg.cluster.device == "cuda"
+        and cfg.cluster.placement == "disaggregated"
+        and cfg.learner.lora_rank == 0
+    )
+    return "nccl" if nccl else "file"
 
 
 class FileWeights:
@@ -52,6 +59,7 @@ class FileWeights:
         self.latest: tuple[int, str] | None = None  # (version, path) of the file on disk
         self.learner_ip: str | None = None
         self._cleanup: weakref.finalize | None = None
+        self.last_bytes: int | None = None  # size of the last export (the ``sync/bytes`` metric)
 
     def sync(self, version: int, targets: list, timeout_s: float) -> list[int]:
         learner = self.stages.learner
@@ -59,14 +67,20 @@ class FileWeights:
         if self.latest is not None and self.latest[0] == version:
             path = self.latest[1]  # a replacement engine: the current weights are on disk
         else:
-            path = os.path.join(self._folder(timeout_s), f"weights-v{version}.safetensors")
+            name = f"adapter-v{version}" if self.stages.adapters else f"weights-v{version}.safetensors"
+            path = os.path.join(self._folder(timeout_s), name)
             ray.get(learner.export_refs(path), timeout=timeout_s)  # paths only; raises if a rank failed
             self.latest = (version, path)
+            self.last_bytes = ray.get(learner.ranks[0].sync_bytes.remote(path), timeout=timeout_s)
         loads = [engine.load_weights.remote(path, version) for engine in targets]
         failed = self.stages.pools["rollout"].failed_calls(loads, targets, timeout_s)
         # every load has finished (or its engine is dead / hung and about to be replaced): drop the rest
         ray.get(learner.ranks[0].remove_sync_files.remote(self.sync_folder, path), timeout=timeout_s)
         return failed
+
+    def metrics(self) -> dict[str, float]:
+        """``sync/bytes``: what the last export wrote (the full weights, or a LoRA adapter)."""
+        return {} if self.last_bytes is None else {"sync/bytes": float(self.last_bytes)}
 
     def learner_replaced(self) -> None:
         """New ranks: a new node perhaps, and the file on disk is not theirs (the folder stays)."""
@@ -154,6 +168,10 @@ class NcclWeights:
             if not failed:
                 raise
             return failed
+
+    def metrics(self) -> dict[str, float]:
+        """Nothing yet: the broadcast's bytes are not counted (the file path reports ``sync/bytes``)."""
+        return {}
 
     def learner_replaced(self) -> None:
         """New ranks build their own transfer group at their first push."""

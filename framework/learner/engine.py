@@ -42,6 +42,7 @@ from framework.learner.batching import (
     pad_to_count,
     padding_micro_batch,
 )
+from framework.learner.lora import adapter_state, add_lora, lora_scale, merge_lora, save_adapter
 from framework.learner.model import LogprobLM, load_student
 from framework.learner.settings import RankSettings
 from framework.learner.state import load_learner_state, save_learner_state
@@ -124,12 +125,18 @@ class LearnerRank:
             trust_remote_code=s.trust_remote_code,
             gradient_checkpointing=lc.gradient_checkpointing,
         )
+        self.peft_model = None  # learner.lora_rank > 0: adapters only (framework/learner/lora.py)
+        if lc.lora_rank > 0:
+            self.peft_model = add_lora(
+                self.hf_model, rank=lc.lora_rank, alpha=lc.lora_alpha, targets=lc.lora_targets
+            )
         pad = s.pad_id if s.pad_id is not None else getattr(self.hf_model.config, "pad_token_id", None)
         self.pad_id = int(pad) if isinstance(pad, int) else 0
         module = LogprobLM(self.hf_model, chunk_size=lc.logprob_chunk_size, temperature=s.temperature)
         betas = (float(lc.betas[0]), float(lc.betas[1]))
+        trained = [p for p in self.hf_model.parameters() if p.requires_grad]  # LoRA: the adapters
         optimizer = torch.optim.AdamW(
-            self.hf_model.parameters(), lr=lc.lr, betas=betas, eps=ADAM_EPS, weight_decay=lc.weight_decay
+            trained, lr=lc.lr, betas=betas, eps=ADAM_EPS, weight_decay=lc.weight_decay
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(lc.warmup_steps))
         self.engine, _, _, _ = deepspeed.initialize(
@@ -326,18 +333,27 @@ class LearnerRank:
 
     def export_weights_file(self, path: str | Path) -> str:
         """Full weights as one safetensors file at ``path``, written by rank 0 (collective: every rank
-        joins the gather). Returns ``path`` on rank 0 and ``""`` on the other ranks.
+        joins the gather). Returns ``path`` on rank 0 and ``""`` on the other ranks. A LoRA student
+        writes its adapter instead: the folder ``path`` in peft's layout, which vLLM loads.
 
         The rollout engines reload from this file (CPU weight sync), so they must run on rank 0's node
         (same filesystem). Rank 0 writes ``path + ".tmp"`` and renames it: a reader never sees a
         partial file.
         """
         state = self.full_weights()
-        return save_weights_file(state, path) if self.rank == 0 else ""
+        if self.rank != 0:
+            return ""
+        if self.peft_model is not None:
+            save_adapter(adapter_state(state, self.peft_model), self.peft_model, path)
+            return str(path)
+        return save_weights_file(state, path)
 
     def save_hf(self, out_dir: str | Path) -> None:
-        """Write the student as a Hugging Face model directory (rank 0 writes; collective)."""
+        """Write the student as a Hugging Face model directory (rank 0 writes; collective). A LoRA
+        student is written merged, ``W + (α/r) B A`` (framework/learner/lora.py): a plain model."""
         state = self.full_weights()
+        if self.rank == 0 and self.peft_model is not None:
+            state = merge_lora(state, lora_scale(self.peft_model))
         if self.rank == 0:
             save_hf_dir(state, self.hf_model, out_dir, source_dir=self.model_path)
         distributed.barrier()
@@ -358,6 +374,7 @@ class LearnerRank:
             "version": self.version,
             "world_size": self.world_size,
             "zero_stage": self.settings.learner.zero_stage,
+            "lora_rank": self.settings.learner.lora_rank,
             "objective": self.settings.objective.name,
         }
 

@@ -121,13 +121,17 @@ def save_weights_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike
 
 
 def remove_weights_files(folder: str | os.PathLike, keep: str | os.PathLike | None = None) -> int:
-    """Delete the ``weights-v*.safetensors`` files (and ``.tmp`` leftovers of failed writes) in
-    ``folder`` except ``keep``; with ``keep=None`` remove the folder itself. Returns the files removed."""
+    """Delete the ``weights-v*.safetensors`` files and ``adapter-v*`` folders (LoRA; and ``.tmp``
+    leftovers of failed writes) in ``folder`` except ``keep``; with ``keep=None`` remove the folder
+    itself. Returns the entries removed."""
     keep_name = None if keep is None else os.path.basename(os.fspath(keep))
     removed = 0
-    for f in Path(folder).glob("weights-v*.safetensors*"):
+    for f in [*Path(folder).glob("weights-v*.safetensors*"), *Path(folder).glob("adapter-v*")]:
         if f.name != keep_name:
-            f.unlink(missing_ok=True)
+            if f.is_dir():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
             removed += 1
     if keep is None:
         shutil.rmtree(folder, ignore_errors=True)

@@ -69,6 +69,7 @@ class StudentEngine:
         weight_transfer_backend: str | None = None,
         max_num_seqs: int | None = None,
         enable_sleep_mode: bool = False,
+        max_lora_rank: int | None = None,
     ):
         if logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode must be one of {LOGPROBS_MODES} (got {logprobs_mode!r})")
@@ -79,23 +80,29 @@ class StudentEngine:
             extra["max_num_seqs"] = max_num_seqs
         if enable_sleep_mode:  # GPU only: vLLM rejects it on CPU, where sleep/wake_up are no-ops anyway
             extra["enable_sleep_mode"] = True
+        if max_lora_rank is not None:  # a LoRA student: the syncs bring adapters, one active at a time
+            extra.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         start = time.perf_counter()
-        self.llm = build_llm(
-            model_path,
-            seed=seed,
-            max_model_len=max_model_len,
-            kv_cache_gib=kv_cache_gib,
-            enforce_eager=enforce_eager,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            **extra,
-        )
+        try:
+            self.llm = build_llm(
+                model_path,
+                seed=seed,
+                max_model_len=max_model_len,
+                kv_cache_gib=kv_cache_gib,
+                enforce_eager=enforce_eager,
+                tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                **extra,
+            )
+        except ValueError as err:
+            raise lora_refusal(err) if max_lora_rank is not None and "LoRA" in str(err) else err from None
         self.start_seconds = time.perf_counter() - start
         self.model_path = model_path
         self.max_model_len = max_model_len
         self._weight_version = 0
+        self._lora: Any = None  # the current adapter's LoRARequest (LoRA students), None: base weights
         self._request_counter = itertools.count()
         self.last_sync_seconds: float | None = None
         self.asleep = False
@@ -172,7 +179,7 @@ class StudentEngine:
                         output_kind=RequestOutputKind.FINAL_ONLY,
                     )
                     request_id = f"tb-gen-{next(self._request_counter)}"
-                    engine.add_request(request_id, tokens, params)
+                    engine.add_request(request_id, tokens, params, lora_request=self._lora)
                     index_of[request_id] = (p_idx, s_idx)
         except Exception:
             if index_of:
@@ -240,7 +247,9 @@ class StudentEngine:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         request_id = f"tb-score-{next(self._request_counter)}"
-        self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=ids), params)
+        self.llm.llm_engine.add_request(
+            request_id, TokensPrompt(prompt_token_ids=ids), params, lora_request=self._lora
+        )
         (out,) = list(drive_to_completion(self.llm, {request_id}))
         picked = [out.prompt_logprobs[p][ids[p]] for p in range(len(prompt_ids), len(ids))]
         return (
@@ -270,6 +279,8 @@ class StudentEngine:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"path must be a safetensors file path (got {type(path).__name__})")
         path = os.path.abspath(os.fspath(path))  # vLLM's workers may run in another directory
+        if os.path.isfile(os.path.join(path, "adapter_config.json")):  # a LoRA student's adapter folder
+            return self._load_adapter(path, version)
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"weights file {path} does not exist on this node: learner rank 0 writes it on its own "
@@ -284,6 +295,23 @@ class StudentEngine:
         return seconds
 
     # GPU path (vLLM's native weight-transfer engine; needs weight_transfer_backend at construction).
+
+    def _load_adapter(self, path: str, version: int) -> float:
+        """A LoRA student's sync: load the adapter folder as the engine's one active adapter (ids are
+        versions + 1, so a new version is a new adapter to vLLM) and drop the previous one."""
+        from vllm.lora.request import LoRARequest
+
+        start = time.perf_counter()
+        request = LoRARequest(f"tokenbridge-v{version}", int(version) + 1, path)
+        engine = self.llm.llm_engine
+        if not engine.add_lora(request):
+            raise RuntimeError(f"vLLM refused the LoRA adapter {path}")
+        if self._lora is not None and self._lora.lora_int_id != request.lora_int_id:
+            engine.remove_lora(self._lora.lora_int_id)
+        self._lora = request
+        seconds = time.perf_counter() - start
+        self._after_sync(version, seconds)
+        return seconds
 
     def init_weight_transfer(self, init_info: dict[str, Any], *, timeout_s: float | None = 300.0) -> None:
         """Join the trainer's transfer group (NCCL: blocks until the trainer side joins too)."""
@@ -326,6 +354,18 @@ class StudentEngine:
         core = getattr(engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
+
+
+def lora_refusal(err: BaseException) -> Exception:
+    """vLLM cannot serve LoRA adapters for this model (its class lacks LoRA support): a configuration
+    error of the run, naming the key that asked for adapters."""
+    from framework.config import ConfigError
+
+    return ConfigError(
+        "learner.lora_rank",
+        f"the rollout engine cannot load LoRA adapters for this model ({str(err).strip().splitlines()[0]})",
+        "set learner.lora_rank=0 to train and sync the full weights",
+    )
 
 
 def _to_sample(completion) -> GeneratedSample:
