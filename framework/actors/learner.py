@@ -170,8 +170,9 @@ class LearnerWorker(Health):
 
     def sync_bytes(self, path: str) -> int:
         """Bytes of an exported weights file or adapter folder on this node."""
-        p = Path(path)
-        return sum(f.stat().st_size for f in p.iterdir()) if p.is_dir() else p.stat().st_size
+        from framework.learner.weights import path_bytes
+
+        return path_bytes(path)
 
     def remove_sync_files(self, folder: str, keep: str | None = None) -> int:
         """Delete the weight-sync files in ``folder`` but ``keep``; ``keep=None``: the folder too."""

@@ -120,6 +120,12 @@ def save_weights_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike
     return path
 
 
+def path_bytes(path: str | os.PathLike) -> int:
+    """Bytes of an exported weights file, or of the files of an adapter folder."""
+    p = Path(path)
+    return sum(f.stat().st_size for f in p.iterdir()) if p.is_dir() else p.stat().st_size
+
+
 def remove_weights_files(folder: str | os.PathLike, keep: str | os.PathLike | None = None) -> int:
     """Delete the ``weights-v*.safetensors`` files and ``adapter-v*`` folders (LoRA; and ``.tmp``
     leftovers of failed writes) in ``folder`` except ``keep``; with ``keep=None`` remove the folder

@@ -151,6 +151,11 @@ class FakeLearner(_Counted):
 
         return tempfile.mkdtemp(prefix="tokenbridge-fake-sync-")
 
+    def sync_bytes(self, path: str) -> int:
+        from framework.learner.weights import path_bytes
+
+        return path_bytes(path)
+
     def remove_sync_files(self, folder: str, keep: str | None = None) -> int:
         from framework.learner.weights import remove_weights_files
 
