@@ -38,6 +38,7 @@ class Evaluator:
         self.output_dir, self.pairs = output_dir, pairs
         self.verify = get_verifier(cfg.data.eval)
         self.harness_tasks: list[Any] = []
+        self._tokenizer: Any = None  # the student's, loaded at the first harness evaluation
         if cfg.harness.tasks:  # read and checked now, so a bad task file stops the run before step 1
             from framework.harness.tasks import harness_tasks
 
@@ -101,11 +102,12 @@ class Evaluator:
                 out[i :: len(engines)] = part
             return out
 
-        tokenizer = AutoTokenizer.from_pretrained(
-            self.stages.student_path, trust_remote_code=cfg.pair.trust_remote_code
-        )
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                self.stages.student_path, trust_remote_code=cfg.pair.trust_remote_code
+            )
         lm = EngineLM(
-            tokenizer, partial(dealt, "greedy_ids"), partial(dealt, "score_ranked"),
+            self._tokenizer, partial(dealt, "greedy_ids"), partial(dealt, "score_ranked"),
             max_length=cfg.rollout.max_model_len, max_gen_toks=self._harness_tokens(),
         )  # fmt: skip
         out = run_harness(lm, self.harness_tasks, limit=cfg.harness.limit, seed=cfg.trainer.seed)
