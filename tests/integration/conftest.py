@@ -75,3 +75,22 @@ def start_run(overrides: list[str], output_dir) -> tuple:
     train, _ = load_prompts(cfg.data.train, n=cfg.data.num_train, seed=0, split="train")
     evals, _ = load_prompts(cfg.data.eval, n=cfg.data.num_eval, seed=1, split="eval")
     return cfg, stages, train, evals
+
+
+def greedy_logprobs(stages, prompts) -> tuple:
+    """Greedy rollouts of ``prompts`` on rollout engine 0 and the logprobs of their responses from the
+    learner and from that engine, for weight-sync checks: ``(rollouts, ids, starts, learner, engine)``."""
+    import numpy as np
+    import ray
+
+    engine = stages.rollout[0]
+    rollouts = ray.get(
+        engine.generate.remote(prompts, dict(n=1, temperature=0.0, top_p=1.0, max_tokens=24, seed=0))
+    )
+    ids = [np.concatenate([r.prompt_ids, r.response_ids]) for r in rollouts]
+    starts = [len(r.prompt_ids) for r in rollouts]
+    learner_lp = stages.learner.logprobs(ids, starts)
+    engine_lp = [
+        ray.get(engine.score.remote(r.prompt_ids.tolist(), r.response_ids.tolist())) for r in rollouts
+    ]
+    return rollouts, ids, starts, learner_lp, engine_lp

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.integration.conftest import start_run, stop_stages
+from tests.integration.conftest import greedy_logprobs, start_run, stop_stages
 
 pytestmark = pytest.mark.integration
 
 
 def test_lora_student_syncs_adapters_into_vllm_and_exports_the_merged_model(ray_local, tmp_path):
-    import ray
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -33,16 +32,7 @@ def test_lora_student_syncs_adapters_into_vllm_and_exports_the_merged_model(ray_
     try:
         assert cfg.learner.lora_rank == 8 and stages.adapters
         final = Controller(cfg, stages, train, evals, out).run()
-        engine = stages.rollout[0]
-        rollouts = ray.get(
-            engine.generate.remote(train[:4], dict(n=1, temperature=0.0, top_p=1.0, max_tokens=24, seed=0))
-        )
-        ids = [np.concatenate([r.prompt_ids, r.response_ids]) for r in rollouts]
-        starts = [len(r.prompt_ids) for r in rollouts]
-        learner_lp = stages.learner.logprobs(ids, starts)
-        vllm_lp = [
-            ray.get(engine.score.remote(r.prompt_ids.tolist(), r.response_ids.tolist())) for r in rollouts
-        ]
+        _, ids, starts, learner_lp, vllm_lp = greedy_logprobs(stages, train[:4])
         folder = Path(stages.weights.sync_folder)
         synced = sorted(f.name for f in folder.iterdir())
     finally:

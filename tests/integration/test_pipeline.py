@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import compose_config, start_run, stop_stages
+from tests.integration.conftest import compose_config, greedy_logprobs, start_run, stop_stages
 
 pytestmark = pytest.mark.integration
 
@@ -108,13 +108,7 @@ def test_weight_sync_vllm_matches_learner_and_noop_sync_changes_nothing(cross):
     _cfg, stages, train, _ = cross
     engine = stages.rollout[0]
     # fixed token sequences: greedy rollouts of a few prompts under the current weights
-    rollouts = ray.get(
-        engine.generate.remote(train[:4], dict(n=1, temperature=0.0, top_p=1.0, max_tokens=24, seed=0))
-    )
-    ids = [np.concatenate([r.prompt_ids, r.response_ids]) for r in rollouts]
-    starts = [len(r.prompt_ids) for r in rollouts]
-    learner_lp = stages.learner.logprobs(ids, starts)
-    vllm_lp = [ray.get(engine.score.remote(r.prompt_ids.tolist(), r.response_ids.tolist())) for r in rollouts]
+    rollouts, _, _, learner_lp, vllm_lp = greedy_logprobs(stages, train[:4])
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(learner_lp, vllm_lp))
     # both float32 (rollout.dtype=auto follows the learner); kernels differ, so not bit-equal
     assert diff < 2e-3, f"vLLM and learner logprobs differ by {diff}"
