@@ -1,300 +1,401 @@
-"""Reproduction at toy scale: does cross-tokenizer on-policy distillation do what the papers claim?
+"""A fair toy-scale reproduction: does cross-tokenizer on-policy distillation beat SFT on the teacher's
+samples per unit of compute, and how much of the same-tokenizer gain does it keep?
 
-From the same student initialisation (zoo student-llama3) and equal budgets (steps × prompts ×
-samples), train each method on the zoo arithmetic task with the real stack (vLLM + Ray + DeepSpeed):
+The claims under test: on-policy distillation (OPD) reaches a target accuracy with a fraction of the
+compute of continued SFT (Thinking Machines' OPD write-up reports 9-30x; the cross-tokenizer seed
+paper, Niu et al. 2026, "significantly more compute-efficient than baselines"), and the
+cross-tokenizer variant keeps most of the same-tokenizer gain. Every run below is one
+``python -m framework.train`` process on the real stack (vLLM rollouts, the teacher's scores,
+the token mapping, the DeepSpeed learner), on the zoo arithmetic task.
 
-  opd           cross-tokenizer OPD: teacher-qwen scores the student's samples     (Niu et al. 2026)
-  opd_topk      the same + dense KL on the projected teacher top-k
-  sft_teacher   the mainstream baseline: teacher-qwen writes responses, student imitates them (CE)
-  opd_same      same-tokenizer reference: teacher-llama3 (the student's own tokenizer)
-  ctpd / dpo    offline preference pairs (scored once, then the same loop), CTPD vs plain DPO
+Methods (each from the same student and with the same budget: steps x prompts x samples):
 
-Held-out greedy accuracy is recorded against learner tokens and estimated FLOPs (teacher scoring and
-teacher generation included: 2·N·tokens per forward, 6·N·tokens per trained token). Results go to
-``results/reproduce/`` as ``results.json``, ``results.md`` and ``curves.png``.
+  opd          cross-tokenizer OPD: zoo teacher-qwen (ChatML, other tokenizer) scores the samples
+  opd_same     the same-tokenizer reference: zoo teacher-llama3 (the student's own tokenizer)
+  sft_teacher  the mainstream baseline: teacher-qwen writes the responses, the student imitates (CE)
+  rl           a sparse-reward policy gradient: reward 1 for a right answer, group-mean baseline,
+               no teacher signal in the loss (``algo=opd_reward algo.distill_weight=0``)
+  opd_topk     (optional) OPD plus dense KL on the teacher's projected top-k
 
-    python benchmarks/reproduce.py [--steps 60] [--seeds 0 1] [--methods opd sft_teacher ...]
+Protocol (the stages run in this order; finished runs are kept in ``OUT/results.json`` and skipped):
+
+  1. sweep    each method at every ``--lrs`` value, seed 0, from the zoo student (the "weak start");
+              the best learning rate is the one with the highest mean of the last two evaluations.
+  2. seeds    each method at its best lr on every ``--seeds`` value (seed 0 is the sweep's run).
+  3. plateau  SFT-on-teacher at its best lr for ``--plateau-steps`` steps builds a student whose SFT
+              curve has flattened (its curve is reported, so the flattening is measured, not assumed);
+              then ``--plateau-methods`` continue from that last checkpoint, every seed.
+
+Evaluation: greedy accuracy on ``--num-eval`` held-out problems (disjoint from training; the set is
+drawn from the run's seed, so a seed's runs share one set) every ``--eval-every`` steps. Compute is
+estimated as 2·N·tokens per forward token and 6·N·tokens per trained token, generation by the
+generator (the teacher for sft_teacher), teacher scoring counted where the objective uses it;
+evaluation is not counted (it is the same for every method).
+
+    python benchmarks/reproduce.py                       # the whole protocol (hours on 2 cores)
+    python benchmarks/reproduce.py --stages sweep --methods opd sft_teacher --lrs 1e-4 3e-4
+
+Writes ``OUT/results.json`` (``table.<method>.{final_accuracy, gap_closed, seeds}``,
+``runs[].{method, seed, curve[].{flops, accuracy}}``), ``OUT/results.md`` and ``OUT/curves.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-ON_POLICY = {
-    "opd": ["pair=zoo_qwen_to_llama3", "algo=opd"],
-    "opd_topk": ["pair=zoo_qwen_to_llama3", "algo=opd_topk"],
-    "sft_teacher": ["pair=zoo_qwen_to_llama3", "algo=sft_teacher"],
-    "opd_same": ["pair=zoo_llama3_same", "algo=opd"],
-}
-OFFLINE = ("ctpd", "dpo")
+STUDENT = "zoo:student-llama3"
+METHODS = {
+    "opd": {"overrides": ["pair=zoo_qwen_to_llama3", "algo=opd"], "teacher": "zoo:teacher-qwen"},
+    "opd_same": {"overrides": ["pair=zoo_llama3_same", "algo=opd"], "teacher": "zoo:teacher-llama3"},
+    "sft_teacher": {"overrides": ["pair=zoo_qwen_to_llama3", "algo=sft_teacher"], "teacher": "zoo:teacher-qwen"},
+    "rl": {"overrides": ["pair=zoo_qwen_to_llama3", "algo=opd_reward", "algo.distill_weight=0"], "teacher": None},
+    "opd_topk": {"overrides": ["pair=zoo_qwen_to_llama3", "algo=opd_topk"], "teacher": "zoo:teacher-qwen"},
+}  # fmt: skip
+# The teacher is scored in every run (teacher-KL is logged for all), but only counted as compute
+# where the objective's loss uses it: rl's gradient never sees it, sft_teacher's teacher generates.
+SCORES_WITH_TEACHER = {"opd", "opd_same", "opd_topk"}
 
 
-def _params(path: str) -> int:
+def params(model: str) -> int:
+    """Parameter count of a model folder (its safetensors headers only)."""
     from safetensors import safe_open
 
-    with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
-        return sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
-
-
-def _prod(shape) -> int:
-    out = 1
-    for d in shape:
-        out *= int(d)
-    return out
-
-
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from framework.config import register_configs, to_config
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base=None):
-        return to_config(compose("config", overrides=overrides))
-
-
-def run_on_policy(name: str, seed: int, steps: int, eval_every: int, out: Path) -> dict:
-    """One training run through the real pipeline; returns the accuracy curve with token/FLOP budgets."""
-    from framework.train import run
     from framework.zoo import resolve_model
 
-    cfg = _compose([
-        *ON_POLICY[name], f"trainer.steps={steps}", f"trainer.eval_every={eval_every}", f"trainer.seed={seed}",
-        "logging.wandb_mode=disabled", "logging.progress_bar=false", "data.num_eval=128",
-    ])  # fmt: skip
-    cfg.trainer.output_dir = str(out)
-    n_student, n_teacher = _params(resolve_model(cfg.pair.student)), _params(resolve_model(cfg.pair.teacher))
-    if out.exists():  # a run's logs append (for resume): a redone run starts from an empty folder
-        shutil.rmtree(out)
-    t0 = time.time()
-    run(cfg)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    curve = curve_from_rows(rows, name, n_student, n_teacher)
-    return {"method": name, "seed": seed, "curve": curve, "wall_s": time.time() - t0}
+    with safe_open(str(Path(resolve_model(model)) / "model.safetensors"), "pt") as f:
+        total = 0
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+            n = 1
+            for d in f.get_slice(key).get_shape():
+                n *= int(d)
+            total += n
+        return total
 
 
-def curve_from_rows(rows: list[dict], name: str, n_student: int, n_teacher: int) -> list[dict]:
-    """Held-out accuracy at each eval against the learner tokens and estimated FLOPs spent so far."""
+def mean_prompt_tokens(model: str, n: int = 64) -> float:
+    """Mean chat-templated prompt length of the zoo task under ``model``'s tokenizer and template."""
+    from transformers import AutoTokenizer
+
+    from framework.data.arith import make_problems
+    from framework.data.chat import render_prompt_ids
+    from framework.zoo import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+    lengths = [
+        render_prompt_ids(tok, p.messages, 10_000).size for p in make_problems(n, seed=0, split="train")
+    ]
+    return sum(lengths) / len(lengths)
+
+
+def curve_from_rows(rows: list[dict], cost: dict) -> list[dict]:
+    """Held-out accuracy at each evaluation against learner tokens and estimated FLOPs so far.
+
+    Per step with S samples, R response tokens and prompt length P (per sample):
+    generation 2·N_gen·(S·P + R), learner 6·N_student·(S·P + R) (the forward and backward over the
+    whole sequence; only response tokens carry loss, but the prompt is recomputed), and where the
+    teacher's scores enter the loss 2·N_teacher·(S·P_teacher + R)."""
     curve, tokens, flops = [], 0.0, 0.0
     for r in rows:
         if "tokens" in r and "batch/response_tokens" in r:
-            trained = r["tokens"]
-            # per sample ≈ prompt + response tokens; prompts are short (~25 tokens) next to responses
-            seq = r["batch/response_tokens"] + 25 * r["batch/samples"]
-            tokens += trained
-            generator = n_teacher if name == "sft_teacher" else n_student
-            flops += 2 * generator * seq + 6 * n_student * seq
-            if name != "sft_teacher":
-                flops += 2 * n_teacher * seq  # teacher scoring (prefill of the whole sequence)
+            samples, response = r["batch/samples"], r["batch/response_tokens"]
+            tokens += r["tokens"]
+            flops += 2 * cost["n_generator"] * (samples * cost["prompt_generator"] + response)
+            flops += 6 * cost["n_student"] * (samples * cost["prompt_student"] + response)
+            if cost["n_scorer"]:
+                flops += 2 * cost["n_scorer"] * (samples * cost["prompt_scorer"] + response)
         if "eval/accuracy" in r:
-            curve.append({"step": r["step"], "learner_tokens": tokens, "flops": flops, "accuracy": r["eval/accuracy"],
-                          "teacher_kl": r.get("eval/teacher_kl")})  # fmt: skip
+            curve.append({"step": r["step"], "learner_tokens": tokens, "flops": flops,
+                          "accuracy": r["eval/accuracy"], "teacher_kl": r.get("eval/teacher_kl")})  # fmt: skip
     return curve
 
 
-def run_offline(name: str, seed: int, steps: int, eval_every: int, out: Path) -> dict:
-    """One offline preference run (the same controller and learner; pairs scored once, lr from the
-    recipe); ``result`` holds the first and last evaluation and the task accuracy at both."""
-    from framework.train import run
+class Study:
+    """The runs of one study folder: launched one at a time, recorded as they finish."""
 
-    cfg = _compose([
-        f"algo={name}", "pair=zoo_qwen_to_llama3", f"trainer.steps={steps}", f"trainer.eval_every={eval_every}",
-        f"trainer.seed={seed}", "logging.wandb_mode=disabled", "logging.progress_bar=false", "data.num_eval=128",
-    ])  # fmt: skip
-    cfg.trainer.output_dir = str(out)
-    if out.exists():
-        shutil.rmtree(out)
-    t0 = time.time()
-    run(cfg)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if "eval/logp_acc" in r]
-    task = {"start/task_acc": evals[0].get("eval/accuracy"), "end/task_acc": evals[-1].get("eval/accuracy")}
-    result = {"start": evals[0], "end": evals[-1], "task": task}
-    return {"method": name, "seed": seed, "result": result, "wall_s": time.time() - t0}
+    def __init__(self, out: Path, args: argparse.Namespace):
+        self.out, self.args = out, args
+        self.path = out / "results.json"
+        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() and not args.fresh else {}
+        self.data.setdefault("runs", [])
+        self._costs: dict[tuple, dict] = {}
 
+    def find(self, method: str, start: str, seed: int, lr: float, steps: int) -> dict | None:
+        for r in self.data["runs"]:
+            if (r["method"], r["start"], r["seed"], r["lr"], r["steps"]) == (method, start, seed, lr, steps):
+                return r
+        return None
 
-def _mean(xs):
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else float("nan")
+    def cost(self, method: str, student: str) -> dict:
+        key = (method, student)
+        if key not in self._costs:
+            teacher = METHODS[method]["teacher"] or "zoo:teacher-qwen"
+            generator = teacher if method == "sft_teacher" else student
+            scorer = teacher if method in SCORES_WITH_TEACHER else None
+            self._costs[key] = {
+                "n_student": params(student), "n_generator": params(generator),
+                "n_scorer": params(scorer) if scorer else 0,
+                "prompt_student": mean_prompt_tokens(student), "prompt_generator": mean_prompt_tokens(generator),
+                "prompt_scorer": mean_prompt_tokens(scorer) if scorer else 0.0,
+            }  # fmt: skip
+        return self._costs[key]
 
-
-def summarise(runs: list[dict], teacher_acc: float, student_acc: float) -> tuple[dict, str]:
-    by_method: dict[str, list[dict]] = {}
-    for r in runs:
-        by_method.setdefault(r["method"], []).append(r)
-    table = {}
-    for method, rs in by_method.items():
-        if method in OFFLINE:
-            table[method] = {
-                "seeds": len(rs),
-                "pref_acc_start": _mean([r["result"]["start"]["eval/logp_acc"] for r in rs]),
-                "pref_acc_end": _mean([r["result"]["end"]["eval/logp_acc"] for r in rs]),
-                "task_acc_start": _mean([r["result"]["task"]["start/task_acc"] for r in rs]),
-                "task_acc_end": _mean([r["result"]["task"]["end/task_acc"] for r in rs]),
-            }
-            continue
-        final = _mean([r["curve"][-1]["accuracy"] for r in rs])
-        table[method] = {"final_accuracy": final, "flops": _mean([r["curve"][-1]["flops"] for r in rs]),
-                         "learner_tokens": _mean([r["curve"][-1]["learner_tokens"] for r in rs]),
-                         "gap_closed": (final - student_acc) / max(1e-9, teacher_acc - student_acc), "seeds": len(rs)}  # fmt: skip
-    lines = [
-        "| method | seeds | final accuracy | gap closed | learner tokens | est. FLOPs |",
-        "|---|---|---|---|---|---|",
-    ]
-    for m, v in table.items():
-        if m in OFFLINE:
-            continue
-        lines.append(
-            f"| {m} | {v['seeds']} | {v['final_accuracy']:.3f} | {v['gap_closed']:.0%} | {v['learner_tokens']:.0f} | {v['flops']:.3g} |"
-        )
-    if any(m in table for m in OFFLINE):
-        lines += [
-            "",
-            "| offline method | seeds | preference accuracy (held-out pairs) | task accuracy |",
-            "|---|---|---|---|",
-        ]
-        for m in (m for m in OFFLINE if m in table):
-            v = table[m]
-            lines.append(
-                f"| {m} | {v['seeds']} | {v['pref_acc_start']:.3f} → {v['pref_acc_end']:.3f} "
-                f"| {v['task_acc_start']:.3f} → {v['task_acc_end']:.3f} |"
+    def run(self, method: str, *, start: str, student: str, seed: int, lr: float, steps: int) -> dict:
+        """One training run (kept if already done); returns its record."""
+        done = self.find(method, start, seed, lr, steps)
+        if done is not None:
+            return done
+        a = self.args
+        folder = self.out / "runs" / f"{start}_{method}_lr{lr:g}_s{seed}"
+        overrides = [
+            *METHODS[method]["overrides"], f"pair.student={student}", f"learner.lr={lr}",
+            f"trainer.seed={seed}", f"trainer.steps={steps}", f"trainer.eval_every={a.eval_every}",
+            f"data.num_eval={a.num_eval}", f"trainer.output_dir={folder}",
+            "logging.progress_bar=false", "logging.wandb_mode=disabled",
+        ]  # fmt: skip
+        print(f"[reproduce] {start} {method} lr={lr:g} seed={seed} steps={steps} ...", flush=True)
+        t0 = time.time()
+        log = folder.parent / f"{folder.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if folder.exists():  # a run's logs append (for resume): a redone run starts from an empty folder
+            subprocess.run(["rm", "-rf", str(folder)], check=True)
+        with open(log, "w") as sink:
+            rc = subprocess.call([sys.executable, "-m", "framework.train", *overrides], cwd=ROOT,
+                                 stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
+        if rc != 0:
+            raise SystemExit(f"[reproduce] {method} seed {seed} lr {lr:g} failed (exit {rc}); see {log}")
+        rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        if sum("eval/accuracy" in r for r in rows) < 2:  # an evaluation failed: no curve to compare
+            raise SystemExit(
+                f"[reproduce] {method} seed {seed}: evaluations missing; see {folder / 'train.log'}"
             )
-    return table, "\n".join(lines)
+        record = {
+            "method": method, "start": start, "student": student, "seed": seed, "lr": lr, "steps": steps,
+            "curve": curve_from_rows(rows, self.cost(method, student)), "wall_s": round(time.time() - t0, 1),
+            "folder": str(folder.relative_to(self.out)),
+        }  # fmt: skip
+        curve = " -> ".join(f"{p['accuracy']:.3f}" for p in record["curve"])
+        print(f"[reproduce]   accuracy {curve} ({record['wall_s']:.0f} s)", flush=True)
+        self.data["runs"].append(record)
+        self.save()
+        return record
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=1))
 
 
-def flops_to_reach(runs: list[dict], method: str, target: float) -> float | None:
-    """Mean (over seeds) FLOPs at the first eval where ``method`` reaches ``target`` accuracy."""
-    hits = []
-    for r in (r for r in runs if r["method"] == method):
-        hit = next((p["flops"] for p in r["curve"] if p["accuracy"] >= target), None)
-        if hit is None:
-            return None
-        hits.append(hit)
-    return _mean(hits) if hits else None
+def late_accuracy(run: dict) -> float:
+    """Mean accuracy of a run's last two evaluations (less noisy than the last one alone)."""
+    tail = [p["accuracy"] for p in run["curve"][-2:]]
+    return sum(tail) / len(tail)
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def spread(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def flops_to_reach(runs: list[dict], target: float) -> tuple[float | None, int]:
+    """Mean FLOPs at the first evaluation reaching ``target`` over the runs that reach it, and how many do."""
+    hits = [next((p["flops"] for p in r["curve"] if p["accuracy"] >= target), None) for r in runs]
+    reached = [h for h in hits if h is not None]
+    return (statistics.fmean(reached) if reached else None), len(reached)
+
+
+def summarise(runs: list[dict], teacher_acc: float) -> dict:
+    """``table[method]``: final accuracy and gap closed (mean, std over seeds) and the compute spent.
+
+    gap closed = (final − start) / (teacher − start) per run, start = the run's own step-0 accuracy."""
+    table: dict[str, dict] = {}
+    for method in sorted({r["method"] for r in runs}):
+        rs = [r for r in runs if r["method"] == method]
+        finals = [r["curve"][-1]["accuracy"] for r in rs]
+        starts = [r["curve"][0]["accuracy"] for r in rs]
+        gaps = [(f - s) / max(1e-9, teacher_acc - s) for f, s in zip(finals, starts, strict=True)]
+        best = [max(p["accuracy"] for p in r["curve"]) for r in rs]
+        (fm, fs), (gm, gs), (sm, _), (bm, _) = spread(finals), spread(gaps), spread(starts), spread(best)
+        table[method] = {
+            "final_accuracy": fm, "final_accuracy_std": fs, "gap_closed": gm, "gap_closed_std": gs,
+            "start_accuracy": sm, "best_accuracy": bm, "seeds": len(rs), "lr": rs[0]["lr"],
+            "flops": statistics.fmean(r["curve"][-1]["flops"] for r in rs),
+            "learner_tokens": statistics.fmean(r["curve"][-1]["learner_tokens"] for r in rs),
+            "wall_s": statistics.fmean(r["wall_s"] for r in rs),
+        }  # fmt: skip
+    return table
+
+
+def answers(table: dict, runs_of: dict, suffix: str = "") -> list[str]:
+    """The issue's questions, answered from the table (``suffix`` selects the plateau rows)."""
+    out = []
+    opd, sft, same = (
+        table.get("opd" + suffix),
+        table.get("sft_teacher" + suffix),
+        table.get("opd_same" + suffix),
+    )
+    if opd and sft:
+        target = sft["final_accuracy"]
+        hit, n = flops_to_reach(runs_of["opd" + suffix], target)
+        where = "never within the budget" if hit is None else f"at {hit / sft['flops']:.2f}x SFT's compute"
+        out.append(f"- OPD reaches SFT-on-teacher's final accuracy ({target:.3f}) {where} "
+                   f"({n}/{opd['seeds']} seeds reach it; claim: <= 1/3)")  # fmt: skip
+        hit_s, n_s = flops_to_reach(runs_of["sft_teacher" + suffix], opd["final_accuracy"])
+        if hit_s is not None:
+            out.append(f"- SFT-on-teacher reaches OPD's final accuracy ({opd['final_accuracy']:.3f}) at "
+                       f"{hit_s / opd['flops']:.2f}x OPD's compute ({n_s}/{sft['seeds']} seeds)")  # fmt: skip
+    if opd and same:
+        gain_same = same["final_accuracy"] - same["start_accuracy"]
+        gain = opd["final_accuracy"] - opd["start_accuracy"]
+        share = (
+            "undefined (the same-tokenizer run did not gain)" if gain_same <= 0 else f"{gain / gain_same:.0%}"
+        )
+        out.append(f"- cross-tokenizer OPD keeps {share} of the same-tokenizer gain "
+                   f"({gain:+.3f} vs {gain_same:+.3f}; target >= 90%)")  # fmt: skip
+    return out
+
+
+def markdown(table: dict, sweep: dict, teacher_acc: float) -> str:
+    lines = [f"teacher-qwen accuracy {teacher_acc:.3f} (zoo test split)", "",
+             "| method | start | lr | seeds | start acc | final acc (mean ± std) | best eval | gap closed | est. FLOPs | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, v in table.items():
+        method, _, start = key.partition("@")
+        lines.append(
+            f"| {method} | {start or 'weak'} | {v['lr']:g} | {v['seeds']} | {v['start_accuracy']:.3f} "
+            f"| {v['final_accuracy']:.3f} ± {v['final_accuracy_std']:.3f} | {v['best_accuracy']:.3f} "
+            f"| {v['gap_closed']:.0%} ± {v['gap_closed_std']:.0%} | {v['flops']:.3g} | {v['wall_s']:.0f} |"
+        )
+    if sweep:
+        lines += ["", "Learning-rate sweep (seed 0, weak start; mean of the last two evaluations):", "",
+                  "| method | " + " | ".join(f"lr {lr:g}" for lr in sweep["lrs"]) + " | chosen |",
+                  "|---|" + "---|" * (len(sweep["lrs"]) + 1)]  # fmt: skip
+        for method, by_lr in sweep["scores"].items():
+            cells = [f"{by_lr[str(lr)]:.3f}" if str(lr) in by_lr else "-" for lr in sweep["lrs"]]
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {sweep['best'][method]:g} |")
+    return "\n".join(lines)
+
+
+def plot(groups: dict[str, list[dict]], path: Path) -> None:
+    """Mean accuracy against compute per method (band: min-max over seeds), one panel per start."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in runs:
-        if r["method"] in OFFLINE or not r["curve"]:
-            continue
-        xs_f = [p["flops"] for p in r["curve"]]
-        xs_t = [p["learner_tokens"] for p in r["curve"]]
-        ys = [p["accuracy"] for p in r["curve"]]
-        label = f"{r['method']} (seed {r['seed']})"
-        axes[0].plot(xs_f, ys, marker="o", label=label)
-        axes[1].plot(xs_t, ys, marker="o", label=label)
-    axes[0].set_xlabel("estimated FLOPs (teacher scoring / generation included)")
-    axes[1].set_xlabel("learner tokens")
-    for ax in axes:
-        ax.set_ylabel("held-out accuracy")
+    starts = sorted({k.partition("@")[2] or "weak" for k in groups})
+    fig, axes = plt.subplots(1, len(starts), figsize=(6 * len(starts), 4), squeeze=False)
+    for ax, start in zip(axes[0], starts, strict=True):
+        for key, rs in groups.items():
+            if (key.partition("@")[2] or "weak") != start:
+                continue
+            n = min(len(r["curve"]) for r in rs)
+            xs = [statistics.fmean(r["curve"][i]["flops"] for r in rs) for i in range(n)]
+            ys = [[r["curve"][i]["accuracy"] for r in rs] for i in range(n)]
+            line = ax.plot(
+                xs,
+                [statistics.fmean(y) for y in ys],
+                marker="o",
+                label=f"{key.partition('@')[0]} ({len(rs)} seeds)",
+            )
+            ax.fill_between(
+                xs, [min(y) for y in ys], [max(y) for y in ys], alpha=0.15, color=line[0].get_color()
+            )
+        ax.set_title(f"{start} start")
+        ax.set_xlabel("estimated FLOPs (generation, learner, teacher scoring where used)")
+        ax.set_ylabel("held-out greedy accuracy")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
-    fig.suptitle("tokenbridge toy reproduction: zoo teacher-qwen → student-llama3")
+        ax.legend(fontsize=8)
+    fig.suptitle("tokenbridge reproduction: zoo teacher-qwen -> student-llama3 (cross-tokenizer)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--methods", nargs="+", default=["opd", "opd_same", "sft_teacher", "rl"], choices=sorted(METHODS)
     )
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--methods", nargs="+", default=[*ON_POLICY, *OFFLINE])
-    parser.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
-    parser.add_argument(
-        "--fresh", action="store_true", help="ignore runs already in OUT/results.json (default: keep them)"
+    p.add_argument("--lrs", nargs="+", type=float, default=[3e-5, 1e-4, 3e-4])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--eval-every", type=int, default=20)
+    p.add_argument("--num-eval", type=int, default=512)
+    p.add_argument("--plateau-steps", type=int, default=240)
+    p.add_argument("--plateau-methods", nargs="+", default=["opd", "sft_teacher"], choices=sorted(METHODS))
+    p.add_argument(
+        "--stages", nargs="+", default=["sweep", "seeds", "plateau"], choices=["sweep", "seeds", "plateau"]
     )
-    args = parser.parse_args()
+    p.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
+    p.add_argument("--fresh", action="store_true", help="ignore the runs already in OUT/results.json")
+    args = p.parse_args(argv)
     from framework.zoo import build_zoo
 
     manifest = build_zoo(progress=False)
-    acc = {m["name"]: m["accuracy"] for m in manifest["models"]}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    previous = out / "results.json"
-    if previous.exists() and not args.fresh:  # runs are long: an interrupted or extended study keeps its runs
-        runs = json.loads(previous.read_text())["runs"]
-        print(
-            f"[reproduce] keeping {len(runs)} earlier runs from {previous} (--fresh to redo them)", flush=True
-        )
-    done = {(r["method"], r["seed"]) for r in runs}
-    for method in args.methods:
-        for seed in args.seeds:
-            if (method, seed) in done:
-                continue
-            folder = out / "runs" / f"{method}_seed{seed}"
-            if method in OFFLINE:
-                runs.append(run_offline(method, seed, args.steps, args.eval_every, folder))
-            else:
-                runs.append(run_on_policy(method, seed, args.steps, args.eval_every, folder))
-            print(
-                f"[reproduce] {method} seed {seed}: {runs[-1].get('curve', [{}])[-1] if 'curve' in runs[-1] else runs[-1]['result']}",
-                flush=True,
-            )
-            (out / "results.json").write_text(json.dumps({"zoo_accuracy": acc, "runs": runs}, indent=1))
-    # the student's start, measured on the runs' own eval set (step-0 eval), not the zoo's test split
-    starts = [r["curve"][0]["accuracy"] for r in runs if r.get("curve") and r["curve"][0]["step"] == 0]
-    student_acc = _mean(starts) if starts else acc["student-llama3"]
-    table, md = summarise(runs, acc["teacher-qwen"], student_acc)
-    answers = []
-    if "sft_teacher" in table and "opd" in table:
-        sft_final = table["sft_teacher"]["final_accuracy"]
-        opd_flops = flops_to_reach(runs, "opd", sft_final)
-        ratio = None if opd_flops is None else opd_flops / table["sft_teacher"]["flops"]
-        answers.append(f"- OPD reaches SFT-on-teacher's final accuracy ({sft_final:.3f}) with "
-                       + ("never (within the budget)" if ratio is None else f"{ratio:.2f}× SFT's compute") + " (claim: ≤ 1/3)")  # fmt: skip
-    if "opd" in table:
-        answers.append(
-            f"- cross-tokenizer OPD closes {table['opd']['gap_closed']:.0%} of the teacher − student-init gap (target ≥ 80%)"
-        )
-    if "opd" in table and "opd_same" in table:
-        gain = (table["opd"]["final_accuracy"] - student_acc) / max(
-            1e-9, table["opd_same"]["final_accuracy"] - student_acc
-        )
-        answers.append(
-            f"- cross-tokenizer OPD gets {gain:.0%} of the same-tokenizer reference's gain (target ≥ 90%)"
-        )
-    if "opd" in table and "opd_topk" in table:
-        per = {m: table[m]["final_accuracy"] / table[m]["flops"] for m in ("opd", "opd_topk")}
-        answers.append(f"- accuracy per FLOP: opd_topk {per['opd_topk']:.3g} vs opd {per['opd']:.3g}")
-    if "ctpd" in table and "dpo" in table:
-        c, d = table["ctpd"], table["dpo"]
-        answers.append(
-            f"- CTPD vs DPO: preference accuracy {c['pref_acc_end']:.3f} vs {d['pref_acc_end']:.3f}, "
-            f"task accuracy {c['task_acc_end']:.3f} vs {d['task_acc_end']:.3f}"
-        )
-    text = (f"teacher-qwen accuracy {acc['teacher-qwen']:.3f} (zoo test split), student-llama3 init "
-            f"{student_acc:.3f} (step-0 eval of the runs: {len(starts)} runs × the same held-out problems)\n\n"
-            + md + "\n\n" + "\n".join(answers) + "\n")  # fmt: skip
-    (out / "results.md").write_text(text)
-    (out / "results.json").write_text(
-        json.dumps({"zoo_accuracy": acc, "runs": runs, "table": table}, indent=1)
+    zoo_acc = {m["name"]: m["accuracy"] for m in manifest["models"]}
+    study = Study(Path(args.out), args)
+    study.data.update(
+        zoo_accuracy=zoo_acc, zoo_digest=manifest.get("settings_digest"), protocol=vars(args) | {"out": None}
     )
-    plot(runs, out / "curves.png")
+
+    scores: dict[str, dict[str, float]] = {}
+    for method in args.methods:
+        for lr in args.lrs if "sweep" in args.stages else []:
+            run = study.run(method, start="weak", student=STUDENT, seed=0, lr=lr, steps=args.steps)
+            scores.setdefault(method, {})[str(lr)] = late_accuracy(run)
+    best = {m: float(max(s, key=s.get)) for m, s in scores.items()}
+    best = study.data.get("sweep", {}).get("best", {}) | best
+    if scores:
+        study.data["sweep"] = {
+            "lrs": args.lrs,
+            "scores": study.data.get("sweep", {}).get("scores", {}) | scores,
+            "best": best,
+        }
+        study.save()
+    groups: dict[str, list[dict]] = {}
+    for method in args.methods if "seeds" in args.stages else []:
+        lr = best.get(method, 1e-4)
+        groups[method] = [
+            study.run(method, start="weak", student=STUDENT, seed=s, lr=lr, steps=args.steps)
+            for s in args.seeds
+        ]
+    if "plateau" in args.stages:
+        lr = best.get("sft_teacher", 1e-4)
+        base = study.run(
+            "sft_teacher", start="plateau-build", student=STUDENT, seed=0, lr=lr, steps=args.plateau_steps
+        )
+        study.data["plateau"] = {"curve": base["curve"], "lr": lr, "steps": args.plateau_steps}
+        student = str(
+            study.out / base["folder"] / "checkpoints" / f"step_{args.plateau_steps:06d}" / "student"
+        )
+        for method in args.plateau_methods:
+            groups[f"{method}@plateau"] = [
+                study.run(method, start="plateau", student=student, seed=s, lr=best.get(method, 1e-4), steps=args.steps)
+                for s in args.seeds
+            ]  # fmt: skip
+    teacher_acc = zoo_acc["teacher-qwen"]
+    table = summarise([], teacher_acc)
+    for key, rs in groups.items():
+        row = summarise([dict(r, method=key) for r in rs], teacher_acc)
+        table.update(row)
+    runs_of = groups
+    lines = answers(table, runs_of) + answers(table, runs_of, "@plateau")
+    study.data.update(table=table, answers=lines)
+    study.save()
+    text = markdown(table, study.data.get("sweep", {}), teacher_acc) + "\n\n" + "\n".join(lines) + "\n"
+    (study.out / "results.md").write_text(text)
+    if groups:
+        plot(groups, study.out / "curves.png")
     print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -38,7 +38,6 @@ class Stages:
     colocated: bool = False  # cluster.placement=colocated: rollout engines sleep while the learner steps
     health_timeout_s: float = 10.0  # a ping unanswered this long marks an actor hung
     start_timeout_s: float = 900.0  # trainer.actor_start_timeout_s
-    learner_factory: Callable[[int], Any] | None = None  # make learner rank r
     restarts: Counter[str] = field(default_factory=Counter)  # replacements by role, this process
     weight_path: str = "file"  # "file" | "nccl": how weights reach the engines (actors/weights.py)
     engine_workers: int = 1  # vLLM workers per rollout engine (rollout.tensor_parallel_size)
@@ -155,11 +154,7 @@ class Stages:
 
     def restart_learner(self, timeout_s: float) -> None:
         """Replace every rank (a process group cannot lose one member) with fresh ranks at the initial weights."""
-        if self.learner_factory is None:
-            raise RuntimeError("these stages have no learner factory: the learner cannot be replaced")
-        for rank in self.learner.ranks:
-            ray.kill(rank, no_restart=True)
-        self.learner = LearnerGroup([self.learner_factory(r) for r in range(len(self.learner.ranks))])
+        self.learner.replace(timeout_s)
         self.restarts["learner"] += 1
         self.weights.learner_replaced()
 
@@ -199,18 +194,19 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
             student_path, r, cfg.learner.num_ranks, _rank_settings(cfg)
         )
 
-    learner = LearnerGroup([make_rank(r) for r in range(cfg.learner.num_ranks)])
+    health_s = cfg.trainer.health_timeout_s
+    ranks = ActorPool("learner", [make_rank(r) for r in range(cfg.learner.num_ranks)], make_rank, health_s)
+    learner = LearnerGroup(ranks, cfg.trainer.actor_start_timeout_s)
     try:
         ray.get([a.ping.remote() for members in pools.values() for a in members], timeout=900)
     except ray.exceptions.ActorDiedError as err:  # a constructor refused the config: say which key
         raise config_error_in(err) or err from None
     identity = ray.get(pools["mapping"][0].is_identity.remote())
     say(f"[tokenbridge] actors up in {time.time() - t0:.0f}s (identity mapping: {identity})")
-    health_s = cfg.trainer.health_timeout_s
     stages = Stages(
         {role: ActorPool(role, members, factories[role], health_s) for role, members in pools.items()},
         learner, identity_mapping=identity, colocated=c.placement == "colocated", health_timeout_s=health_s,
-        start_timeout_s=cfg.trainer.actor_start_timeout_s, learner_factory=make_rank,
+        start_timeout_s=cfg.trainer.actor_start_timeout_s,
         weight_path=choose_weight_path(cfg), engine_workers=cfg.rollout.tensor_parallel_size,
         student_path=student_path, adapters=cfg.learner.lora_rank > 0,
     )  # fmt: skip

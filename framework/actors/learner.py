@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 
+from framework.actors.pool import ActorPool
 from framework.actors.stats import BusyClock, Health
 from framework.learner.settings import RankSettings
 from framework.types import MappedSample
@@ -222,12 +223,29 @@ class _EngineReceiver:
 
 
 class LearnerGroup:
-    """The R ranks of the learner, driven in lockstep (every call goes to every rank)."""
+    """The R ranks of the learner, driven in lockstep (every call goes to every rank). The ranks are
+    an :class:`ActorPool` like every other role's members (factory, heartbeat, recorded process
+    trees); what differs is that they form one process group, so a failure replaces them all."""
 
-    def __init__(self, ranks: list):
-        self.ranks = ranks
-        addr, port = ray.get(ranks[0].address.remote())
-        ray.get([r.init.remote(addr, port) for r in ranks])
+    def __init__(self, pool: ActorPool, start_timeout_s: float = 900.0):
+        self.pool = pool
+        self._connect(start_timeout_s)
+
+    @property
+    def ranks(self) -> list:
+        return self.pool.members
+
+    def _connect(self, timeout_s: float) -> None:
+        """Join the ranks into one process group (rank 0's address) and record their process trees."""
+        addr, port = ray.get(self.ranks[0].address.remote(), timeout=timeout_s)
+        ray.get([r.init.remote(addr, port) for r in self.ranks], timeout=timeout_s)
+        self.pool.record_trees(timeout_s)
+
+    def replace(self, start_timeout_s: float) -> None:
+        """Every rank killed (with its processes) and started afresh at the initial weights, then
+        joined again: a process group cannot lose one member."""
+        self.pool.replace_all(start_timeout_s)
+        self._connect(start_timeout_s)
 
     def train_step(self, sample_refs: list, version: int, timeout_s: float) -> dict[str, Any]:
         results = ray.get([r.train_step.remote(sample_refs, version) for r in self.ranks], timeout=timeout_s)

@@ -1,9 +1,9 @@
-"""One role's actors — rollout engines, teacher replicas, mapping workers, sft_teacher's generators —
-as a pool: spawned from a factory, health-checked without blocking, replaced one member at a time in
-the background, with their process trees kept for orphan cleanup (docs/design.md §7.2).
-
-The learner is not a pool: its ranks form one process group and are replaced together
-(:meth:`framework.actors.cluster.Stages.restart_learner`).
+"""One role's actors — rollout engines, teacher replicas, mapping workers, sft_teacher's generators,
+the learner's ranks — as a pool: spawned from a factory, health-checked without blocking, with their
+process trees kept for orphan cleanup (docs/design.md §7.2). Members of a stateless role are replaced
+one at a time in the background (:meth:`ActorPool.restart`); the learner's ranks form one process
+group and are replaced together (:meth:`ActorPool.replace_all`, driven by
+:class:`framework.actors.learner.LearnerGroup`).
 """
 
 from __future__ import annotations
@@ -59,14 +59,46 @@ class ActorPool:
     def restart(self, index: int, start_timeout_s: float) -> None:
         """Kill member ``index`` (dead or hung) and its recorded processes, and create its replacement
         without waiting for it: until :meth:`poll_started` sees it answer, it is *starting*."""
+        self._kill(index)
+        self.members[index] = self._make(index)
+        self.starting[index] = (self.members[index].process_tree.remote(), time.monotonic() + start_timeout_s)
+
+    def replace_all(self, start_timeout_s: float) -> None:
+        """Kill every member and its recorded processes, create them all anew and wait until each
+        answers (its tree recorded): for members that only work together, as the learner's ranks in
+        one process group. Raises ``RunStopped`` naming ``trainer.actor_start_timeout_s`` for a rank
+        not up in time, or with the error of one that failed while starting."""
+        for index in range(len(self.members)):
+            self._kill(index)
+        self.members[:] = [self._make(index) for index in range(len(self.members))]
+        refs = [m.process_tree.remote() for m in self.members]
+        try:
+            trees = ray.get(refs, timeout=start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RunStopped(
+                f"the replacement {self.role} actors did not start within "
+                f"trainer.actor_start_timeout_s={start_timeout_s:g} s"
+            ) from None
+        except ray.exceptions.RayError as err:
+            raise RunStopped(
+                f"a replacement {self.role} actor failed to start: {first_line(unwrap(err))}"
+            ) from err
+        self.trees = dict(enumerate(trees))
+
+    def _make(self, index: int):
+        if self.factory is None:
+            raise RuntimeError(f"the {self.role} pool has no factory: its members cannot be replaced")
+        return self.factory(index)
+
+    def _kill(self, index: int) -> None:
+        """Member ``index`` and, where recorded, its process tree (on GPUs vLLM's engine-core child
+        would outlive a killed actor)."""
         if self.factory is None:
             raise RuntimeError(f"the {self.role} pool has no factory: its members cannot be replaced")
         self._pings.pop(actor_key(self.members[index]), None)
         ray.kill(self.members[index], no_restart=True)
-        if index in self.trees:  # on GPUs vLLM's engine-core child would outlive a killed actor
+        if index in self.trees:
             kill_local_tree(*self.trees.pop(index))
-        self.members[index] = self.factory(index)
-        self.starting[index] = (self.members[index].process_tree.remote(), time.monotonic() + start_timeout_s)
 
     def poll_started(self, start_timeout_s: float) -> list[int]:
         """The replacements that came up since the last call (non-blocking; their trees recorded).

@@ -80,8 +80,33 @@ def build_llm(
     )
     if kv_cache_gib is not None:
         kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * GIB)
+    kwargs.update(cpu_scheduling(max_model_len) if _on_cpu() else {})
     kwargs.update(extra)
     return LLM(model_path, **kwargs)
+
+
+# vLLM CPU's default per-step token budget (SchedulerConfig on the CPU platform).
+CPU_STEP_TOKENS = 4096
+
+
+def cpu_scheduling(max_model_len: int) -> dict[str, Any]:
+    """Scheduler options for a CPU engine: never split a prompt's prefill across steps.
+
+    Why: with chunked prefill a prompt that does not fit the step's token budget is prefilled in
+    parts, and vLLM rewinds the seeded generator of such a request by the token it discards
+    (``Generator.set_offset``), which CPU generators do not support: the engine dies with "CPU
+    Generator does not use offset" as soon as one call's prompts exceed the budget (4,096 tokens:
+    about 180 zoo prompts; our rollouts and evaluations always pass seeds). Without chunked prefill
+    the scheduler admits whole prompts only, so seeded sampling holds at any batch size. The budget
+    must then cover the longest prompt (vLLM refuses a budget below ``max_model_len``).
+    """
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(CPU_STEP_TOKENS, max_model_len)}
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
 
 
 def drive_to_completion(llm, request_ids: set[str]):

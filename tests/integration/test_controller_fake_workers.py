@@ -112,8 +112,9 @@ class FakeMapper(_Counted):
 
 @ray.remote(concurrency_groups={"health": 1})
 class FakeLearner(_Counted):
-    def __init__(self):
+    def __init__(self, die_on_step: int | None = None):
         super().__init__()
+        self.die_on_step = die_on_step  # the process exits when asked for this step (a crashed rank)
         self.steps = 0
         self.pushed: list[tuple[int, int]] = []  # NCCL path: (version, engines) per push
         self.exports = 0
@@ -126,6 +127,8 @@ class FakeLearner(_Counted):
 
     def train_step(self, sample_refs: list, version: int) -> dict:
         samples = [s for ref in sample_refs for s in ray.get(ref)]
+        if self.steps + 1 == self.die_on_step:
+            os._exit(1)
         self.steps += 1
         stats = batch_statistics(samples, version)
         return {**stats, "loss": 1.0 / self.steps, "sample_ids": [s.sample_id for s in samples]}
@@ -175,17 +178,22 @@ class FakeLearner(_Counted):
         return True
 
 
-def _stages(health_timeout_s: float = 2.0, weight_path: str = "file"):
+def _stages(
+    health_timeout_s: float = 2.0, weight_path: str = "file", learner_dies_on_step: int | None = None
+):
     from framework.actors.cluster import Stages
 
-    def pool(role, cls, n):
-        return ActorPool(role, [cls.remote() for _ in range(n)], lambda i: cls.remote(), health_timeout_s)
+    def pool(role, cls, n, *first):  # ``first``: the first members' arguments (replacements get none)
+        return ActorPool(
+            role, [cls.remote(*first) for _ in range(n)], lambda i: cls.remote(), health_timeout_s
+        )
 
     stages = Stages(
         {"rollout": pool("rollout", FakeEngine, 2), "teacher": pool("teacher", FakeTeacher, 2),
          "mapping": pool("mapping", FakeMapper, 1)},
-        LearnerGroup([FakeLearner.remote()]), identity_mapping=True, health_timeout_s=health_timeout_s,
-        start_timeout_s=60, learner_factory=lambda r: FakeLearner.remote(), weight_path=weight_path,
+        LearnerGroup(pool("learner", FakeLearner, 1, learner_dies_on_step)), identity_mapping=True,
+        health_timeout_s=health_timeout_s,
+        start_timeout_s=60, weight_path=weight_path,
     )  # fmt: skip
     stages.record_trees()
     return stages
@@ -250,6 +258,33 @@ def test_a_killed_teacher_is_replaced_and_no_sample_is_lost(stages, tmp_path):
     assert stages.restarts["teacher"] >= 1
     ids = [s for row in _ledger(tmp_path) for s in row["sample_ids"]]
     assert len(ids) == len(set(ids)) == 4 * 4 * 2
+
+
+def test_a_dead_learner_rank_is_replaced_through_its_pool_and_the_run_goes_on_from_its_checkpoint(
+    ray_local, tmp_path
+):
+    import psutil
+
+    stages = _stages(learner_dies_on_step=3)
+    try:
+        first = stages.learner.ranks[0]
+        first_pid = stages.learner.pool.trees[0][1][0]  # recorded when the group was joined
+        _run(_cfg(tmp_path, steps=5, checkpoint_every=2), stages, tmp_path)
+        assert stages.restarts["learner"] == 1
+        metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        assert max(r.get("faults/learner_failed", 0.0) for r in metrics) == 1.0
+        assert stages.learner.ranks[0] is not first and not psutil.pid_exists(first_pid)
+        assert stages.learner.pool.trees[0][1][0] != first_pid  # the new rank's tree is recorded
+        rows = _ledger(tmp_path)
+        assert [r["step"] for r in rows] == list(
+            range(5)
+        )  # step 2 (version 2) on redone once, from the checkpoint
+        ids = [s for row in rows for s in row["sample_ids"]]
+        assert len(ids) == len(set(ids)) == 5 * 4 * 2
+    finally:
+        stages.close()
+        for actor in stages.actors():
+            ray.kill(actor)
 
 
 def test_resume_from_a_checkpoint_with_a_batch_in_flight_retrains_the_same_prompts(stages, tmp_path):

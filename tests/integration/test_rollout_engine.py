@@ -134,6 +134,22 @@ def test_seed_makes_sampling_reproducible(engine):
     assert flat(a) != flat(c)
 
 
+def test_seeded_sampling_survives_a_call_larger_than_the_step_token_budget(engine):
+    """More prompt tokens in one call than vLLM's per-step budget (300 x 30 > 4,096): with chunked
+    prefill, vLLM CPU died here rewinding a seeded request's generator (framework/rollout/vllm_setup.py)."""
+    from framework.rollout.vllm_setup import CPU_STEP_TOKENS
+
+    ps = prompts(np.random.default_rng(5), [30] * 300)
+    assert sum(map(len, ps)) > CPU_STEP_TOKENS
+    kw = dict(n=1, temperature=1.0, max_tokens=4, stop_token_ids=[])
+    a = engine.generate(ps, seed=11, **kw)
+    b = engine.generate(ps, seed=11, **kw)
+    assert len(a) == 300 and all(len(s.response_ids) == 4 for g in a for s in g)
+    assert [tuple(g[0].response_ids) for g in a] == [tuple(g[0].response_ids) for g in b]
+    scheduler = engine.llm.llm_engine.vllm_config.scheduler_config
+    assert not scheduler.enable_chunked_prefill and scheduler.max_num_batched_tokens >= 1024
+
+
 def learner_logprobs(model, prompt: list[int], response: list[int], temperature: float) -> np.ndarray:
     """float32[R]: the learner's own forward (LogprobLM, logits divided by the rollout temperature)."""
     from framework.learner.model import LogprobLM

@@ -1,0 +1,95 @@
+"""The pure pieces of benchmarks/reproduce.py: the compute ledger of a run, the per-method table the
+README is written from, and the answers to "compute to reach SFT's accuracy" and "share of the
+same-tokenizer gain"."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("reproduce_under_test", _PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+rep = _load()
+COST = {"n_student": 10, "n_generator": 100, "n_scorer": 1000, "prompt_student": 3.0,
+        "prompt_generator": 4.0, "prompt_scorer": 5.0}  # fmt: skip
+
+
+def _step(step, samples=2.0, response=10.0):
+    return {"step": step, "tokens": response, "batch/samples": samples, "batch/response_tokens": response}
+
+
+def test_curve_counts_generation_learner_and_teacher_scoring_per_step():
+    rows = [{"step": 0, "eval/accuracy": 0.25}, _step(1), _step(2), {"step": 2, "eval/accuracy": 0.5}]
+    curve = rep.curve_from_rows(rows, COST)
+    per_step = 2 * 100 * (2 * 4 + 10) + 6 * 10 * (2 * 3 + 10) + 2 * 1000 * (2 * 5 + 10)
+    assert [p["accuracy"] for p in curve] == [0.25, 0.5]
+    assert curve[0]["flops"] == 0 and curve[0]["learner_tokens"] == 0
+    assert curve[1]["flops"] == pytest.approx(2 * per_step)
+    assert curve[1]["learner_tokens"] == 20
+
+
+def test_a_method_without_teacher_scoring_is_not_charged_for_it():
+    rows = [_step(1), {"step": 1, "eval/accuracy": 0.5}]
+    charged = rep.curve_from_rows(rows, COST)[0]["flops"]
+    free = rep.curve_from_rows(rows, COST | {"n_scorer": 0})[0]["flops"]
+    assert charged - free == pytest.approx(2 * 1000 * (2 * 5 + 10))
+
+
+def _run(method, seed, accs, flops_per_eval=10.0, lr=1e-4):
+    curve = [{"step": 20 * i, "flops": flops_per_eval * i, "learner_tokens": 5.0 * i, "accuracy": a}
+             for i, a in enumerate(accs)]  # fmt: skip
+    return {"method": method, "seed": seed, "lr": lr, "curve": curve, "wall_s": 1.0}
+
+
+def test_table_has_the_documented_keys_and_gap_closed_per_run():
+    runs = [_run("opd", 0, [0.4, 0.6, 0.7]), _run("opd", 1, [0.5, 0.5, 0.75])]
+    table = rep.summarise(runs, teacher_acc=1.0)
+    row = table["opd"]
+    assert {"final_accuracy", "gap_closed", "seeds"} <= set(row)
+    assert row["seeds"] == 2
+    assert row["final_accuracy"] == pytest.approx(0.725)
+    # per run: (0.7 - 0.4) / 0.6 = 0.5 and (0.75 - 0.5) / 0.5 = 0.5
+    assert row["gap_closed"] == pytest.approx(0.5) and row["gap_closed_std"] == pytest.approx(0.0)
+    assert row["final_accuracy_std"] == pytest.approx(0.0353553, rel=1e-5)
+    assert row["best_accuracy"] == pytest.approx(0.725)
+
+
+def test_flops_to_reach_counts_only_the_runs_that_get_there():
+    runs = [_run("opd", 0, [0.4, 0.6, 0.7]), _run("opd", 1, [0.4, 0.5, 0.55])]
+    assert rep.flops_to_reach(runs, 0.6) == (10.0, 1)
+    assert rep.flops_to_reach(runs, 0.9) == (None, 0)
+
+
+def test_answers_compare_compute_and_the_same_tokenizer_gain():
+    runs_of = {
+        "opd": [_run("opd", 0, [0.4, 0.6, 0.8])],
+        "sft_teacher": [_run("sft_teacher", 0, [0.4, 0.5, 0.6], flops_per_eval=30.0)],
+        "opd_same": [_run("opd_same", 0, [0.4, 0.6, 0.9])],
+    }
+    table = {}
+    for runs in runs_of.values():
+        table |= rep.summarise(runs, teacher_acc=1.0)
+    text = "\n".join(rep.answers(table, runs_of))
+    # OPD hits SFT's final 0.6 at 10 FLOPs, SFT spent 60: 0.17x
+    assert "at 0.17x SFT's compute (1/1 seeds" in text
+    # gain 0.4 of the same-tokenizer 0.5
+    assert "keeps 80% of the same-tokenizer gain" in text
+
+
+def test_answers_say_never_when_opd_does_not_reach_sft():
+    runs_of = {"opd": [_run("opd", 0, [0.4, 0.45])], "sft_teacher": [_run("sft_teacher", 0, [0.4, 0.7])]}
+    table = rep.summarise(runs_of["opd"], 1.0) | rep.summarise(runs_of["sft_teacher"], 1.0)
+    assert "never within the budget" in rep.answers(table, runs_of)[0]
