@@ -241,7 +241,13 @@ def answers(table: dict, runs_of: dict, suffix: str = "") -> list[str]:
         table.get("sft_teacher" + suffix),
         table.get("opd_same" + suffix),
     )
-    if opd and sft:
+    if opd and sft and max(opd["final_accuracy"], sft["final_accuracy"]) <= opd["start_accuracy"]:
+        out.append(f"- neither method gains from this start ({opd['start_accuracy']:.3f}): OPD ends at "
+                   f"{opd['final_accuracy']:.3f}, SFT-on-teacher at {sft['final_accuracy']:.3f}")  # fmt: skip
+    elif opd and sft and sft["final_accuracy"] <= opd["start_accuracy"]:
+        out.append(f"- SFT-on-teacher ends below the start ({opd['start_accuracy']:.3f} -> "
+                   f"{sft['final_accuracy']:.3f}); OPD ends at {opd['final_accuracy']:.3f}")  # fmt: skip
+    elif opd and sft:
         target = sft["final_accuracy"]
         hit, n = flops_to_reach(runs_of["opd" + suffix], target)
         where = "never within the budget" if hit is None else f"at {hit / sft['flops']:.2f}x SFT's compute"
@@ -269,7 +275,7 @@ def markdown(table: dict, sweep: dict, teacher_acc: float) -> str:
     for key, v in table.items():
         method, _, start = key.partition("@")
         lines.append(
-            f"| {method} | {start or 'weak'} | {v['lr']:g} | {v['seeds']} | {v['start_accuracy']:.3f} "
+            f"| {method} | {start.split(' ')[0] or 'weak'} | {v['lr']:g} | {v['seeds']} | {v['start_accuracy']:.3f} "
             f"| {v['final_accuracy']:.3f} ± {v['final_accuracy_std']:.3f} | {v['best_accuracy']:.3f} "
             f"| {v['gap_closed']:.0%} ± {v['gap_closed_std']:.0%} | {v['flops']:.3g} | {v['wall_s']:.0f} |"
         )
@@ -290,11 +296,14 @@ def plot(groups: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    starts = sorted({k.partition("@")[2] or "weak" for k in groups})
+    def start_of(key: str) -> str:
+        return key.partition("@")[2].split(" ")[0] or "weak"
+
+    starts = sorted({start_of(k) for k in groups}, key=lambda x: x != "weak")
     fig, axes = plt.subplots(1, len(starts), figsize=(6 * len(starts), 4), squeeze=False)
     for ax, start in zip(axes[0], starts, strict=True):
         for key, rs in groups.items():
-            if (key.partition("@")[2] or "weak") != start:
+            if start_of(key) != start:
                 continue
             n = min(len(r["curve"]) for r in rs)
             xs = [statistics.fmean(r["curve"][i]["flops"] for r in rs) for i in range(n)]
@@ -303,7 +312,7 @@ def plot(groups: dict[str, list[dict]], path: Path) -> None:
                 xs,
                 [statistics.fmean(y) for y in ys],
                 marker="o",
-                label=f"{key.partition('@')[0]} ({len(rs)} seeds)",
+                label=f"{key.partition('@')[0]} lr {rs[0]['lr']:g} ({len(rs)} seeds)",
             )
             ax.fill_between(
                 xs, [min(y) for y in ys], [max(y) for y in ys], alpha=0.15, color=line[0].get_color()
@@ -329,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--num-eval", type=int, default=512)
     p.add_argument("--plateau-steps", type=int, default=240)
+    p.add_argument("--plateau-lrs", nargs="+", type=float, default=[],
+                   help="also run the plateau methods at these learning rates (beside their sweep's best)")  # fmt: skip
     p.add_argument("--plateau-methods", nargs="+", default=["opd", "sft_teacher"], choices=sorted(METHODS))
     p.add_argument(
         "--stages", nargs="+", default=["sweep", "seeds", "plateau"], choices=["sweep", "seeds", "plateau"]
@@ -376,10 +387,11 @@ def main(argv: list[str] | None = None) -> int:
             study.out / base["folder"] / "checkpoints" / f"step_{args.plateau_steps:06d}" / "student"
         )
         for method in args.plateau_methods:
-            groups[f"{method}@plateau"] = [
-                study.run(method, start="plateau", student=student, seed=s, lr=best.get(method, 1e-4), steps=args.steps)
-                for s in args.seeds
-            ]  # fmt: skip
+            chosen = best.get(method, 1e-4)
+            for lr in [chosen, *(x for x in args.plateau_lrs if x != chosen)]:
+                key = f"{method}@plateau" if lr == chosen else f"{method}@plateau lr={lr:g}"
+                groups[key] = [study.run(method, start="plateau", student=student, seed=s, lr=lr, steps=args.steps)
+                               for s in args.seeds]  # fmt: skip
     teacher_acc = zoo_acc["teacher-qwen"]
     table = summarise([], teacher_acc)
     for key, rs in groups.items():

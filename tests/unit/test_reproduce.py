@@ -93,3 +93,10 @@ def test_answers_say_never_when_opd_does_not_reach_sft():
     runs_of = {"opd": [_run("opd", 0, [0.4, 0.45])], "sft_teacher": [_run("sft_teacher", 0, [0.4, 0.7])]}
     table = rep.summarise(runs_of["opd"], 1.0) | rep.summarise(runs_of["sft_teacher"], 1.0)
     assert "never within the budget" in rep.answers(table, runs_of)[0]
+
+
+def test_answers_do_not_price_a_target_below_the_start():
+    runs_of = {"opd": [_run("opd", 0, [0.8, 0.7])], "sft_teacher": [_run("sft_teacher", 0, [0.8, 0.75])]}
+    table = rep.summarise(runs_of["opd"], 1.0) | rep.summarise(runs_of["sft_teacher"], 1.0)
+    (line,) = rep.answers(table, runs_of)
+    assert line.startswith("- neither method gains from this start (0.800)")
