@@ -3,28 +3,16 @@ the sampled OPD gradient (every token enumerated and weighted by π gives the ex
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from tests.unit.benchmark_module import load_benchmark
+
 torch.set_num_threads(1)
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "opd_diagnostics.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("opd_diagnostics_under_test", _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-diag = _load()
+diag = load_benchmark("opd_diagnostics")
 
 
 def test_token_classes_of_a_worked_answer():

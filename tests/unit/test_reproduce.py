@@ -4,25 +4,11 @@ same-tokenizer gain"."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
+from tests.unit.benchmark_module import load_benchmark
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("reproduce_under_test", _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rep = _load()
+rep = load_benchmark("reproduce")
 COST = {"n_student": 10, "n_generator": 100, "n_scorer": 1000, "prompt_student": 3.0,
         "prompt_generator": 4.0, "prompt_scorer": 5.0}  # fmt: skip
 
