@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -166,7 +167,7 @@ class Study:
         log = folder.parent / f"{folder.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         if folder.exists():  # a run's logs append (for resume): a redone run starts from an empty folder
-            subprocess.run(["rm", "-rf", str(folder)], check=True)
+            shutil.rmtree(folder)
         with open(log, "w") as sink:
             rc = subprocess.call([sys.executable, "-m", "framework.train", *overrides], cwd=ROOT,
                                  stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
@@ -393,12 +394,10 @@ def main(argv: list[str] | None = None) -> int:
                 groups[key] = [study.run(method, start="plateau", student=student, seed=s, lr=lr, steps=args.steps)
                                for s in args.seeds]  # fmt: skip
     teacher_acc = zoo_acc["teacher-qwen"]
-    table = summarise([], teacher_acc)
+    table: dict[str, dict] = {}
     for key, rs in groups.items():
-        row = summarise([dict(r, method=key) for r in rs], teacher_acc)
-        table.update(row)
-    runs_of = groups
-    lines = answers(table, runs_of) + answers(table, runs_of, "@plateau")
+        table.update(summarise([dict(r, method=key) for r in rs], teacher_acc))
+    lines = answers(table, groups) + answers(table, groups, "@plateau")
     study.data.update(table=table, answers=lines)
     study.save()
     text = markdown(table, study.data.get("sweep", {}), teacher_acc) + "\n\n" + "\n".join(lines) + "\n"
