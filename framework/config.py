@@ -135,17 +135,34 @@ class TeacherConfig:
     # (exponential backoff between them); other errors fail at the first answer
     http_max_attempts: int = 3
 
-    def check(self) -> None:
-        _choice("teacher.backend", self.backend, ("vllm", "hf", "http"))
-        _choice("teacher.dtype", self.dtype, ("auto", *_DTYPES))
-        _positive(self, "teacher", "num_replicas", "top_k", "max_tokens_per_batch", "http_timeout_s")
-        _positive(self, "teacher", "http_max_attempts")
+    def check(self, prefix: str = "teacher") -> None:
+        _choice(f"{prefix}.backend", self.backend, ("vllm", "hf", "http"))
+        _choice(f"{prefix}.dtype", self.dtype, ("auto", *_DTYPES))
+        _positive(self, prefix, "num_replicas", "top_k", "max_tokens_per_batch", "http_timeout_s")
+        _positive(self, prefix, "http_max_attempts")
         if self.backend == "http" and not self.url:
             raise ConfigError(
-                "teacher.url",
-                "teacher.backend=http needs a server URL",
-                "set teacher.url=https://host:port/v1",
+                f"{prefix}.url",
+                f"{prefix}.backend=http needs a server URL",
+                f"set {prefix}.url=https://host:port/v1",
             )
+
+
+@dataclass
+class TeacherEntry(TeacherConfig):
+    """One teacher of a multi-teacher run (the ``teachers:`` list, docs/design.md §5.6): its model and
+    its own scoring options (every ``teacher.*`` option, with the same defaults). A prompt goes to the
+    teacher whose ``route`` equals the prompt record's ``data.route_field``; without a routing field,
+    to one drawn by ``weight`` (a fixed mixture, stable per prompt)."""
+
+    model: str = ""  # zoo:NAME, a local folder or a Hub id, like pair.teacher
+    name: str = ""  # the label of its metrics (teacher/<name>/...); empty: teacher<index>
+    route: str | None = None  # the data.route_field value of the prompts it scores
+    weight: float = 1.0  # its share of the prompts when data.route_field is unset
+
+
+# what a teacher's metric label may hold (it becomes part of a wandb key)
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
 @dataclass
@@ -209,6 +226,7 @@ class DataConfig:
     prompts_per_step: int = 8
     max_prompt_tokens: int = 256
     max_bad_lines: int = 0  # malformed records skipped (and counted) before failing; 0 = fail on the first
+    route_field: str | None = None  # multi-teacher: the record field that picks each prompt's teacher
 
     def check(self) -> None:
         _positive(self, "data", "prompts_per_step", "num_train", "max_prompt_tokens")
@@ -320,6 +338,20 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # several teachers (docs/design.md §5.6); empty: the one teacher of pair.teacher + teacher.*
+    teachers: list[TeacherEntry] = field(default_factory=list)
+
+    def teacher_list(self) -> list[TeacherEntry]:
+        """Every teacher of the run, named: ``teachers`` when given, else ``pair.teacher`` with the
+        ``teacher`` section (named ``teacher``). The one form the rest of the code reads."""
+        if not self.teachers:
+            one = TeacherEntry(**dataclasses.asdict(self.teacher), model=self.pair.teacher, name="teacher")
+            return [one]
+        return [dataclasses.replace(t, name=t.name or f"teacher{i}") for i, t in enumerate(self.teachers)]
+
+    def teacher_key(self, index: int) -> str:
+        """The config prefix of teacher ``index``'s options, for messages."""
+        return f"teachers.{index}" if self.teachers else "teacher"
 
 
 ALGOS = tuple(OBJECTIVES)
@@ -428,6 +460,7 @@ def validate(cfg: Config) -> None:
     for section in sections:
         section.check()
     cfg.cluster.check()
+    _validate_teachers(cfg)
     _check_objective(cfg.algo.name, dataclasses.asdict(cfg.algo))
     if cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens > cfg.rollout.max_model_len:
         raise ConfigError(
@@ -436,22 +469,73 @@ def validate(cfg: Config) -> None:
             f" exceeds rollout.max_model_len={cfg.rollout.max_model_len}",
             "lower data.max_prompt_tokens or raise rollout.max_model_len",
         )
-    if cfg.algo.needs_support and cfg.teacher.top_k < 1:
-        raise ConfigError(
-            "teacher.top_k",
-            f"algo={cfg.algo.name} trains on the teacher's top-k, and teacher.top_k={cfg.teacher.top_k}",
-            "set teacher.top_k=20 (or any k >= 1)",
-        )
-    http_worst_s = cfg.teacher.http_timeout_s * cfg.teacher.http_max_attempts
-    if cfg.teacher.backend == "http" and http_worst_s >= cfg.trainer.teacher_timeout_s:
-        # else the driver declares the hop overdue while the client is still retrying one request
-        raise ConfigError(
-            "teacher.http_timeout_s",
-            f"http_timeout_s × http_max_attempts = {http_worst_s:g} s does not fit in "
-            f"trainer.teacher_timeout_s={cfg.trainer.teacher_timeout_s:g}",
-            "lower teacher.http_timeout_s or teacher.http_max_attempts, or raise trainer.teacher_timeout_s",
-        )
+    for i, t in enumerate(cfg.teacher_list()):
+        key = cfg.teacher_key(i)
+        if cfg.algo.needs_support and t.top_k < 1:
+            raise ConfigError(
+                f"{key}.top_k",
+                f"algo={cfg.algo.name} trains on the teacher's top-k, and {key}.top_k={t.top_k}",
+                f"set {key}.top_k=20 (or any k >= 1)",
+            )
+        http_worst_s = t.http_timeout_s * t.http_max_attempts
+        if t.backend == "http" and http_worst_s >= cfg.trainer.teacher_timeout_s:
+            # else the driver declares the hop overdue while the client is still retrying one request
+            raise ConfigError(
+                f"{key}.http_timeout_s",
+                f"http_timeout_s × http_max_attempts = {http_worst_s:g} s does not fit in "
+                f"trainer.teacher_timeout_s={cfg.trainer.teacher_timeout_s:g}",
+                f"lower {key}.http_timeout_s or {key}.http_max_attempts, or raise trainer.teacher_timeout_s",
+            )
     if cfg.cluster.placement == "colocated":
         _validate_colocated(cfg)
     if cfg.cluster.device == "cpu" and cfg.learner.backend == "nccl":
         raise ConfigError("learner.backend", "nccl needs GPUs", "set learner.backend=auto (gloo on CPU)")
+
+
+def _validate_teachers(cfg: Config) -> None:
+    """The ``teachers`` list and ``data.route_field`` agree (docs/design.md §5.6)."""
+    field_name = cfg.data.route_field
+    if not cfg.teachers:
+        if field_name is not None:
+            raise ConfigError(
+                "data.route_field", f"routing by {field_name!r} needs several teachers, and `teachers` is empty",
+                "list the teachers (teachers=[{model: ..., route: ...}, ...]) or drop data.route_field",
+            )  # fmt: skip
+        return
+    if cfg.algo.trains_on_pairs or cfg.algo.teacher_generates:
+        raise ConfigError(
+            "teachers", f"algo={cfg.algo.name} takes one teacher, and {len(cfg.teachers)} are listed",
+            "use pair.teacher (teachers=[]) with this objective, or an objective that scores samples (opd, opd_topk, opd_reward)",
+        )  # fmt: skip
+    names = [t.name for t in cfg.teacher_list()]
+    for i, t in enumerate(cfg.teachers):
+        key = f"teachers.{i}"
+        t.check(key)
+        if not t.model:
+            raise ConfigError(
+                f"{key}.model", "a teacher needs a model", f"set {key}.model=zoo:NAME, a folder or a Hub id"
+            )
+        if not set(names[i]) <= _NAME_CHARS or names.index(names[i]) != i:
+            raise ConfigError(
+                f"{key}.name", f"{names[i]!r} must be unique and made of letters, digits, '_', '-' or '.'",
+                "give each teacher its own name (it labels the teacher/<name>/... metrics)",
+            )  # fmt: skip
+        if field_name is None and t.route is not None:
+            raise ConfigError(
+                f"{key}.route", f"route={t.route!r} is set, but data.route_field is not",
+                "set data.route_field to the record field the routes match, or drop the routes (a mixture by weight)",
+            )  # fmt: skip
+        if field_name is not None and t.route is None:
+            raise ConfigError(
+                f"{key}.route", f"data.route_field={field_name!r} routes prompts by value, and this teacher has no route",
+                f"set {key}.route to the {field_name!r} value of the prompts it scores",
+            )  # fmt: skip
+        if field_name is None and not (t.weight > 0 and math.isfinite(t.weight)):
+            raise ConfigError(
+                f"{key}.weight", f"must be > 0, got {t.weight!r}", f"set {key}.weight to its share, e.g. 1.0"
+            )
+    routes = [t.route for t in cfg.teachers]
+    if field_name is not None and len(set(routes)) < len(routes):
+        raise ConfigError(
+            "teachers", f"two teachers share a route ({routes})", "give each teacher its own route value"
+        )

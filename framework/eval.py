@@ -18,18 +18,38 @@ def accuracy(rollouts: Sequence[Rollout], verify: Callable[[str, str], bool] | N
     return float(np.mean([verify(r.response_text, r.prompt.answer) for r in rollouts]))  # type: ignore[arg-type]
 
 
-def teacher_kl(samples: Sequence[MappedSample]) -> dict[str, float]:
-    """Per-token reverse KL estimate  E_{y~student}[log p_S(y) − log p_T(y)]  over masked tokens.
+def sampled_reverse_kl(samples: Sequence[MappedSample]) -> dict[str, float]:
+    """Per-token means over the masked tokens: ``reverse_kl`` = mean(log p_S(y) − log p_T(y)) on the
+    sampled tokens, and the two log-probabilities it is made of.
 
     With y sampled from the student at temperature 1 this is an unbiased Monte-Carlo estimate of
-    KL(student || teacher) per token (the quantity on-policy distillation minimises).
+    KL(student ‖ teacher) per token (the quantity on-policy distillation minimises; Agarwal et al.
+    2024, "On-Policy Distillation of Language Models").
     """
-    tokens = sum(float(m.mask.sum()) for m in samples)
-    if not tokens:
+    if not samples:
+        return {"response_tokens": 0.0}
+    mask = np.concatenate([s.mask for s in samples])
+    tokens = max(float(mask.sum()), 1.0)
+    behaviour = np.concatenate([s.behaviour_logprobs for s in samples])
+    teacher = np.concatenate([s.teacher_logprobs for s in samples])
+    return {
+        "response_tokens": float(mask.sum()),
+        "reverse_kl": float(((behaviour - teacher) * mask).sum() / tokens),
+        "teacher_logprob_per_token": float((teacher * mask).sum() / tokens),
+        "student_logprob_per_token": float((behaviour * mask).sum() / tokens),
+    }
+
+
+def teacher_kl(samples: Sequence[MappedSample]) -> dict[str, float]:
+    """``eval/teacher_kl`` (:func:`sampled_reverse_kl` on held-out samples) and the teacher's
+    log-probability per token; nothing when no token was scored."""
+    kl = sampled_reverse_kl(samples)
+    if not kl["response_tokens"]:
         return {}
-    kl = sum(float(((m.behaviour_logprobs - m.teacher_logprobs) * m.mask).sum()) for m in samples) / tokens
-    lp = sum(float((m.teacher_logprobs * m.mask).sum()) for m in samples) / tokens
-    return {"eval/teacher_kl": kl, "eval/teacher_logprob_per_token": lp}
+    return {
+        "eval/teacher_kl": kl["reverse_kl"],
+        "eval/teacher_logprob_per_token": kl["teacher_logprob_per_token"],
+    }
 
 
 def generation_rows(rollouts: Sequence[Rollout], verify, limit: int) -> list[dict]:
@@ -54,7 +74,8 @@ def console_metrics(metrics: dict, objective: str) -> dict:
         f"train_eval/{objective}_acc",
     )
     harness = sorted(k for k in metrics if k.startswith("harness/"))  # the benchmarks the user asked for
-    return {k: metrics[k] for k in (*shown, *harness) if k in metrics}
+    per_teacher = sorted(k for k in metrics if k.startswith("teacher/") and k.endswith("/eval_accuracy"))
+    return {k: metrics[k] for k in (*shown, *per_teacher, *harness) if k in metrics}
 
 
 # the held-out figures the closing lines show, first → last evaluation
@@ -73,7 +94,14 @@ def summarize_run(output_dir: Path) -> None:
 
     rows = read_metrics(output_dir / "metrics.jsonl")
     evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
-    for key, name in SUMMARY_KEYS:
+    teachers = sorted(
+        {k.split("/")[1] for r in evals for k in r if k.startswith("teacher/") and "/eval_" in k}
+    )
+    per_teacher = [  # a multi-teacher run: each teacher's share of the held-out prompts on its own
+        (f"teacher/{t}/eval_{m}", f"{name} on teacher {t}'s prompts")
+        for t in teachers for m, name in (("accuracy", "accuracy"), ("teacher_kl", "KL to its teacher"))
+    ]  # fmt: skip
+    for key, name in (*SUMMARY_KEYS, *per_teacher):
         values = [f"{r[key]:.3f}" for r in evals if key in r]
         if values:
             say(f"[tokenbridge] held-out {name} by eval (steps {evals[0]['step']}..{evals[-1]['step']}): "

@@ -291,8 +291,9 @@ def _from_source(scheme: str, spec: str, key: str, build: bool) -> str:
         raise ModelPathError(key, err.problem, err.fix) from None
 
 
-def resolve_pair(cfg: Config) -> tuple[str, str]:
-    """``(student folder, teacher folder)`` of a run, checked before any actor starts.
+def resolve_pair(cfg: Config) -> tuple[str, list[str]]:
+    """``(student folder, [teacher folder, ...])`` of a run (one per teacher of
+    :meth:`Config.teacher_list`), checked before any actor starts.
 
     An http teacher is scored by a server: only its tokenizer is read here (a Hub id fetches tokenizer
     files only) and its folder is not checked, as before.
@@ -301,12 +302,16 @@ def resolve_pair(cfg: Config) -> tuple[str, str]:
     student = resolve_model_dir(
         cfg.pair.student, key="pair.student", allow_pickle_weights=pickle, remote_code=remote_code
     )
-    http = cfg.teacher.backend == "http"
-    teacher = resolve_model_dir(
-        cfg.pair.teacher, key="pair.teacher", weights=not http, allow_pickle_weights=pickle,
-        remote_code=remote_code, check=not http,
-    )  # fmt: skip
-    return student, teacher
+    teachers = []
+    for i, t in enumerate(cfg.teacher_list()):
+        http = t.backend == "http"
+        key = f"teachers.{i}.model" if cfg.teachers else "pair.teacher"
+        folder = resolve_model_dir(
+            t.model, key=key, weights=not http, allow_pickle_weights=pickle, remote_code=remote_code,
+            check=not http,
+        )  # fmt: skip
+        teachers.append(folder)
+    return student, teachers
 
 
 __all__ = [

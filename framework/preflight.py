@@ -23,7 +23,8 @@ actor's traceback. :func:`check_before_start` runs after the model folders are r
    ``data.max_prompt_tokens``. A prompt the chat template rejects (``raise_exception``) is skipped at
    run time like a too-long one. When some prompts do not fit, one warning line per reason says how
    many and the longest; when no train prompt (or no eval prompt) fits, a :class:`ConfigError`
-   names the key to raise. The hf and http teachers have no length limit known here.
+   names the key to raise. The hf and http teachers have no length limit known here. With several
+   teachers (``teachers:``), each is checked on the prompts routed to it, against its own options.
 3. **The output folder** is created (with its parents) and a probe file is written and removed in it.
 
 Every refusal is a :class:`~framework.config.ConfigError` naming the config key and the fix, which
@@ -43,9 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from framework.config import Config, ConfigError
+from framework.config import Config, ConfigError, TeacherEntry
 from framework.data.chat import render_prompt_ids, stop_token_ids
 from framework.data.prompts import DataError
+from framework.data.routing import teacher_slots
 from framework.types import Message, Prompt
 
 _TEMPLATE_FILES = "a `chat_template.jinja` file or `chat_template` in tokenizer_config.json"
@@ -189,9 +191,10 @@ class _Limit:
         )
 
 
-def _limits(cfg: Config, student: _Side, teacher: _Side, prompts: list[Prompt], n_train: int) -> list[_Limit]:
+def _limits(
+    cfg: Config, student: _Side, teachers: list[_Teacher], prompts: list[Prompt], n_train: int
+) -> list[_Limit]:
     s_counts, s_rejected = student.lengths(prompts)
-    t_counts, t_rejected = teacher.lengths(prompts)
     new = cfg.rollout.max_new_tokens
     # validate() keeps data.max_prompt_tokens + max_new_tokens <= rollout.max_model_len; min() all the same
     student_limit = min(cfg.data.max_prompt_tokens, cfg.rollout.max_model_len - new)
@@ -203,49 +206,75 @@ def _limits(cfg: Config, student: _Side, teacher: _Side, prompts: list[Prompt], 
             "the rollout skips them as data errors (skipped_prompt_too_long)", longer,
         )
     ]  # fmt: skip
+    if s_rejected:
+        limits.append(_rejected(student, s_counts, s_rejected))
     in_train = np.arange(len(prompts)) < n_train
-    if cfg.algo.teacher_generates:  # the teacher's engines write the train responses
-        limits.append(
-            _Limit(
-                "data.max_prompt_tokens", in_train & (t_counts > student_limit), t_counts, "teacher tokens",
-                f"render to more than data.max_prompt_tokens={student_limit} teacher tokens",
-                "the teacher's engines skip them as data errors", longer,
-            )
-        )  # fmt: skip
-    if cfg.teacher.backend == "vllm":
-        # the teacher scores prompt + response and must fit one generated token: Lt <= max_model_len - 1
-        teacher_limit = cfg.teacher.max_model_len - 1 - new
-        scored = ~in_train if cfg.algo.teacher_generates else np.ones(len(prompts), bool)
-        limits.append(
-            _Limit(
-                "teacher.max_model_len", scored & (t_counts > teacher_limit), t_counts, "teacher tokens",
-                f"with a response of rollout.max_new_tokens={new} tokens exceed teacher.max_model_len="
-                f"{cfg.teacher.max_model_len}",
-                "their samples that do not fit are skipped as data errors (skipped_teacher_input_too_long)",
-                "raise teacher.max_model_len (up to what the teacher model supports), lower "
-                "rollout.max_new_tokens, or shorten the prompts",
-            )
-        )  # fmt: skip
-    for side, counts, rejected in ((student, s_counts, s_rejected), (teacher, t_counts, t_rejected)):
-        if rejected:
+    for teacher in teachers:
+        t_counts, t_rejected = teacher.side.lengths(prompts)
+        t_counts = np.where(teacher.routed, t_counts, 0)  # a prompt routed elsewhere is not its concern
+        still = {prompts[i].prompt_id for i in np.flatnonzero(t_counts < 0)}
+        t_rejected = [r for r in t_rejected if r[0].prompt_id in still]
+        if cfg.algo.teacher_generates:  # the teacher's engines write the train responses
             limits.append(
                 _Limit(
-                    side.key, counts < 0, None, "",
-                    f"are rejected by the {side.role}'s chat template (first: {rejected[0][0].prompt_id!r}: "
-                    f"{rejected[0][1]})",
-                    "they are skipped as data errors",
-                    f"fix the chat template in {side.path} or those prompts in data.train / data.eval",
+                    "data.max_prompt_tokens", in_train & (t_counts > student_limit), t_counts, "teacher tokens",
+                    f"render to more than data.max_prompt_tokens={student_limit} teacher tokens",
+                    "the teacher's engines skip them as data errors", longer,
                 )
             )  # fmt: skip
+        if teacher.settings.backend == "vllm":
+            # the teacher scores prompt + response and must fit one generated token: Lt <= max_model_len - 1
+            max_len, key = teacher.settings.max_model_len, f"{teacher.key}.max_model_len"
+            scored = ~in_train if cfg.algo.teacher_generates else np.ones(len(prompts), bool)
+            limits.append(
+                _Limit(
+                    key, scored & (t_counts > max_len - 1 - new), t_counts, "teacher tokens",
+                    f"with a response of rollout.max_new_tokens={new} tokens exceed {key}={max_len}",
+                    "their samples that do not fit are skipped as data errors (skipped_teacher_input_too_long)",
+                    f"raise {key} (up to what the teacher model supports), lower "
+                    "rollout.max_new_tokens, or shorten the prompts",
+                )
+            )  # fmt: skip
+        if t_rejected:
+            limits.append(_rejected(teacher.side, t_counts, t_rejected))
     return limits
 
 
+def _rejected(side: _Side, counts: np.ndarray, rejected: list) -> _Limit:
+    return _Limit(
+        side.key, counts < 0, None, "",
+        f"are rejected by the {side.role}'s chat template (first: {rejected[0][0].prompt_id!r}: {rejected[0][1]})",
+        "they are skipped as data errors",
+        f"fix the chat template in {side.path} or those prompts in data.train / data.eval",
+    )  # fmt: skip
+
+
+@dataclass
+class _Teacher:
+    side: _Side
+    settings: TeacherEntry
+    key: str  # its options' prefix: teacher / teachers.<i>
+    routed: np.ndarray  # bool[prompts], the prompts it scores
+
+
 def _check_prompt_lengths(
-    cfg: Config, student: _Side, teacher: _Side, train_prompts: list[Prompt], eval_prompts: list[Prompt]
+    cfg: Config,
+    student: _Side,
+    teachers: list[_Side],
+    train_prompts: list[Prompt],
+    eval_prompts: list[Prompt],
 ) -> list[str]:
     """Warning lines for prompts some limit drops; ConfigError when none of train (or of eval) is left."""
     prompts = list(train_prompts) + list(eval_prompts)
-    limits = _limits(cfg, student, teacher, prompts, len(train_prompts))
+    entries = cfg.teacher_list()
+    slots = np.asarray(
+        teacher_slots(prompts, cfg.data.route_field, [t.route for t in entries], [t.weight for t in entries])
+    )
+    routed = [
+        _Teacher(side, entry, cfg.teacher_key(k), slots == k)
+        for k, (side, entry) in enumerate(zip(teachers, entries))
+    ]
+    limits = _limits(cfg, student, routed, prompts, len(train_prompts))
     dropped = np.zeros(len(prompts), bool)
     for limit in limits:
         dropped |= limit.hits
@@ -292,27 +321,31 @@ def check_output_dir(output_dir: str | Path) -> None:
 def check_before_start(
     cfg: Config,
     student_dir: str,
-    teacher_dir: str,
+    teacher_dirs: str | list[str],
     train_prompts: list[Prompt],
     eval_prompts: list[Prompt],
     output_dir: str | Path,
 ) -> list[str]:
     """Run the checks of the module doc; raise :class:`ConfigError` on the first failure.
 
-    Returns the warning lines (prompts that will be skipped) for the caller to ``say`` once the run
-    log is open.
+    ``teacher_dirs``: one folder per teacher of :meth:`Config.teacher_list` (a str: the one teacher). Returns the warning lines
+    (prompts that will be skipped) for the caller to ``say`` once the run log is open.
     """
     trust = cfg.pair.trust_remote_code
     student = _Side.load("pair.student", "student", student_dir, trust)
-    if teacher_dir == student_dir:
-        teacher = _Side("pair.teacher", "teacher", teacher_dir, student.tokenizer)
-    else:
-        teacher = _Side.load("pair.teacher", "teacher", teacher_dir, trust)
+    teachers = []
+    for k, teacher_dir in enumerate([teacher_dirs] if isinstance(teacher_dirs, str) else teacher_dirs):
+        key = f"teachers.{k}.model" if cfg.teachers else "pair.teacher"
+        if teacher_dir == student_dir:
+            teachers.append(_Side(key, "teacher", teacher_dir, student.tokenizer))
+        else:
+            teachers.append(_Side.load(key, "teacher", teacher_dir, trust))
     if not train_prompts:
         raise ConfigError("data.train", "no train prompts", "point data.train at prompts (or zoo:arith)")
     sample = train_prompts[0]
     student.check_sample(sample)
-    teacher.check_sample(sample)
+    for teacher in teachers:
+        teacher.check_sample(sample)
     try:
         stop_token_ids(student.tokenizer, student_dir)
     except DataError as err:
@@ -320,7 +353,7 @@ def check_before_start(
         raise ConfigError("pair.student", problem, fix or "set eos_token in tokenizer_config.json") from None
     warnings: list[str] = []
     if not cfg.algo.trains_on_pairs:
-        warnings = _check_prompt_lengths(cfg, student, teacher, train_prompts, eval_prompts)
+        warnings = _check_prompt_lengths(cfg, student, teachers, train_prompts, eval_prompts)
     check_output_dir(output_dir)
     return warnings
 

@@ -121,12 +121,12 @@ def role_demands(cfg: Config) -> dict[str, RoleDemand]:
             c.cpus_per_actor,
             cfg.rollout.tensor_parallel_size,
         ),
-        "teacher": RoleDemand(
+        "teacher": RoleDemand(  # every teacher's replicas (one pool, design §5.6)
             "teacher",
-            cfg.teacher.num_replicas,
+            sum(t.num_replicas for t in cfg.teacher_list()),
             c.gpus_per_teacher_replica,
             c.cpus_per_actor,
-            cfg.teacher.tensor_parallel_size,
+            max(t.tensor_parallel_size for t in cfg.teacher_list()),
         ),
         "mapping": RoleDemand("mapping", cfg.mapping.num_workers, 0.0, c.cpus_per_actor),
         "learner": RoleDemand("learner", cfg.learner.num_ranks, c.gpus_per_learner_rank, c.cpus_per_actor),
@@ -213,8 +213,14 @@ def _check_gpu_requests(cfg: Config, roles: dict[str, RoleDemand]) -> None:
     _check_engine_request(
         "rollout", roles["rollout"], cfg.rollout.gpu_memory_utilization, "gpus_per_rollout_engine", colocated
     )
-    teacher = roles["teacher"]
-    if cfg.teacher.backend == "http":
+    teacher, entries = roles["teacher"], cfg.teacher_list()
+    backends = {t.backend == "http" for t in entries}
+    if backends == {True, False}:  # one cluster.gpus_per_teacher_replica cannot fit both
+        raise ConfigError(
+            "teachers", "on cuda, http teachers (no GPU) and engine teachers (GPUs) cannot share "
+            "cluster.gpus_per_teacher_replica", "run the http teachers' models as engines, or serve every teacher over http",
+        )  # fmt: skip
+    if backends == {True}:
         if teacher.gpus_each > 0:
             raise ConfigError(
                 "cluster.gpus_per_teacher_replica",
@@ -222,13 +228,13 @@ def _check_gpu_requests(cfg: Config, roles: dict[str, RoleDemand]) -> None:
                 "set cluster.gpus_per_teacher_replica=0",
             )
     else:
-        _check_engine_request(
-            "teacher",
-            teacher,
-            cfg.teacher.gpu_memory_utilization,
-            "gpus_per_teacher_replica",
-            colocated=False,
-        )
+        for t in entries:
+            demand = RoleDemand(
+                "teacher", t.num_replicas, teacher.gpus_each, teacher.cpus_each, t.tensor_parallel_size
+            )
+            _check_engine_request(
+                "teacher", demand, t.gpu_memory_utilization, "gpus_per_teacher_replica", colocated=False
+            )
     g_l = roles["learner"].gpus_each
     if g_l != 1:
         raise ConfigError(
@@ -277,12 +283,11 @@ def _check_engine_request(
 
 def _check_tp_fits_a_node(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> None:
     biggest = max((int(n.get("GPU", 0.0) + _EPS) for n in nodes), default=0)
+    engine_teachers = [t.tensor_parallel_size for t in cfg.teacher_list() if t.backend != "http"]
     for role, tp in (
         ("rollout", cfg.rollout.tensor_parallel_size),
-        ("teacher", cfg.teacher.tensor_parallel_size),
+        ("teacher", max(engine_teachers, default=1)),
     ):
-        if role == "teacher" and cfg.teacher.backend == "http":
-            continue
         if tp > biggest:
             raise ConfigError(
                 f"{role}.tensor_parallel_size",

@@ -77,6 +77,21 @@ def _check_answers_for_reward(cfg: Config, train: list[Prompt]) -> None:
         )
 
 
+def _check_routes(cfg: Config, train: list[Prompt], evals: list[Prompt]) -> None:
+    """Multi-teacher by field: every train and eval record carries a value one teacher routes."""
+    from framework.data.routing import check_routes
+
+    if cfg.data.route_field is None:
+        return
+    routes = [t.route for t in cfg.teacher_list()]
+    for key, prompts, source in (("data.train", train, cfg.data.train), ("data.eval", evals, cfg.data.eval)):
+        try:
+            check_routes(prompts, cfg.data.route_field, routes, f"{key}={source}")
+        except DataError as err:
+            problem, _, fix = " ".join(str(err).split()).partition(". Fix: ")
+            raise ConfigError("data.route_field", problem, fix.rstrip(".")) from None
+
+
 def _load_pairs(cfg: Config, student: str, teacher: str) -> PairBatches:
     """``algo=dpo|ctpd``: the training and held-out preference pairs (``data.train`` / ``data.eval``);
     a data problem becomes a ConfigError naming ``data.train``."""
@@ -163,20 +178,21 @@ def run(cfg: Config) -> dict[str, float]:
 
     # zoo:NAME, a local folder or a Hub id (downloaded here unless HF_HUB_OFFLINE is set), checked
     # before anything starts; the actors then read local folders only (HF_HUB_OFFLINE=1 below)
-    student, teacher = resolve_pair(cfg)
+    student, teachers = resolve_pair(cfg)
     os.environ.setdefault(
         "WANDB_MODE", cfg.logging.wandb_mode if cfg.logging.wandb_mode != "disabled" else "offline"
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if cfg.cluster.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    pairs = _load_pairs(cfg, student, teacher) if cfg.algo.trains_on_pairs else None
+    pairs = _load_pairs(cfg, student, teachers[0]) if cfg.algo.trains_on_pairs else None
     train, train_report = (pairs.prompts, None) if pairs else _load_split(cfg, "train")
     _check_answers_for_reward(cfg, train)
     evals, _ = _load_split(cfg, "eval")
+    _check_routes(cfg, train, evals)
     output_dir = _output_dir(cfg)
     # chat templates, prompt lengths, the output folder: refused here in one line, not in an actor later
-    warnings = check_before_start(cfg, student, teacher, train, evals, output_dir)
+    warnings = check_before_start(cfg, student, teachers, train, evals, output_dir)
     if cfg.trainer.resume == "none":
         # before anything is written or started: an earlier run in the folder is refused or moved aside
         checkpoint.prepare_fresh_run(output_dir, cfg.trainer.overwrite)
@@ -186,9 +202,11 @@ def run(cfg: Config) -> dict[str, float]:
         say(f"[tokenbridge] skipped {train_report.skipped} bad records: {train_report.reasons}")
     for line in warnings:
         say(line)
-    say(
-        f"[tokenbridge] student={student}\n[tokenbridge] teacher={teacher}\n[tokenbridge] output={output_dir}"
-    )
+    say(f"[tokenbridge] student={student}")
+    for entry, path in zip(cfg.teacher_list(), teachers):
+        route = f" (prompts with {cfg.data.route_field}={entry.route})" if cfg.data.route_field else ""
+        say(f"[tokenbridge] {entry.name}={path}{route}" if cfg.teachers else f"[tokenbridge] teacher={path}")
+    say(f"[tokenbridge] output={output_dir}")
     say(f"[tokenbridge] actor logs (vLLM, DeepSpeed): {os.environ[ACTOR_LOG_ENV]}")
     _init_ray(cfg)
     try:
@@ -198,7 +216,7 @@ def run(cfg: Config) -> dict[str, float]:
         plan = check_resources(cfg, ray.cluster_resources(), alive_node_resources(ray.nodes()))
         say("[tokenbridge] " + plan.summary())
         try:
-            stages = start_stages(cfg, student, teacher)
+            stages = start_stages(cfg, student, teachers)
         except PlacementError as err:  # Ray says what it cannot place; the plan says what was asked
             raise ConfigError(
                 "cluster", f"{err}; {plan.summary()}", "lower the actor counts or sizes, or add nodes"

@@ -101,6 +101,7 @@ class MappedSample:
     # rewards of this sample's prompt group in its step (framework.algo.reward.attach_reward_groups)
     group_reward_sum: float = 0.0
     group_reward_count: int = 0
+    teacher: str = ""  # the teacher that scored it, in a multi-teacher run (its metrics' label)
 
     @property
     def num_response_tokens(self) -> int:

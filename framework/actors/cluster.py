@@ -18,7 +18,7 @@ from framework.actors.pool import ActorPool, gather_stats
 from framework.actors.rollout import RolloutWorker
 from framework.actors.teacher import TeacherWorker
 from framework.actors.weights import FileWeights, NcclWeights, choose_weight_path
-from framework.config import Config
+from framework.config import Config, TeacherEntry
 from framework.learner.lora import vllm_max_lora_rank
 from framework.learner.settings import RankSettings
 from framework.logging import say
@@ -43,6 +43,9 @@ class Stages:
     engine_workers: int = 1  # vLLM workers per rollout engine (rollout.tensor_parallel_size)
     student_path: str = ""  # the student's folder: the harness evaluation reads its tokenizer
     adapters: bool = False  # a LoRA student: the file path syncs adapter folders (learner/lora.py)
+    teacher_names: list[str] = field(default_factory=lambda: ["teacher"])  # metric labels, by teacher
+    # the teacher pool's members of each teacher (None: one teacher, every member)
+    teacher_slots: list[list[int]] | None = None
     weights: FileWeights | NcclWeights = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -158,32 +161,48 @@ class Stages:
         self.restarts["learner"] += 1
         self.weights.learner_replaced()
 
+    def teacher_members(self, slot: int) -> list[int]:
+        """The teacher pool's indexes of teacher ``slot``'s replicas (one teacher: every member)."""
+        return self.teacher_slots[slot] if self.teacher_slots else list(range(len(self.teacher)))
+
     def stats(self) -> dict[str, list[dict[str, float]]]:
-        """Busy counters by role (sft_teacher's generators count as teacher work)."""
-        return {
+        """Busy counters by role (sft_teacher's generators count as teacher work); with several
+        teachers, each one's too (``teacher/<name>``)."""
+        per_teacher = {
+            f"teacher/{name}": gather_stats([self.teacher[i] for i in self.teacher_members(k)])
+            for k, name in enumerate(self.teacher_names)
+        }
+        out = {
             "rollout": gather_stats(self.rollout),
-            "teacher": gather_stats(self.teacher + self.teacher_generators),
+            "teacher": [s for part in per_teacher.values() for s in part]
+            + gather_stats(self.teacher_generators),
             "mapping": gather_stats(self.mapping),
             "learner": gather_stats(self.learner.ranks),
         }
+        return {**out, **per_teacher} if len(per_teacher) > 1 else out
 
     def actors(self) -> list:
         return [*self.rollout, *self.teacher, *self.teacher_generators, *self.mapping, *self.learner.ranks]
 
 
-def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
-    """Create the rollout pool, teacher pool, mapping pool and learner group for one run."""
+def start_stages(cfg: Config, student_path: str, teacher_paths: str | list[str]) -> Stages:
+    """Create the rollout pool, teacher pool, mapping pool and learner group for one run.
+
+    ``teacher_paths``: one folder per teacher of :meth:`Config.teacher_list` (a str: the one teacher).
+    The teacher pool holds every teacher's replicas, teacher 0's first (``Stages.teacher_slots``)."""
     c = cfg.cluster
     t0 = time.time()
+    paths = [teacher_paths] if isinstance(teacher_paths, str) else list(teacher_paths)
+    entries = cfg.teacher_list()
     shared = shared_gpus(cfg) if c.placement == "colocated" and c.device == "cuda" else None
     factories = {
         "rollout": _engine_factory(cfg, student_path, cfg.rollout.num_engines, shared),
-        "teacher": _teacher_factory(cfg, teacher_path),
-        "mapping": _mapping_factory(cfg, student_path, teacher_path),
+        "teacher": _teacher_factory(cfg, entries, paths),
+        "mapping": _mapping_factory(cfg, student_path, paths),
     }
     if cfg.algo.teacher_generates:  # the teacher WRITES the training responses: vLLM engines on it
-        factories["generator"] = _engine_factory(cfg, teacher_path, cfg.rollout.num_engines, student=False)
-    sizes = {"rollout": cfg.rollout.num_engines, "teacher": cfg.teacher.num_replicas,
+        factories["generator"] = _engine_factory(cfg, paths[0], cfg.rollout.num_engines, student=False)
+    sizes = {"rollout": cfg.rollout.num_engines, "teacher": sum(t.num_replicas for t in entries),
              "mapping": cfg.mapping.num_workers, "generator": cfg.rollout.num_engines}  # fmt: skip
     pools = {role: [make(i) for i in range(sizes[role])] for role, make in factories.items()}
     learner_pg = shared or pack(cfg.learner.num_ranks, c.cpus_per_actor, c.gpus_per_learner_rank)
@@ -209,6 +228,7 @@ def start_stages(cfg: Config, student_path: str, teacher_path: str) -> Stages:
         start_timeout_s=cfg.trainer.actor_start_timeout_s,
         weight_path=choose_weight_path(cfg), engine_workers=cfg.rollout.tensor_parallel_size,
         student_path=student_path, adapters=cfg.learner.lora_rank > 0,
+        teacher_names=[t.name for t in entries], teacher_slots=_replica_slots(entries),
     )  # fmt: skip
     stages.record_trees()
     return stages
@@ -270,38 +290,52 @@ def rollout_dtype(cfg: Config) -> str:
     return cfg.learner.dtype if cfg.rollout.dtype == "auto" else cfg.rollout.dtype
 
 
-def _teacher_factory(cfg: Config, teacher_path: str) -> Callable[[int], Any]:
+def _replica_slots(entries: list[TeacherEntry]) -> list[list[int]]:
+    """The teacher pool's member indexes of each teacher: teacher 0's replicas first, then teacher 1's."""
+    out, start = [], 0
+    for t in entries:
+        out.append(list(range(start, start + t.num_replicas)))
+        start += t.num_replicas
+    return out
+
+
+def _teacher_factory(cfg: Config, entries: list[TeacherEntry], paths: list[str]) -> Callable[[int], Any]:
+    """Member ``i`` of the teacher pool: replica ``j`` of teacher ``k`` (:func:`_replica_slots`), with
+    that teacher's model and options, in bundle ``j`` of that teacher's placement group."""
     c = cfg.cluster
-    env = vllm_runtime_env(cfg.teacher.kv_cache_gib, c.gpus_per_teacher_replica)
-    group = pack(cfg.teacher.num_replicas, c.cpus_per_actor, c.gpus_per_teacher_replica)
-    kwargs = _teacher_kwargs(cfg, teacher_path)
+    where = [(k, j) for k, members in enumerate(_replica_slots(entries)) for j in range(len(members))]
+    groups = [pack(t.num_replicas, c.cpus_per_actor, c.gpus_per_teacher_replica) for t in entries]
 
     def make(i: int):
+        k, j = where[i]
+        t = entries[k]
         return TeacherWorker.options(  # type: ignore[attr-defined]  # Ray adds .options
-            runtime_env=env, **role_options(cfg, c.gpus_per_teacher_replica, group, i)
-        ).remote(cfg.teacher.backend, kwargs, cfg.teacher.top_k, cfg.teacher.max_tokens_per_batch)
+            runtime_env=vllm_runtime_env(t.kv_cache_gib, c.gpus_per_teacher_replica),
+            **role_options(cfg, c.gpus_per_teacher_replica, groups[k], j),
+        ).remote(t.backend, _teacher_kwargs(cfg, t, paths[k]), t.top_k, t.max_tokens_per_batch)
 
     return make
 
 
-def _mapping_factory(cfg: Config, student_path: str, teacher_path: str) -> Callable[[int], Any]:
+def _mapping_factory(cfg: Config, student_path: str, teacher_paths: list[str]) -> Callable[[int], Any]:
     verifier = cfg.data.train  # its records' answers give the sequence reward (data/verifiers.py)
+    names = [t.name for t in cfg.teacher_list()] if cfg.teachers else None  # one teacher: unlabelled
 
     def make(i: int):
         return MappingWorker.options(num_cpus=cfg.cluster.cpus_per_actor).remote(  # type: ignore[attr-defined]  # Ray adds .options
             student_path,
-            teacher_path,
+            teacher_paths,
             cfg.mapping.credit,
             cfg.algo.needs_support,  # the objective decides the dense projection
             verifier,
             cfg.data.max_prompt_tokens,
+            names,
         )
 
     return make
 
 
-def _teacher_kwargs(cfg: Config, teacher_path: str) -> dict:
-    t = cfg.teacher
+def _teacher_kwargs(cfg: Config, t: TeacherEntry, teacher_path: str) -> dict:
     if t.backend == "vllm":
         return dict(
             model_path=teacher_path, max_logprobs=t.top_k, max_model_len=t.max_model_len,

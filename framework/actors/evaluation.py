@@ -68,8 +68,10 @@ class Evaluator:
         if acc is not None:
             metrics["eval/accuracy"] = acc
         if sampled_out:
-            chain = self.stream.chain([ray.put(s) for s in sampled_out], for_training=False)
-            metrics.update(teacher_kl(ray.get(chain.out_ref, timeout=cfg.trainer.teacher_timeout_s)))
+            mapped = self._score(sampled_out)
+            metrics.update(teacher_kl([m for part in mapped.values() for m in part]))
+        if len(self.stages.teacher_names) > 1:  # each teacher's domain on its own
+            metrics.update(self._per_teacher(greedy_out, mapped if sampled_out else {}))
         if self.pairs:
             metrics.update(self.pairs.evaluate(self.stages))
         if self.harness_tasks:
@@ -80,6 +82,35 @@ class Evaluator:
         say(f"[eval step {step}] " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
         self._keep_best(step, metrics)
         return metrics
+
+    def _slot_of(self, rollouts: list) -> list[int]:
+        return self.stream.route([r.prompt for r in rollouts])
+
+    def _score(self, sampled: list) -> dict[int, list]:
+        """The held-out samples scored by the teacher each prompt routes to (one hop per teacher)."""
+        slots = self._slot_of(sampled)
+        chains = {
+            k: self.stream.chain(
+                [ray.put(r) for r, s in zip(sampled, slots) if s == k], for_training=False, slot=k
+            )
+            for k in sorted(set(slots))
+        }
+        timeout = self.cfg.trainer.teacher_timeout_s
+        return {k: ray.get(chain.out_ref, timeout=timeout) for k, chain in chains.items()}
+
+    def _per_teacher(self, greedy: list, mapped: dict[int, list]) -> dict[str, float]:
+        """``teacher/<name>/eval_accuracy`` and ``teacher/<name>/eval_teacher_kl``: the held-out
+        prompts routed to each teacher, against that teacher."""
+        out: dict[str, float] = {}
+        slots = self._slot_of(greedy)
+        for k, name in enumerate(self.stages.teacher_names):
+            acc = accuracy([r for r, s in zip(greedy, slots) if s == k], self.verify)
+            if acc is not None:
+                out[f"teacher/{name}/eval_accuracy"] = acc
+            kl = teacher_kl(mapped.get(k, []))
+            if kl:
+                out[f"teacher/{name}/eval_teacher_kl"] = kl["eval/teacher_kl"]
+        return out
 
     def _harness_tokens(self) -> int:
         return self.cfg.harness.max_new_tokens or self.cfg.rollout.max_new_tokens

@@ -14,6 +14,7 @@ import ray
 
 from framework.actors.pool import ActorPool
 from framework.actors.stats import BusyClock, Health
+from framework.eval import sampled_reverse_kl
 from framework.learner.settings import RankSettings
 from framework.types import MappedSample
 
@@ -23,19 +24,16 @@ if TYPE_CHECKING:  # imported inside init(): the driver never loads DeepSpeed
 
 
 def batch_statistics(samples: list[MappedSample], trained_version: int) -> dict[str, float]:
-    """What the batch says before training: teacher–student reverse KL, rewards, mapping, staleness."""
-    mask = np.concatenate([s.mask for s in samples])
-    tokens = max(float(mask.sum()), 1.0)
-    behaviour = np.concatenate([s.behaviour_logprobs for s in samples])
-    teacher = np.concatenate([s.teacher_logprobs for s in samples])
-    out = {
-        "batch/samples": float(len(samples)),
-        "batch/response_tokens": tokens,
-        "batch/reverse_kl": float(((behaviour - teacher) * mask).sum() / tokens),
-        "batch/teacher_logprob_per_token": float((teacher * mask).sum() / tokens),
-        "batch/student_logprob_per_token": float((behaviour * mask).sum() / tokens),
-        "batch/staleness": float(np.mean([trained_version - s.weight_version for s in samples])),
-    }
+    """What the batch says before training: teacher–student reverse KL, rewards, mapping, staleness;
+    in a multi-teacher run, each teacher's reverse KL and share of the samples (``teacher/<name>/*``)."""
+    out = {f"batch/{k}": v for k, v in sampled_reverse_kl(samples).items()}
+    out["batch/response_tokens"] = max(out["batch/response_tokens"], 1.0)
+    out["batch/samples"] = float(len(samples))
+    out["batch/staleness"] = float(np.mean([trained_version - s.weight_version for s in samples]))
+    for name in sorted({s.teacher for s in samples if s.teacher}):
+        mine = [s for s in samples if s.teacher == name]
+        out[f"teacher/{name}/reverse_kl"] = sampled_reverse_kl(mine)["reverse_kl"]
+        out[f"teacher/{name}/share"] = len(mine) / len(samples)
     rewards = [s.reward for s in samples if s.reward is not None]
     if rewards:
         out["batch/reward"] = float(np.mean(rewards))

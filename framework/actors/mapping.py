@@ -16,8 +16,8 @@ from framework.types import MappedSample, Rollout, TeacherRequest, TeacherScores
 @ray.remote(concurrency_groups={"health": 1}, allow_out_of_order_execution=True)  # type: ignore[call-overload]  # (not in Ray's stubs)
 class MappingWorker(Health):
     def __init__(
-        self, student_path: str, teacher_path: str, credit: str, dense_topk: bool, verifier: str | None,
-        max_prompt_tokens: int = 1 << 30,
+        self, student_path: str, teacher_paths: str | list[str], credit: str, dense_topk: bool,
+        verifier: str | None, max_prompt_tokens: int = 1 << 30, teacher_names: list[str] | None = None,
     ):  # fmt: skip
         from transformers import AutoTokenizer
 
@@ -25,7 +25,12 @@ class MappingWorker(Health):
         from framework.data.verifiers import get_verifier
         from framework.mapping import TokenMapper
 
-        self.mapper = TokenMapper.from_paths(student_path, teacher_path, credit=credit, topk=dense_topk)
+        paths = [teacher_paths] if isinstance(teacher_paths, str) else teacher_paths
+        # one mapping per (student, teacher) pair, built once here (design §5.6); slot k = teacher k
+        self.mappers = [
+            TokenMapper.from_paths(student_path, p, credit=credit, topk=dense_topk) for p in paths
+        ]
+        self.teacher_names = teacher_names  # None: one teacher, samples unlabelled
         self.student_tokenizer = AutoTokenizer.from_pretrained(student_path)
         # the token the student's chat template closes an assistant turn with (e.g. Llama-3's <|eot_id|>)
         self.student_end_of_response = stop_tokens(self.student_tokenizer, student_path).end_of_response
@@ -34,20 +39,22 @@ class MappingWorker(Health):
         self.clock = BusyClock()
         # while starting, a replacement is not pinged; a first batch that built these would hold the
         # GIL past the heartbeat's timeout (design.md §7.2)
-        self.mapper.warm_up(self.student_tokenizer.encode("2", add_special_tokens=False))
+        for mapper in self.mappers:
+            mapper.warm_up(self.student_tokenizer.encode("2", add_special_tokens=False))
 
     def is_identity(self) -> bool:
-        return bool(self.mapper.is_identity)
+        return all(mapper.is_identity for mapper in self.mappers)
 
-    def prepare(self, *rollouts: Rollout) -> list[TeacherRequest]:
-        """Teacher inputs for rollouts (passed as separate args so Ray resolves each ObjectRef)."""
+    def prepare(self, *rollouts: Rollout, slot: int = 0) -> list[TeacherRequest]:
+        """Teacher ``slot``'s inputs for rollouts (passed as separate args so Ray resolves each ObjectRef)."""
         with self.clock:
-            return self.mapper.teacher_requests(list(rollouts))
+            return self.mappers[slot].teacher_requests(list(rollouts))
 
     def finish(
-        self, requests: list[TeacherRequest], scores: list[TeacherScores], *rollouts: Rollout
+        self, requests: list[TeacherRequest], scores: list[TeacherScores], *rollouts: Rollout, slot: int = 0
     ) -> tuple[list[MappedSample], int]:
-        """Per-token targets; returns (samples, count) so the driver can check success reading only the count."""
+        """Per-token targets from teacher ``slot``'s scores; returns (samples, count) so the driver can
+        check success reading only the count."""
         with self.clock:
             keep = [k for k, sc in enumerate(scores) if np.all(np.isfinite(sc.token_logprobs))]
             # never train on a corrupt teacher signal (NaN/inf): counted and dropped from the batch
@@ -59,9 +66,12 @@ class MappingWorker(Health):
                     None if r.prompt.answer is None else float(self.verify(r.response_text, r.prompt.answer))
                     for r in kept
                 ]
-            out = self.mapper.map_samples(
+            out = self.mappers[slot].map_samples(
                 kept, [requests[k] for k in keep], [scores[k] for k in keep], rewards=rewards
             )
+            if self.teacher_names is not None:
+                for sample in out:
+                    sample.teacher = self.teacher_names[slot]
             self.clock.items += sum(len(m.mask) for m in out)  # student tokens mapped
             return out, len(out)
 

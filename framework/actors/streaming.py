@@ -36,6 +36,7 @@ import ray
 from framework.actors.cluster import Stages
 from framework.actors.failures import Attempts, Failure, Kind, RetryPolicy, RunStopped, Supervisor, classify
 from framework.config import Config
+from framework.data.routing import teacher_slots
 from framework.logging import say
 from framework.types import Prompt
 
@@ -73,13 +74,15 @@ class Chain:  # one mapping → teacher → mapping hop
     count: int = 0  # read from count_ref once the hop succeeded
     attempts: Attempts = field(default_factory=Attempts)
     retry_at: float | None = None  # backing off after a transient failure: redo at this time
+    slot: int = 0  # which teacher scores it (Config.teacher_list index; design §5.6)
 
 
 @dataclass
-class EngineChunk:  # the prompts of one batch given to one rollout engine
+class EngineChunk:  # the prompts of one batch given to one rollout engine, all for one teacher
     engine: int
     prompts: list[Prompt]
     seed: int
+    slot: int = 0  # the teacher its prompts are routed to (framework/data/routing.py)
     generator: object | None = None
     last_progress: float = 0.0
     chains: list[Chain] = field(default_factory=list)
@@ -155,6 +158,12 @@ class SampleStream:
         self.sampling = dict(
             n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens
         )
+        teachers = cfg.teacher_list()
+        self.routes, self.weights = [t.route for t in teachers], [t.weight for t in teachers]
+
+    def route(self, prompts: list[Prompt]) -> list[int]:
+        """Each prompt's teacher (one teacher: all 0)."""
+        return teacher_slots(prompts, self.cfg.data.route_field, self.routes, self.weights)
 
     def _engines(self) -> tuple[str, list]:
         """sft_teacher: the teacher's engines write the responses; otherwise the student's."""
@@ -163,9 +172,18 @@ class SampleStream:
         return "rollout", self.stages.rollout
 
     def launch(self, step: int, prompts: list[Prompt]) -> None:
+        """Deal the batch's prompts over the engines, one chunk per engine and teacher (a chunk's
+        hops all go to its teacher)."""
         n = len(self._engines()[1])
         seed0 = self.cfg.trainer.seed * 100_003 + step * n
-        chunks = [EngineChunk(i, prompts[i::n], seed0 + i) for i in range(n) if prompts[i::n]]
+        slots = self.route(prompts)
+        chunks = []
+        for k in sorted(set(slots)):
+            group = [p for p, slot in zip(prompts, slots) if slot == k]
+            for i in range(n):
+                if group[i::n]:  # teacher 0 keeps the single-teacher seeds
+                    seed = seed0 + i if k == 0 else ((seed0 + i) * 1_000_003 + k) % 2**31
+                    chunks.append(EngineChunk(i, group[i::n], seed, slot=k))
         for chunk in chunks:
             self._start(chunk)
         self.pending.append(InflightBatch(step, prompts, chunks))
@@ -190,33 +208,40 @@ class SampleStream:
         )
         chunk.last_progress, chunk.retry_at = time.time(), None
 
-    def _pick(self, role: str) -> int:
-        """Round-robin over the members of ``role`` that are up (all of them when none is: the work
-        then waits in the replacement's queue)."""
-        up = self.stages.usable(role) or list(range(len(self.stages.pool(role))))
+    def _pick(self, role: str, among: list[int] | None = None) -> int:
+        """Round-robin over the members of ``role`` (``among``: only those) that are up (all of them
+        when none is: the work then waits in the replacement's queue)."""
+        everyone = among if among is not None else list(range(len(self.stages.pool(role))))
+        up = [i for i in self.stages.usable(role) if i in everyone] or everyone
         return up[self.rr % len(up)]
 
-    def chain(self, rollout_refs: list, for_training: bool = True, attempts: Attempts | None = None) -> Chain:
-        """One mapping → teacher → mapping hop for the samples that are ready now (sft_teacher: re-tokenize)."""
+    def chain(
+        self, rollout_refs: list, for_training: bool = True, attempts: Attempts | None = None, slot: int = 0
+    ) -> Chain:
+        """One mapping → teacher ``slot`` → mapping hop for the samples that are ready now
+        (sft_teacher: re-tokenize)."""
         self.rr += 1
-        m, t = self._pick("mapping"), self._pick("teacher")
+        m, t = self._pick("mapping"), self._pick("teacher", self.stages.teacher_members(slot))
         mapper, teacher = self.stages.mapping[m], self.stages.teacher[t]
         requests = scores = None
         if for_training and self.stages.teacher_generators:
             out, count = mapper.sft_samples.options(num_returns=2).remote(*rollout_refs)
         else:
-            requests = mapper.prepare.remote(*rollout_refs)
+            requests = mapper.prepare.remote(*rollout_refs, slot=slot)
             scores = teacher.score.remote(requests)
-            out, count = mapper.finish.options(num_returns=2).remote(requests, scores, *rollout_refs)
+            out, count = mapper.finish.options(num_returns=2).remote(
+                requests, scores, *rollout_refs, slot=slot
+            )
         return Chain(
             rollout_refs, m, t, out, count, time.time(), requests_ref=requests, scores_ref=scores,
             for_training=for_training, mapper_actor=mapper, teacher_actor=teacher, attempts=attempts or Attempts(),
+            slot=slot,
         )  # fmt: skip
 
     def _redo(self, chain: Chain, refs: list | None = None, keep_attempts: bool = True) -> Chain:
         return self.chain(
             chain.rollout_refs if refs is None else refs, chain.for_training,
-            chain.attempts if keep_attempts else None,
+            chain.attempts if keep_attempts else None, chain.slot,
         )  # fmt: skip
 
     # ---------------------------------------------------------------- rollout engines
@@ -241,7 +266,7 @@ class SampleStream:
         if gen.is_finished():  # type: ignore[attr-defined]
             chunk.generator = None
         if ready:
-            chunk.chains.append(self.chain(ready))
+            chunk.chains.append(self.chain(ready, slot=chunk.slot))
             chunk.last_progress = time.time()
         elif chunk.generator is not None and not self.stages.responsive(self._engines()[1][chunk.engine]):
             self._engine_failed(chunk, "hung")  # a stopped (or dead) process: its heartbeat went silent
@@ -285,7 +310,9 @@ class SampleStream:
             chunk.prompts, chunk.generator, chunk.retry_at = [], None, None
             return
         half = len(chunk.prompts) // 2
-        other = EngineChunk(chunk.engine, chunk.prompts[half:], (chunk.seed * 1_000_003 + half) % 2**31)
+        other = EngineChunk(
+            chunk.engine, chunk.prompts[half:], (chunk.seed * 1_000_003 + half) % 2**31, slot=chunk.slot
+        )
         chunk.prompts = chunk.prompts[:half]
         batch.chunks.append(other)
         self._start(chunk)

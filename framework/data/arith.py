@@ -70,6 +70,12 @@ class Problem:
         return self.expression.replace(" ", "")
 
     @property
+    def kind(self) -> str:
+        """``add`` when most operations are additions, else ``sub``: the two domains a multi-teacher
+        run routes on (``data.route_field=kind``). NUM_STEPS is odd, so there is no tie."""
+        return "add" if 2 * self.ops.count("+") > len(self.ops) else "sub"
+
+    @property
     def question(self) -> str:
         return f"Compute {self.expression}."
 
@@ -120,8 +126,9 @@ def _problem_to_prompt(problem: Problem, split: str) -> Prompt:
         prompt_id=f"arith-{split}-{problem.key}",
         messages=messages,
         answer=str(problem.answer),
-        meta={"task": "arith", "split": split, "operands": list(problem.operands), "ops": list(problem.ops)},
-    )
+        meta={"task": "arith", "split": split, "operands": list(problem.operands), "ops": list(problem.ops),
+              "kind": problem.kind},
+    )  # fmt: skip
 
 
 def all_problems() -> list[Problem]:

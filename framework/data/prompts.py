@@ -1,9 +1,10 @@
 """Prompt datasets: the built-in zoo task or local JSONL / Parquet files, validated record by record.
 
 A record is either ``{"id": str?, "messages": [{"role", "content"}, ...], "answer": str?}`` or the
-short form ``{"id": str?, "prompt": str, "answer": str?}``. A bad record either fails the start-up
-with a message that names the file, the line and the fix, or, when ``max_bad_lines > 0``, is skipped
-and counted (never trained on). An answer that is NaN or infinite (JSON ``NaN``, a float column's
+short form ``{"id": str?, "prompt": str, "answer": str?}``; any other top-level string, integer or
+boolean field (e.g. a domain tag for ``data.route_field``) is kept in ``Prompt.meta``. A bad record
+either fails the start-up with a message that names the file, the line and the fix, or, when
+``max_bad_lines > 0``, is skipped and counted (never trained on). An answer that is NaN or infinite (JSON ``NaN``, a float column's
 missing value) or null in a Parquet answer column is a bad record: it is a missing value, not the
 answer ``"nan"``.
 
@@ -26,6 +27,7 @@ from typing import Any
 from framework.types import Prompt
 
 ROLES = ("system", "user", "assistant")
+_RECORD_FIELDS = ("id", "messages", "prompt", "answer")
 ZOO_TASK = "zoo:arith"
 PARQUET_MAGIC = b"PAR1"
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -87,10 +89,13 @@ def _check_record(record: Any) -> Prompt:
     pid = record.get("id")
     if pid is not None and not isinstance(pid, str | int):
         raise DataError("field 'id' must be a string or an integer")
+    # other top-level scalar fields (a domain tag, a source name) travel in meta: data.route_field reads them
+    meta = {k: v for k, v in record.items() if k not in _RECORD_FIELDS and isinstance(v, str | int | bool)}
     return Prompt(
         prompt_id=str(pid) if pid is not None else "",
         messages=clean,
         answer=None if answer is None else str(answer),
+        meta=meta,
     )
 
 

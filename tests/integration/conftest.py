@@ -71,7 +71,8 @@ def start_run(overrides: list[str], output_dir) -> tuple:
 
     cfg = compose_config(overrides)
     cfg.trainer.output_dir = str(output_dir)
-    stages = start_stages(cfg, resolve_model(cfg.pair.student), resolve_model(cfg.pair.teacher))
+    teachers = [resolve_model(t.model) for t in cfg.teacher_list()]
+    stages = start_stages(cfg, resolve_model(cfg.pair.student), teachers)
     train, _ = load_prompts(cfg.data.train, n=cfg.data.num_train, seed=0, split="train")
     evals, _ = load_prompts(cfg.data.eval, n=cfg.data.num_eval, seed=1, split="eval")
     return cfg, stages, train, evals

@@ -74,11 +74,22 @@ class FakeEngine(_Counted):
 
 @ray.remote(concurrency_groups={"health": 1}, allow_out_of_order_execution=True)
 class FakeTeacher(_Counted):
+    def __init__(self, logprob: float = -0.5):
+        super().__init__()
+        self.logprob = logprob  # every response token's log-prob under this teacher
+        self.scored: list[str] = []
+
     def score(self, requests: list[TeacherRequest]) -> list[TeacherScores]:
+        self.scored += [r.sample_id for r in requests]
         return [
-            TeacherScores(r.sample_id, -0.5 * np.ones(len(r.input_ids) - r.response_start, np.float32))
+            TeacherScores(
+                r.sample_id, self.logprob * np.ones(len(r.input_ids) - r.response_start, np.float32)
+            )
             for r in requests
         ]
+
+    def scored_ids(self) -> list[str]:
+        return self.scored
 
 
 @ray.remote(concurrency_groups={"health": 1}, allow_out_of_order_execution=True)
@@ -86,13 +97,17 @@ class FakeMapper(_Counted):
     def is_identity(self) -> bool:
         return True
 
-    def prepare(self, *rollouts: Rollout) -> list[TeacherRequest]:
+    def __init__(self, teacher_names: list[str] | None = None):
+        super().__init__()
+        self.teacher_names = teacher_names
+
+    def prepare(self, *rollouts: Rollout, slot: int = 0) -> list[TeacherRequest]:
         return [
             TeacherRequest(r.sample_id, np.concatenate([r.prompt_ids, r.response_ids]), len(r.prompt_ids))
             for r in rollouts
         ]
 
-    def finish(self, requests, scores, *rollouts: Rollout) -> tuple[list[MappedSample], int]:
+    def finish(self, requests, scores, *rollouts: Rollout, slot: int = 0) -> tuple[list[MappedSample], int]:
         out = [
             MappedSample(
                 sample_id=r.sample_id,
@@ -104,6 +119,7 @@ class FakeMapper(_Counted):
                 mask=np.ones(len(r.response_ids), np.float32),
                 weight_version=r.weight_version,
                 reward=float(r.response_text == f"Answer: {r.prompt.answer}"),
+                teacher=self.teacher_names[slot] if self.teacher_names else "",
             )
             for r, q, s in zip(rollouts, requests, scores)
         ]
@@ -325,3 +341,62 @@ def test_the_nccl_weight_path_syncs_through_the_learner_and_names_a_dead_engine(
         stages.close()
         for actor in stages.actors():
             ray.kill(actor)
+
+
+def test_two_teachers_each_score_only_the_prompts_routed_to_them(ray_local, tmp_path):
+    """data.route_field=kind: odd prompts go to teacher "odd" (log-prob -2 per token), even ones to
+    "even" (-0.5). Every sample is scored by one replica of its own teacher, and the per-teacher
+    metrics come from the right samples (the engines' log-prob is -1 per token)."""
+    from framework.actors.cluster import Stages
+    from framework.config import TeacherEntry
+
+    cfg = _cfg(tmp_path, steps=4)
+    cfg.teachers = [TeacherEntry(model="m", name="even", route="even", num_replicas=2),
+                    TeacherEntry(model="m", name="odd", route="odd")]  # fmt: skip
+    cfg.data.route_field = "kind"
+    teachers = [FakeTeacher.remote(-0.5), FakeTeacher.remote(-0.5), FakeTeacher.remote(-2.0)]
+    logprob_of = {0: -0.5, 1: -0.5, 2: -2.0}
+
+    def pool(role, members, remake):
+        return ActorPool(role, members, remake, 2.0)
+
+    stages = Stages(
+        {"rollout": pool("rollout", [FakeEngine.remote() for _ in range(2)], lambda i: FakeEngine.remote()),
+         "teacher": pool("teacher", teachers, lambda i: FakeTeacher.remote(logprob_of[i])),
+         "mapping": pool("mapping", [FakeMapper.remote(["even", "odd"])], lambda i: FakeMapper.remote(["even", "odd"]))},
+        LearnerGroup(pool("learner", [FakeLearner.remote()], lambda i: FakeLearner.remote())),
+        identity_mapping=True, health_timeout_s=2.0, start_timeout_s=60,
+        teacher_names=["even", "odd"], teacher_slots=[[0, 1], [2]],
+    )  # fmt: skip
+    stages.record_trees()
+    prompts = _prompts(32)
+    for p in prompts:
+        p.meta["kind"] = "odd" if int(p.prompt_id[1:]) % 2 else "even"
+    evals = _prompts(4, "p")
+    for p in evals:
+        p.meta["kind"] = "odd" if int(p.prompt_id[1:]) % 2 else "even"
+    try:
+        from framework.controller import Controller
+
+        final = Controller(cfg, stages, prompts, evals, tmp_path).run()
+        scored = [ray.get(t.scored_ids.remote()) for t in teachers]
+    finally:
+        stages.close()
+        for actor in stages.actors():
+            ray.kill(actor)
+    number = lambda sample_id: int(sample_id.split("#")[0][1:])  # noqa: E731
+    even_ids, odd_ids = scored[0] + scored[1], scored[2]
+    assert scored[0] and scored[1], "teacher even's two replicas share its work"
+    assert even_ids and all(number(i) % 2 == 0 for i in even_ids)
+    assert odd_ids and all(number(i) % 2 == 1 for i in odd_ids)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "teacher/even/share" in r]
+    assert len(trained) == 4
+    for row in trained:  # reverse KL = log p_S - log p_T = -1 - log p_T
+        assert row["teacher/even/reverse_kl"] == pytest.approx(-0.5)
+        assert row["teacher/odd/reverse_kl"] == pytest.approx(1.0)
+        assert row["teacher/even/share"] + row["teacher/odd/share"] == pytest.approx(1.0)
+    assert final["teacher/even/eval_accuracy"] == 1.0  # the fake engine answers even prompts right
+    assert final["teacher/odd/eval_accuracy"] == 0.0
+    assert final["teacher/odd/eval_teacher_kl"] == pytest.approx(1.0)
+    assert any("busy/teacher/odd" in r for r in rows)

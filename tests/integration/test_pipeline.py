@@ -194,6 +194,46 @@ def test_opd_with_a_task_reward_trains_on_both_signals(ray_local, tmp_path):
     assert all(r["batch/reverse_kl"] != 0 for r in rows)
 
 
+def test_two_teachers_of_different_families_each_score_the_prompts_routed_to_them(ray_local, tmp_path):
+    """``teachers=zoo_by_kind`` on the real actors: the zoo task's mostly-addition problems go to the
+    Qwen-style teacher (its own tokenizer, so its own token mapping), the mostly-subtraction ones to
+    the Llama-3-style one (docs/design.md §5.6). Each teacher's replica scores only its domain's
+    samples, and the per-teacher metrics cover the batch between them."""
+    import ray
+
+    from framework.controller import Controller
+
+    steps, out = 3, tmp_path / "two_teachers"
+    cfg, stages, train, evals = start_run(
+        [*COMMON, "teachers=zoo_by_kind", f"trainer.steps={steps}", "data.num_eval=32"], out
+    )
+    try:
+        assert stages.teacher_names == ["add", "sub"] and stages.teacher_slots == [[0], [1]]
+        assert not ray.get(stages.mapping[0].is_identity.remote())  # qwen → llama3 is not the identity
+        Controller(cfg, stages, train, evals, out).run()
+        busy = stages.stats()
+    finally:
+        stop_stages(stages)
+    rows, eval_rows = _read_metrics(out)
+    assert len(rows) == steps
+    for r in rows:
+        assert r["teacher/add/share"] + r["teacher/sub/share"] == pytest.approx(1.0)
+        assert 0 < r["teacher/add/share"] < 1, "a batch of 8 zoo prompts mixes both kinds"
+        assert all(math.isfinite(r[f"teacher/{t}/reverse_kl"]) for t in ("add", "sub"))
+        assert r["busy/teacher/add"] > 0 and r["busy/teacher/sub"] > 0
+    assert set(busy) >= {"teacher/add", "teacher/sub"}
+    for r in eval_rows:  # the held-out prompts of each kind, against their own teacher
+        for t in ("add", "sub"):
+            assert 0.0 <= r[f"teacher/{t}/eval_accuracy"] <= 1.0
+            assert math.isfinite(r[f"teacher/{t}/eval_teacher_kl"])
+    # each step's share of teacher "add" is exactly the share of its samples whose prompt is of kind add
+    kinds = {p.prompt_id: p.meta["kind"] for p in train}
+    ledger = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
+    for r, entry in zip(rows, ledger):
+        of_add = [kinds[i.split("#")[0]] == "add" for i in entry["sample_ids"]]
+        assert r["teacher/add/share"] == pytest.approx(sum(of_add) / len(of_add)), (r["step"], entry)
+
+
 @pytest.mark.parametrize(
     ("objective", "metric"),
     [("opd_topk", "topk/kl"), ("sft_teacher", "sft/nll")],

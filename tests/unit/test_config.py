@@ -23,7 +23,7 @@ def _group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (RECIPES / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["pair", "algo", "data", "cluster", "harness", "lora"])
+@pytest.mark.parametrize("group", ["pair", "algo", "data", "cluster", "harness", "lora", "teachers"])
 def test_every_recipe_in_group_composes_and_validates(group):
     options = _group_options(group)
     assert options, f"recipes/{group} is empty"

@@ -74,7 +74,7 @@ class Method:
     def options(self, num_returns=1) -> Method:
         return Method(self.actor, self.name, num_returns)
 
-    def remote(self, *args):
+    def remote(self, *args, **kwargs):
         n = 2 if self.num_returns == 2 else 1
         if getattr(self.actor, "stopped", False) or any(isinstance(a, Ref) and a.pending for a in args):
             if self.num_returns == "streaming":
@@ -97,7 +97,7 @@ class Method:
                 refs.append(Ref(error=_task_error(self.name, e)))
             return Stream(refs)
         try:
-            out = call(*values)
+            out = call(*values, **kwargs)
         except Exception as e:
             refs = [Ref(error=_task_error(self.name, e)) for _ in range(n)]
             return refs[0] if n == 1 else refs
@@ -151,10 +151,10 @@ class Mapper:
     def __init__(self):
         self.alive = True
 
-    def prepare(self, *rollouts) -> list[TeacherRequest]:
+    def prepare(self, *rollouts, slot: int = 0) -> list[TeacherRequest]:
         return [TeacherRequest(r.sample_id, np.arange(r.length, dtype=np.int32), 1) for r in rollouts]
 
-    def finish(self, requests, scores, *rollouts):
+    def finish(self, requests, scores, *rollouts, slot: int = 0):
         out = [r.sample_id for r in rollouts]
         return out, len(out)
 
@@ -191,6 +191,9 @@ class Stages:
 
     def pool(self, role):
         return {"rollout": self.rollout, "teacher": self.teacher, "mapping": self.mapping}[role]
+
+    def teacher_members(self, slot):
+        return list(range(len(self.teacher)))
 
     def alive(self, actor, timeout_s):
         return self.is_starting(actor) or (actor._actor.alive and not getattr(actor._actor, "stopped", False))
