@@ -346,7 +346,9 @@ def test_the_nccl_weight_path_syncs_through_the_learner_and_names_a_dead_engine(
 def test_two_teachers_each_score_only_the_prompts_routed_to_them(ray_local, tmp_path):
     """data.route_field=kind: odd prompts go to teacher "odd" (log-prob -2 per token), even ones to
     "even" (-0.5). Every sample is scored by one replica of its own teacher, and the per-teacher
-    metrics come from the right samples (the engines' log-prob is -1 per token)."""
+    metrics come from the right samples (the engines' log-prob is -1 per token). Teacher "odd"'s only
+    replica is killed before the run: its replacement is again a replica of "odd" (the same factory
+    index), so the odd samples keep their teacher and nothing is lost."""
     from framework.actors.cluster import Stages
     from framework.config import TeacherEntry
 
@@ -375,11 +377,14 @@ def test_two_teachers_each_score_only_the_prompts_routed_to_them(ray_local, tmp_
     evals = _prompts(4, "p")
     for p in evals:
         p.meta["kind"] = "odd" if int(p.prompt_id[1:]) % 2 else "even"
+    killed = teachers[2]  # (the pool holds this very list: a replacement takes the killed one's place)
+    os.kill(ray.get(killed.pid.remote()), signal.SIGKILL)
     try:
         from framework.controller import Controller
 
         final = Controller(cfg, stages, prompts, evals, tmp_path).run()
-        scored = [ray.get(t.scored_ids.remote()) for t in teachers]
+        assert stages.restarts["teacher"] >= 1 and stages.teacher[2] is not killed
+        scored = [ray.get(t.scored_ids.remote()) for t in stages.teacher]
     finally:
         stages.close()
         for actor in stages.actors():
@@ -400,3 +405,5 @@ def test_two_teachers_each_score_only_the_prompts_routed_to_them(ray_local, tmp_
     assert final["teacher/odd/eval_accuracy"] == 0.0
     assert final["teacher/odd/eval_teacher_kl"] == pytest.approx(1.0)
     assert any("busy/teacher/odd" in r for r in rows)
+    ids = [s for row in _ledger(tmp_path) for s in row["sample_ids"]]
+    assert len(ids) == len(set(ids)) == 4 * 4 * 2  # no sample lost or trained twice

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 STEPS = 3
 OVERRIDES = [
     "pair=zoo_qwen_to_smollm2",
+    "learner.lr=1e-4",  # the KL fall below was measured at 1e-4 (the opd recipe's default is now 3e-5)
     f"trainer.steps={STEPS}",
     "trainer.eval_every=0",
     "data.num_eval=16",
