@@ -246,8 +246,9 @@ class LearnerGroup:
         self._connect(start_timeout_s)
 
     def train_step(self, sample_refs: list, version: int, timeout_s: float) -> dict[str, Any]:
-        results = ray.get([r.train_step.remote(sample_refs, version) for r in self.ranks], timeout=timeout_s)
-        return results[0]
+        """Rank 0's metrics. A rank that dies or goes silent fails the step within about a health
+        timeout (:meth:`ActorPool.gather`), not after ``timeout_s``."""
+        return self.pool.gather([r.train_step.remote(sample_refs, version) for r in self.ranks], timeout_s)[0]
 
     def export_refs(self, path: str) -> list:
         """Every rank joins the export; rank 0 writes ``path`` (its ref holds ``path``, the others
@@ -255,15 +256,15 @@ class LearnerGroup:
         return [r.export_weights.remote(path) for r in self.ranks]
 
     def save(self, folder: Path, timeout_s: float) -> None:
-        ray.get([r.save.remote(str(folder)) for r in self.ranks], timeout=timeout_s)
+        self.pool.gather([r.save.remote(str(folder)) for r in self.ranks], timeout_s)
 
     def save_student(self, folder: Path, timeout_s: float) -> None:
-        ray.get([r.save_student.remote(str(folder)) for r in self.ranks], timeout=timeout_s)
+        self.pool.gather([r.save_student.remote(str(folder)) for r in self.ranks], timeout_s)
 
     def load(self, folder: Path, timeout_s: float) -> None:
-        ray.get([r.load.remote(str(folder)) for r in self.ranks], timeout=timeout_s)
+        self.pool.gather([r.load.remote(str(folder)) for r in self.ranks], timeout_s)
 
     def logprobs(self, input_ids_list, response_starts, timeout_s: float = 300) -> list[np.ndarray]:
         """The learner's logprobs of fixed response tokens (every rank joins: ZeRO-3 gathers are collective)."""
         refs = [r.logprobs.remote(input_ids_list, response_starts) for r in self.ranks]
-        return ray.get(refs, timeout=timeout_s)[0]
+        return self.pool.gather(refs, timeout_s)[0]

@@ -194,6 +194,34 @@ class ActorPool:
 
     # -- fan-out --------------------------------------------------------------------------------
 
+    def gather(self, refs: list, timeout_s: float) -> list:
+        """The results of one call fanned out to every member (``refs[i]`` on member ``i``), in order.
+
+        Health-checked: a member that dies raises its error as soon as its call fails (the others may
+        be blocked in a collective with it and would never return); one whose heartbeat goes silent
+        (:meth:`responsive`: a stopped process after ``health_timeout_s``, a running but silent one
+        after three) raises ``GetTimeoutError`` naming it, instead of after the whole ``timeout_s``,
+        which still bounds a call that runs but does not end."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            ready, pending = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, min(1.0, left)))
+            for ref in ready:
+                ray.get(ref)  # a failed call raises here, before its partners are waited for
+            if not pending:
+                return ray.get(refs)
+            if time.monotonic() >= deadline:
+                raise ray.exceptions.GetTimeoutError(
+                    f"{self.role} call not done after {timeout_s:g} s while its members answer pings"
+                )
+            silent = [
+                i for i, ref in enumerate(refs) if ref in pending and not self.responsive(self.members[i])
+            ]
+            if silent:
+                raise ray.exceptions.GetTimeoutError(
+                    f"{self.role} member {silent[0]} stopped answering its heartbeat during a call"
+                )
+
     def failed_calls(self, refs: list, actors: list, timeout_s: float) -> list[int]:
         """Wait for every call (``refs[i]`` on ``actors[i]``); return the indexes whose actor died,
         hung or overran ``timeout_s``. While a call runs its actor is pinged every

@@ -128,9 +128,10 @@ class FakeMapper(_Counted):
 
 @ray.remote(concurrency_groups={"health": 1})
 class FakeLearner(_Counted):
-    def __init__(self, die_on_step: int | None = None):
+    def __init__(self, die_on_step: int | None = None, how: str = "exit"):
         super().__init__()
-        self.die_on_step = die_on_step  # the process exits when asked for this step (a crashed rank)
+        # asked for this step, the process exits (a crashed rank) or stops itself (a hung one)
+        self.die_on_step, self.how = die_on_step, how
         self.steps = 0
         self.pushed: list[tuple[int, int]] = []  # NCCL path: (version, engines) per push
         self.exports = 0
@@ -144,6 +145,8 @@ class FakeLearner(_Counted):
     def train_step(self, sample_refs: list, version: int) -> dict:
         samples = [s for ref in sample_refs for s in ray.get(ref)]
         if self.steps + 1 == self.die_on_step:
+            if self.how == "stop":
+                os.kill(os.getpid(), signal.SIGSTOP)
             os._exit(1)
         self.steps += 1
         stats = batch_statistics(samples, version)
@@ -195,8 +198,9 @@ class FakeLearner(_Counted):
 
 
 def _stages(
-    health_timeout_s: float = 2.0, weight_path: str = "file", learner_dies_on_step: int | None = None
-):
+    health_timeout_s: float = 2.0, weight_path: str = "file", learner_dies_on_step: int | None = None,
+    learner_fails_how: str = "exit",
+):  # fmt: skip
     from framework.actors.cluster import Stages
 
     def pool(role, cls, n, *first):  # ``first``: the first members' arguments (replacements get none)
@@ -207,7 +211,7 @@ def _stages(
     stages = Stages(
         {"rollout": pool("rollout", FakeEngine, 2), "teacher": pool("teacher", FakeTeacher, 2),
          "mapping": pool("mapping", FakeMapper, 1)},
-        LearnerGroup(pool("learner", FakeLearner, 1, learner_dies_on_step)), identity_mapping=True,
+        LearnerGroup(pool("learner", FakeLearner, 1, learner_dies_on_step, learner_fails_how)), identity_mapping=True,
         health_timeout_s=health_timeout_s,
         start_timeout_s=60, weight_path=weight_path,
     )  # fmt: skip
@@ -276,16 +280,23 @@ def test_a_killed_teacher_is_replaced_and_no_sample_is_lost(stages, tmp_path):
     assert len(ids) == len(set(ids)) == 4 * 4 * 2
 
 
+@pytest.mark.parametrize("how", ["exit", "stop"])
 def test_a_dead_learner_rank_is_replaced_through_its_pool_and_the_run_goes_on_from_its_checkpoint(
-    ray_local, tmp_path
+    ray_local, tmp_path, how
 ):
+    """The rank's process exits (a crash) or stops itself (a hang) at step 3. A stopped rank is found
+    by its pool's heartbeat within about a health timeout (2 s here), not after learner_timeout_s."""
+    import time
+
     import psutil
 
-    stages = _stages(learner_dies_on_step=3)
+    stages = _stages(learner_dies_on_step=3, learner_fails_how=how)
     try:
         first = stages.learner.ranks[0]
         first_pid = stages.learner.pool.trees[0][1][0]  # recorded when the group was joined
-        _run(_cfg(tmp_path, steps=5, checkpoint_every=2), stages, tmp_path)
+        start = time.monotonic()
+        _run(_cfg(tmp_path, steps=5, checkpoint_every=2, learner_timeout_s=300.0), stages, tmp_path)
+        assert time.monotonic() - start < 150, "the stopped rank was found by the timeout, not the heartbeat"
         assert stages.restarts["learner"] == 1
         metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
         assert max(r.get("faults/learner_failed", 0.0) for r in metrics) == 1.0
