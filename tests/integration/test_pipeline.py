@@ -198,7 +198,8 @@ def test_opd_with_a_task_reward_trains_on_both_signals(ray_local, tmp_path):
 def test_two_teachers_of_different_families_each_score_the_prompts_routed_to_them(ray_local, tmp_path):
     """``teachers=zoo_by_kind`` on the real actors: the zoo task's mostly-addition problems go to the
     Qwen-style teacher (its own tokenizer, so its own token mapping), the mostly-subtraction ones to
-    the Llama-3-style one (docs/design.md §5.6). Each teacher's replica scores only its domain's
+    the Llama-3-style one (docs/design.md §5.6), each with options of its own: the second scores
+    with the Hugging Face backend instead of vLLM. Each teacher's replica scores only its domain's
     samples, and the per-teacher metrics cover the batch between them."""
     import ray
 
@@ -206,10 +207,12 @@ def test_two_teachers_of_different_families_each_score_the_prompts_routed_to_the
 
     steps, out = 3, tmp_path / "two_teachers"
     cfg, stages, train, evals = start_run(
-        [*COMMON, "teachers=zoo_by_kind", f"trainer.steps={steps}", "data.num_eval=32"], out
-    )
+        [*COMMON, "teachers=zoo_by_kind", "teachers.1.backend=hf", f"trainer.steps={steps}", "data.num_eval=32"],
+        out,
+    )  # fmt: skip
     try:
         assert stages.teacher_names == ["add", "sub"] and stages.teacher_slots == [[0], [1]]
+        assert [t.backend for t in cfg.teacher_list()] == ["vllm", "hf"]
         assert not ray.get(stages.mapping[0].is_identity.remote())  # qwen → llama3 is not the identity
         Controller(cfg, stages, train, evals, out).run()
         busy = stages.stats()
