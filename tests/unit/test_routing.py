@@ -129,3 +129,26 @@ def test_a_mixture_needs_positive_weights():
 def test_unnamed_teachers_are_labelled_by_position():
     cfg = to_config({"teachers": [TeacherEntry(model="m").__dict__, TeacherEntry(model="n").__dict__]})
     assert [t.name for t in cfg.teacher_list()] == ["teacher0", "teacher1"]
+
+
+def test_a_routing_field_missing_from_the_data_stops_the_start_naming_it():
+    from framework.train import _check_routes
+
+    cfg = to_config(_two())
+    routed = [_prompt("a", kind="x"), _prompt("b", kind="y")]
+    _check_routes(cfg, routed, routed)  # every record routed: passes
+    with pytest.raises(ConfigError) as err:
+        _check_routes(cfg, routed, [_prompt("c")])  # the held-out prompts are scored too
+    assert err.value.key == "data.route_field" and "data.eval" in err.value.problem
+    assert "add 'kind' to every record" in err.value.fix
+
+
+def test_a_teacher_model_that_cannot_be_found_is_named_by_its_list_key(tmp_path):
+    from framework.models import resolve_pair
+
+    raw = _two()
+    raw["pair"] = {"student": "zoo:student-llama3"}
+    raw["teachers"][1]["model"] = str(tmp_path / "no-such-teacher")
+    with pytest.raises(ConfigError) as err:
+        resolve_pair(to_config(raw))
+    assert err.value.key == "teachers.1.model"
