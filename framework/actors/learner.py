@@ -250,19 +250,23 @@ class LearnerGroup:
         timeout (:meth:`ActorPool.gather`), not after ``timeout_s``."""
         return self.pool.gather([r.train_step.remote(sample_refs, version) for r in self.ranks], timeout_s)[0]
 
-    def export_refs(self, path: str) -> list:
-        """Every rank joins the export; rank 0 writes ``path`` (its ref holds ``path``, the others
-        ``""``, and all must be awaited)."""
-        return [r.export_weights.remote(path) for r in self.ranks]
+    def export(self, path: str, timeout_s: float) -> None:
+        """Every rank joins the export (a collective); rank 0 writes ``path`` (a large file: no heartbeat)."""
+        self.pool.gather([r.export_weights.remote(path) for r in self.ranks], timeout_s, heartbeat=False)
+
+    def push(self, engines: list, version: int, timeout_s: float, workers_per_engine: int) -> None:
+        """The NCCL path: every rank joins the gather of the full weights; rank 0 broadcasts them."""
+        refs = [r.push_weights.remote(engines, version, timeout_s, workers_per_engine) for r in self.ranks]
+        self.pool.gather(refs, timeout_s, heartbeat=False)  # not yet run on a GPU: bounded by the timeout
 
     def save(self, folder: Path, timeout_s: float) -> None:
-        self.pool.gather([r.save.remote(str(folder)) for r in self.ranks], timeout_s)
+        self.pool.gather([r.save.remote(str(folder)) for r in self.ranks], timeout_s, heartbeat=False)
 
     def save_student(self, folder: Path, timeout_s: float) -> None:
-        self.pool.gather([r.save_student.remote(str(folder)) for r in self.ranks], timeout_s)
+        self.pool.gather([r.save_student.remote(str(folder)) for r in self.ranks], timeout_s, heartbeat=False)
 
     def load(self, folder: Path, timeout_s: float) -> None:
-        self.pool.gather([r.load.remote(str(folder)) for r in self.ranks], timeout_s)
+        self.pool.gather([r.load.remote(str(folder)) for r in self.ranks], timeout_s, heartbeat=False)
 
     def logprobs(self, input_ids_list, response_starts, timeout_s: float = 300) -> list[np.ndarray]:
         """The learner's logprobs of fixed response tokens (every rank joins: ZeRO-3 gathers are collective)."""

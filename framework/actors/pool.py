@@ -194,14 +194,15 @@ class ActorPool:
 
     # -- fan-out --------------------------------------------------------------------------------
 
-    def gather(self, refs: list, timeout_s: float) -> list:
+    def gather(self, refs: list, timeout_s: float, heartbeat: bool = True) -> list:
         """The results of one call fanned out to every member (``refs[i]`` on member ``i``), in order.
 
-        Health-checked: a member that dies raises its error as soon as its call fails (the others may
-        be blocked in a collective with it and would never return); one whose heartbeat goes silent
+        A member whose call fails raises its error at once (the others may be blocked in a collective
+        with it and would never return). With ``heartbeat``, one whose heartbeat goes silent
         (:meth:`responsive`: a stopped process after ``health_timeout_s``, a running but silent one
         after three) raises ``GetTimeoutError`` naming it, instead of after the whole ``timeout_s``,
-        which still bounds a call that runs but does not end."""
+        which still bounds a call that runs but does not end. Calls that may hold the GIL for long
+        (writing or reading a large checkpoint) go without it, bounded by ``timeout_s`` alone."""
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
@@ -214,7 +215,7 @@ class ActorPool:
                 raise ray.exceptions.GetTimeoutError(
                     f"{self.role} call not done after {timeout_s:g} s while its members answer pings"
                 )
-            silent = [
+            silent = heartbeat and [
                 i for i, ref in enumerate(refs) if ref in pending and not self.responsive(self.members[i])
             ]
             if silent:

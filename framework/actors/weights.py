@@ -69,7 +69,7 @@ class FileWeights:
         else:
             name = f"adapter-v{version}" if self.stages.adapters else f"weights-v{version}.safetensors"
             path = os.path.join(self._folder(timeout_s), name)
-            ray.get(learner.export_refs(path), timeout=timeout_s)  # paths only; raises if a rank failed
+            learner.export(path, timeout_s)  # raises if a rank failed or went silent
             self.latest = (version, path)
             self.last_bytes = ray.get(learner.ranks[0].sync_bytes.remote(path), timeout=timeout_s)
         loads = [engine.load_weights.remote(path, version) for engine in targets]
@@ -155,12 +155,8 @@ class NcclWeights:
         self.stages = stages
 
     def sync(self, version: int, targets: list, timeout_s: float) -> list[int]:
-        ranks = self.stages.learner.ranks
         try:
-            tp = self.stages.engine_workers
-            ray.get(
-                [r.push_weights.remote(targets, version, timeout_s, tp) for r in ranks], timeout=timeout_s
-            )
+            self.stages.learner.push(targets, version, timeout_s, self.stages.engine_workers)
             return []
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
             health = self.stages.health_timeout_s
