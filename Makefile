@@ -36,11 +36,11 @@ demo: install
 	$(VENV)/bin/tokenbridge-train
 
 lint: install
-	$(VENV)/bin/ruff check framework tests benchmarks
-	$(VENV)/bin/ruff format --check framework tests benchmarks
+	$(VENV)/bin/ruff check framework tokenbridge_zoo tests benchmarks
+	$(VENV)/bin/ruff format --check framework tokenbridge_zoo tests benchmarks
 
 typecheck: install
-	$(VENV)/bin/mypy framework
+	$(VENV)/bin/mypy framework tokenbridge_zoo
 
 unit: install
 	$(VENV)/bin/pytest -q tests/unit

@@ -461,7 +461,7 @@ def main(argv=None) -> int:
         args.tokens = 200_000 if args.pairs == "real" else 1_000_000
 
     if args.pairs == "real":
-        from framework.zoo.real import real_tokenizer_path
+        from tokenbridge_zoo.real import real_tokenizer_path
 
         pairs = [
             (f"{t} -> {s}", str(real_tokenizer_path(s)), str(real_tokenizer_path(t))) for t, s in REAL_PAIRS
@@ -472,7 +472,7 @@ def main(argv=None) -> int:
         student_dir, teacher_dir = args.student, args.teacher
         if student_dir is None or teacher_dir is None:
             try:
-                from framework.zoo import tokenizer_path
+                from tokenbridge_zoo import tokenizer_path
 
                 student_dir, teacher_dir = str(tokenizer_path("llama3")), str(tokenizer_path("qwen"))
             except ImportError:

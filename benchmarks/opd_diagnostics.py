@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> dict:
     from framework.data.chat import stop_token_ids
     from framework.mapping import TokenMapper
     from framework.teacher.hf_teacher import HFTeacher
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     t0, c0 = time.time(), time.process_time()
     student_path = resolve_model(args.student)

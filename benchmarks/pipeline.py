@@ -78,7 +78,7 @@ def main() -> None:
     import ray
 
     from framework.actors.cluster import start_stages
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     ray.init(
         address="local",

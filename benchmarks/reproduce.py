@@ -70,7 +70,7 @@ def params(model: str) -> int:
     """Parameter count of a model folder (its safetensors headers only)."""
     from safetensors import safe_open
 
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     with safe_open(str(Path(resolve_model(model)) / "model.safetensors"), "pt") as f:
         total = 0
@@ -88,7 +88,7 @@ def mean_prompt_tokens(model: str, n: int = 64) -> float:
 
     from framework.data.arith import make_problems
     from framework.data.chat import render_prompt_ids
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model(model))
     lengths = [
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
     p.add_argument("--fresh", action="store_true", help="ignore the runs already in OUT/results.json")
     args = p.parse_args(argv)
-    from framework.zoo import build_zoo
+    from tokenbridge_zoo import build_zoo
 
     manifest = build_zoo(progress=False)
     zoo_acc = {m["name"]: m["accuracy"] for m in manifest["models"]}

@@ -50,7 +50,7 @@ def main() -> None:
     from framework.actors.cluster import start_stages
     from framework.controller import Controller
     from framework.data import load_prompts
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     ray.init(
         address="local",

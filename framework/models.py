@@ -3,8 +3,8 @@
 A model argument is one of
 
 - ``SCHEME:NAME``: a model of an installed model source, found by its entry point in the group
-  ``tokenbridge.model_sources`` (a callable ``(spec, build) -> folder``). This package installs one,
-  ``zoo`` (the demo zoo, ``framework.zoo``: ``zoo:NAME``); the core never imports it;
+  ``tokenbridge.model_sources`` (a callable ``(spec, build) -> folder``). The distribution installs one,
+  ``zoo`` (the demo zoo, the top-level package ``tokenbridge_zoo``: ``zoo:NAME``); the core never imports it;
 - an existing local folder (or file: it is then refused with the reason);
 - ``org/name`` or ``org/name@revision``: a Hugging Face Hub repository, fetched with
   ``huggingface_hub.snapshot_download`` into the Hugging Face cache (``HF_HUB_CACHE`` / ``HF_HOME``),

@@ -1,5 +1,5 @@
 """The built-in verifiable task (``data.train=zoo:arith``, the demo's): short multi-step arithmetic
-with a brief worked answer. The demo zoo (``framework/zoo``) trains its teachers and students on it.
+with a brief worked answer. The demo zoo (``tokenbridge_zoo``) trains its teachers and students on it.
 
     user:      "Compute 9 - 3 + 4 - 9."
     assistant: "9 - 3 = 6. 6 + 4 = 10. 10 - 9 = 1. Answer: 1"

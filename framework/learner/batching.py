@@ -38,14 +38,6 @@ class MicroBatch:
     inputs: LossInputs  # response coordinates [B, T]
     sample_ids: tuple[str, ...] = ()  # empty for a padding (zero-weight) micro-batch
 
-    @property
-    def is_padding(self) -> bool:
-        return not self.sample_ids
-
-    @property
-    def padded_tokens(self) -> int:
-        return int(self.input_ids_B_L.numel())
-
 
 def padded_cost(lengths: Sequence[int]) -> int:
     """``B · L_max``: the padded token count of one micro-batch of sequences with these lengths."""

@@ -83,10 +83,6 @@ def save_adapter(state: Mapping[str, torch.Tensor], peft_model: Any, folder: str
     return sum(f.stat().st_size for f in final.iterdir())
 
 
-def is_adapter_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).is_file()
-
-
 def merge_lora(full: Mapping[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
     """Plain Hugging Face weights from a state dict holding LoRA layers: for every adapted module
     ``m``, ``m.weight = m.base_layer.weight + scale · (m.lora_B.default.weight @ m.lora_A.default.weight)``

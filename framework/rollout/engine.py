@@ -82,7 +82,6 @@ class StudentEngine:
             extra["enable_sleep_mode"] = True
         if max_lora_rank is not None:  # a LoRA student: the syncs bring adapters, one active at a time
             extra.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
-        start = time.perf_counter()
         try:
             self.llm = build_llm(
                 model_path,
@@ -98,7 +97,6 @@ class StudentEngine:
             )
         except ValueError as err:
             raise lora_refusal(err) if max_lora_rank is not None and "LoRA" in str(err) else err from None
-        self.start_seconds = time.perf_counter() - start
         self.model_path = model_path
         self.max_model_len = max_model_len
         self._weight_version = 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from framework.rollout.vllm_setup import build_llm
 from framework.teacher.base import check_request, check_top_k, empty_scores, scores_from_candidates
 from framework.types import TeacherRequest, TeacherScores
@@ -34,7 +32,6 @@ class VllmTeacher:
     ):
         if max_logprobs < 0:
             raise ValueError(f"max_logprobs must be >= 0 (got {max_logprobs})")
-        start = time.perf_counter()
         self.llm = build_llm(
             model_path,
             seed=seed,
@@ -47,7 +44,6 @@ class VllmTeacher:
             trust_remote_code=trust_remote_code,
             max_logprobs=max_logprobs,
         )
-        self.start_seconds = time.perf_counter() - start
         self.max_logprobs = max_logprobs
         self.max_model_len = max_model_len
 

@@ -67,7 +67,7 @@ def start_run(overrides: list[str], output_dir) -> tuple:
     ``(cfg, stages, train prompts, eval prompts)`` (models resolved, and built if missing)."""
     from framework.actors.cluster import start_stages
     from framework.data import load_prompts
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     cfg = compose_config(overrides)
     cfg.trainer.output_dir = str(output_dir)

@@ -27,7 +27,7 @@ def test_colocated_run_sleeps_the_engines_over_each_learner_step(ray_local, tmp_
     from framework.actors.cluster import start_stages
     from framework.controller import Controller
     from framework.data import load_prompts
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     cfg = compose_config(
         [

@@ -81,7 +81,7 @@ def test_actor_kill_and_hang_are_detected_recovered_and_nothing_is_lost(ray_loca
     from framework.actors.cluster import start_stages
     from framework.controller import Controller
     from framework.data import load_prompts
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     steps = 14  # the last fault (step 10) may wait for the replacement of the actor killed at step 9
     cfg = compose_config([

@@ -22,7 +22,7 @@ def test_lora_student_syncs_adapters_into_vllm_and_exports_the_merged_model(ray_
     from transformers import AutoModelForCausalLM
 
     from framework.controller import Controller
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     out, steps = tmp_path / "run", 3
     overrides = ["lora=r8", "learner.lr=3e-3", f"trainer.steps={steps}", "trainer.eval_every=0",

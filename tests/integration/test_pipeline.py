@@ -51,7 +51,7 @@ def _check_engine_loglikelihoods(cfg, stages):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.pair.student), dtype=torch.float32)
     context = [12, 40, 7, 99, 23]
@@ -133,7 +133,7 @@ def test_teacher_equal_to_student_is_identity_with_zero_advantage(ray_local):
 
     from framework.actors.cluster import start_stages
     from framework.data import load_prompts
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     cfg = compose_config([*COMMON, "pair.teacher=zoo:student-llama3", "teacher.top_k=5"])
     student = resolve_model(cfg.pair.student)

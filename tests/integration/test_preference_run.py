@@ -33,7 +33,7 @@ COMMON = [
 def load(objective: str, out: Path, steps: int, *extra: str):
     """The run's config, pairs and held-out task prompts, as `tokenbridge-train` would load them."""
     from framework.train import _load_pairs, _load_split
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     cfg = compose_config([f"algo={objective}", *COMMON, f"trainer.steps={steps}", *extra])
     cfg.trainer.output_dir = str(out)

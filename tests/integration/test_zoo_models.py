@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from framework.data.arith import make_problems, verify
-from framework.zoo import FAMILIES, build_zoo
-from framework.zoo.families import style
+from tokenbridge_zoo import FAMILIES, build_zoo
+from tokenbridge_zoo.families import style
 
 pytestmark = pytest.mark.integration
 

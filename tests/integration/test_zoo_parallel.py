@@ -11,9 +11,9 @@ import multiprocessing
 
 import pytest
 
-from framework.zoo.build import build_zoo, read_manifest, zoo_root
-from framework.zoo.parallel import ZooBuildError, build_models
-from framework.zoo.settings import DEFAULT_MODELS, ZooSettings
+from tokenbridge_zoo.build import build_zoo, read_manifest, zoo_root
+from tokenbridge_zoo.parallel import ZooBuildError, build_models
+from tokenbridge_zoo.settings import DEFAULT_MODELS, ZooSettings
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ chat template, and for one of them a generation_config.json):
 - ``sp_prefix``: Metaspace + byte-fallback BPE with the dummy prefix space (Llama-2 style).
 - ``sp_plain``: ``" "``→``▁`` normaliser + byte-fallback BPE without a dummy prefix (Gemma style).
 
-Once ``framework.zoo`` exists, :func:`zoo_tokenizer_dirs` adds its tokenizers to the pairs.
+Once ``tokenbridge_zoo`` exists, :func:`zoo_tokenizer_dirs` adds its tokenizers to the pairs.
 """
 
 from __future__ import annotations
@@ -295,9 +295,9 @@ def fixture_tokenizer_dirs() -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def zoo_tokenizer_dirs() -> dict[str, str]:
-    """The zoo's tokenizers when ``framework.zoo`` provides them, else an empty dict."""
+    """The zoo's tokenizers when ``tokenbridge_zoo`` provides them, else an empty dict."""
     try:
-        from framework.zoo import FAMILIES, tokenizer_path
+        from tokenbridge_zoo import FAMILIES, tokenizer_path
     except ImportError:
         return {}
     return {f"zoo_{family}": str(tokenizer_path(family)) for family in FAMILIES}
@@ -313,11 +313,11 @@ _FIXTURE_NAMES_ALL: tuple[str, ...] | None = None
 
 
 def tokenizer_names() -> tuple[str, ...]:
-    """Fixture names, plus ``zoo_<family>`` names when framework.zoo can be imported."""
+    """Fixture names, plus ``zoo_<family>`` names when tokenbridge_zoo can be imported."""
     global _FIXTURE_NAMES_ALL
     if _FIXTURE_NAMES_ALL is None:
         try:
-            from framework.zoo import FAMILIES
+            from tokenbridge_zoo import FAMILIES
 
             zoo = tuple(f"zoo_{f}" for f in FAMILIES)
         except ImportError:

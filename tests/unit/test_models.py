@@ -196,7 +196,7 @@ def test_a_cached_snapshot_is_still_checked(tiny_model, offline_cache, tmp_path)
 
 
 def test_zoo_names_go_to_the_zoo_resolver(monkeypatch, tiny_model):
-    import framework.zoo.build as zoo_build
+    import tokenbridge_zoo.build as zoo_build
 
     calls = []
 
@@ -222,7 +222,7 @@ def test_a_missing_zoo_says_to_run_tokenbridge_zoo_and_builds_nothing(tmp_path, 
 
 
 def test_real_tier_models_resolve_as_zoo_real_names(tmp_path, monkeypatch, tiny_model):
-    import framework.zoo.real as real
+    import tokenbridge_zoo.real as real
 
     monkeypatch.setenv("TOKENBRIDGE_HOME", str(tmp_path / "home"))
     with pytest.raises(ModelPathError) as info:  # not built, and not allowed to build
@@ -240,7 +240,7 @@ def test_real_tier_models_resolve_as_zoo_real_names(tmp_path, monkeypatch, tiny_
 def test_the_core_does_not_import_the_zoo_or_the_hub_client_at_import_time():
     code = (
         "import sys, framework.models; "
-        "assert 'framework.zoo' not in sys.modules, 'zoo'; "
+        "assert 'tokenbridge_zoo' not in sys.modules, 'zoo'; "
         "assert 'huggingface_hub' not in sys.modules, 'hub'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

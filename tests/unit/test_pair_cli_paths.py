@@ -86,7 +86,7 @@ def test_zoo_names_use_the_zoo_resolver_without_building(capsys, tmp_path, monke
 
 def test_zoo_names_resolve_through_the_zoo(capsys, monkeypatch):
     """With a zoo resolver that knows the names, the README command runs (no Hub, no build)."""
-    import framework.zoo.build as zoo_build
+    import tokenbridge_zoo.build as zoo_build
 
     folders = {
         "zoo:student-llama3": tokenizer_dir("bl_group"),

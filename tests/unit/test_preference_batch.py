@@ -110,7 +110,7 @@ def test_micro_batches_keep_pairs_whole_and_respect_the_budget(mapper):
             for c, r in zip(mb.inputs.chosen_index_N.tolist(), mb.inputs.rejected_index_N.tolist()):
                 assert mb.sample_ids[c].split("/")[0] == mb.sample_ids[r].split("/")[0]
                 assert mb.sample_ids[c].endswith("/chosen") and mb.sample_ids[r].endswith("/rejected")
-            assert mb.padded_tokens <= budget or mb.inputs.num_rows == 2
+            assert mb.input_ids_B_L.numel() <= budget or mb.inputs.num_rows == 2
     assert len(build_preference_micro_batches(encoded, 100 * longest)) == 1
     with pytest.raises(ValueError, match="micro_batch_tokens"):
         build_preference_micro_batches(encoded, 1)

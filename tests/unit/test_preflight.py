@@ -20,7 +20,7 @@ from framework.mapping.render import load_tokenizer_info
 from framework.models import ModelPathError, resolve_pair
 from framework.preflight import _Side, check_before_start, check_output_dir
 from framework.types import Prompt
-from framework.zoo import resolve_model
+from tokenbridge_zoo import resolve_model
 
 ROOT = Path(__file__).resolve().parents[2]
 QWEN_TEMPLATE = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from framework.zoo.parallel import build_cost, default_jobs, longest_first
-from framework.zoo.settings import DEFAULT_MODELS
+from tokenbridge_zoo.parallel import build_cost, default_jobs, longest_first
+from tokenbridge_zoo.settings import DEFAULT_MODELS
 
 
 def test_teachers_start_first_then_students():

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from framework.data.arith import make_problems, reference_response
 from framework.types import Prompt
-from framework.zoo import FAMILIES, tokenizer_path
-from framework.zoo.families import style
+from tokenbridge_zoo import FAMILIES, tokenizer_path
+from tokenbridge_zoo.families import style
 
 METASPACE_MARK = "▁"  # U+2581: SentencePiece-style tokenizers decode it as a space (inherent)
 
@@ -193,8 +193,8 @@ def test_tokenizer_config_is_hugging_face_style(family):
 
 
 def test_tokenizer_training_is_deterministic(tmp_path):
-    from framework.zoo.corpus import generate_corpus
-    from framework.zoo.tokenizer_build import train_tokenizer
+    from tokenbridge_zoo.corpus import generate_corpus
+    from tokenbridge_zoo.tokenizer_build import train_tokenizer
 
     corpus = list(generate_corpus(3000, seed=5))
     first = train_tokenizer(style("qwen"), corpus, 600).to_str()

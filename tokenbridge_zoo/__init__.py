@@ -4,7 +4,7 @@ initialisations — all built locally (nothing is downloaded) and cached under
 ``$TOKENBRIDGE_HOME/zoo/<settings digest>`` (default home ``~/.cache/tokenbridge``).
 """
 
-from framework.zoo.build import (
+from tokenbridge_zoo.build import (
     build_zoo,
     model_path,
     read_manifest,
@@ -13,7 +13,7 @@ from framework.zoo.build import (
     tokenizer_path,
     zoo_root,
 )
-from framework.zoo.families import FAMILIES
+from tokenbridge_zoo.families import FAMILIES
 
 __all__ = [
     "FAMILIES",

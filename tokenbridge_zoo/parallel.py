@@ -26,8 +26,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from framework.zoo.build import ZooProgressBar, ensure_model, progress_bar
-from framework.zoo.settings import ModelSpec, ZooSettings
+from tokenbridge_zoo.build import ZooProgressBar, ensure_model, progress_bar
+from tokenbridge_zoo.settings import ModelSpec, ZooSettings
 
 
 class ZooBuildError(RuntimeError):

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from framework.checkpoint import write_json
-from framework.zoo.families import FAMILIES, style
-from framework.zoo.settings import ModelSpec, ZooSettings, tokenbridge_home
+from tokenbridge_zoo.families import FAMILIES, style
+from tokenbridge_zoo.settings import ModelSpec, ZooSettings, tokenbridge_home
 
 DEFAULT_SETTINGS = ZooSettings()
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -94,8 +94,8 @@ def tokenizer_path(family: str, settings: ZooSettings | None = None) -> Path:
 
 
 def _build_tokenizer(family: str, settings: ZooSettings, final: Path) -> None:
-    from framework.zoo.corpus import generate_corpus
-    from framework.zoo.tokenizer_build import save_hf_tokenizer, train_tokenizer
+    from tokenbridge_zoo.corpus import generate_corpus
+    from tokenbridge_zoo.tokenizer_build import save_hf_tokenizer, train_tokenizer
 
     start = time.perf_counter()
     spec = settings.tokenizer(family)
@@ -171,8 +171,8 @@ def _build_model(
     from transformers import AutoTokenizer, GenerationConfig
 
     from framework.data.arith import make_problems, split_size
-    from framework.zoo.models import create_model, make_config, num_parameters
-    from framework.zoo.training import accuracy, train_sft
+    from tokenbridge_zoo.models import create_model, make_config, num_parameters
+    from tokenbridge_zoo.training import accuracy, train_sft
 
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -335,9 +335,9 @@ def build_zoo(
     """Build every missing tokenizer and model, write ``manifest.json`` and return it.
 
     Models build side by side in ``jobs`` worker processes (default: one per core, at most one per
-    missing model; see ``framework.zoo.parallel``); ``jobs=1`` builds them one by one in this process.
+    missing model; see ``tokenbridge_zoo.parallel``); ``jobs=1`` builds them one by one in this process.
     """
-    from framework.zoo.parallel import build_models
+    from tokenbridge_zoo.parallel import build_models
 
     settings = settings or DEFAULT_SETTINGS
     root = zoo_root(settings)
@@ -371,7 +371,7 @@ class ZooModelMissing(FileNotFoundError):
 
 def resolve_model(spec: str, build: bool = True) -> str:
     """``"zoo:NAME"`` → the path of zoo model NAME; any other string unchanged. ``"zoo:real/NAME"`` is a
-    model of the real tier (``framework.zoo.real``: ``smollm2-135m-instruct``, ``gemma3-270m``).
+    model of the real tier (``tokenbridge_zoo.real``: ``smollm2-135m-instruct``, ``gemma3-270m``).
 
     A missing model is built first (minutes) unless ``build=False``: then :class:`ZooModelMissing`
     says where it was looked for and the command that builds it. An unknown NAME is a ``ValueError``
@@ -414,8 +414,8 @@ def model_source(spec: str, build: bool = True) -> str:
 
 
 def _resolve_real(name: str, build: bool) -> str:
-    from framework.zoo.real import REAL_MODELS, build_real_tier, real_model_path, real_root
-    from framework.zoo.real_sources import BUILD_COMMAND
+    from tokenbridge_zoo.real import REAL_MODELS, build_real_tier, real_model_path, real_root
+    from tokenbridge_zoo.real_sources import BUILD_COMMAND
 
     if name not in REAL_MODELS:
         raise ValueError(

@@ -18,7 +18,7 @@ def _print_manifest(manifest: dict) -> None:
 
 
 def _build_real(tokenizers_only: bool, rebuild: bool, progress: bool) -> None:
-    from framework.zoo.real import RealTierError, build_real_tier, real_root
+    from tokenbridge_zoo.real import RealTierError, build_real_tier, real_root
 
     start = time.perf_counter()
     print(f"tokenbridge real tier at {real_root()}", flush=True)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.real or args.real_tokenizers:
         _build_real(tokenizers_only=args.real_tokenizers, rebuild=args.rebuild, progress=not args.quiet)
         return
-    from framework.zoo import build_zoo, remove_zoo, zoo_root
+    from tokenbridge_zoo import build_zoo, remove_zoo, zoo_root
 
     if args.rebuild:
         remove_zoo()

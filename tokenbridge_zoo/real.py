@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from framework.zoo.real_sources import (
+from tokenbridge_zoo.real_sources import (
     BUILD_COMMAND,
     COMPLETE,
     GEMMA3_GGUF,
@@ -58,7 +58,7 @@ from framework.zoo.real_sources import (
     _check_prerequisites,
     _Downloads,
 )
-from framework.zoo.settings import tokenbridge_home
+from tokenbridge_zoo.settings import tokenbridge_home
 
 
 def real_root() -> Path:

@@ -17,7 +17,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from framework.zoo.settings import ModelSpec
+from tokenbridge_zoo.settings import ModelSpec
 
 _ARCHES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
     "llama": (LlamaConfig, LlamaForCausalLM),

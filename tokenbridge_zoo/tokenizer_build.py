@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from framework.zoo.families import LLAMA3_SPLIT_PATTERN, QWEN_SPLIT_PATTERN, FamilyStyle
+from tokenbridge_zoo.families import LLAMA3_SPLIT_PATTERN, QWEN_SPLIT_PATTERN, FamilyStyle
 
 BYTE_FALLBACK_TOKENS: tuple[str, ...] = tuple(f"<0x{b:02X}>" for b in range(256))
 _LIMIT_ALPHABET = 160  # SentencePiece-style alphabet cap: rarer characters go through byte fallback
