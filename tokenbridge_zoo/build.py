@@ -189,10 +189,12 @@ def _build_model(
         config = make_config(spec, len(tokenizer), special_ids, settings.max_position_embeddings)
         model = create_model(config, seed=spec.seed)
         model.generation_config = generation_config
-        num_train = settings.train_problems if settings.train_problems is not None else split_size("train")
-        train_prompts = make_problems(num_train, seed=spec.seed, split="train")
-        val_prompts = make_problems(settings.val_problems, seed=spec.seed, split="val")
-        test_prompts = make_problems(settings.eval_problems, seed=0, split="test")
+        num_train = settings.train_problems
+        if num_train is None:
+            num_train = split_size("train", spec.task)
+        train_prompts = make_problems(num_train, seed=spec.seed, split="train", task=spec.task)
+        val_prompts = make_problems(settings.val_problems, seed=spec.seed, split="val", task=spec.task)
+        test_prompts = make_problems(settings.eval_problems, seed=0, split="test", task=spec.task)
         if progress is not None:
             progress.start(spec.name, spec.max_steps)
         result = train_sft(
@@ -225,6 +227,7 @@ def _build_model(
                 "name": spec.name,
                 "family": spec.family,
                 "role": spec.role,
+                "task": spec.task,
                 "arch": config.architectures[0] if config.architectures else type(model).__name__,
                 "params": num_parameters(model),
                 "hidden_size": spec.hidden_size,

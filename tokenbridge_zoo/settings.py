@@ -46,6 +46,7 @@ class ModelSpec:
     stop_at_val_accuracy: float
     warmup_steps: int = 20
     seed: int = 0
+    task: str = "arith"  # what it is trained and measured on: arith | max | arith+max (data/arith.py)
 
     @property
     def head_dim(self) -> int:
@@ -86,7 +87,7 @@ class ZooSettings:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _teacher(name: str, family: str, arch: str) -> ModelSpec:
+def _teacher(name: str, family: str, arch: str, task: str = "arith") -> ModelSpec:
     # 4 layers of width 128 (head_dim 64, as vLLM's CPU attention needs): enough to learn the task to
     # >= 95% in ~700-1000 small steps, small enough that the whole zoo trains in minutes on 2 cores.
     # max_steps leaves room past that: the step at which a teacher learns to copy the last operand
@@ -108,10 +109,11 @@ def _teacher(name: str, family: str, arch: str) -> ModelSpec:
         max_steps=2000,
         eval_every=50,
         stop_at_val_accuracy=0.95,
+        task=task,
     )
 
 
-def _student(name: str, family: str, arch: str) -> ModelSpec:
+def _student(name: str, family: str, arch: str, task: str = "arith") -> ModelSpec:
     # Half the depth of a teacher, stopped early in its learning curve (a short warm-up). At 0.25 on
     # 64 validation problems the stop was too noisy: student-llama3 stopped at 11% test accuracy on an
     # AMD host (34.5% elsewhere), too weak for 60 OPD steps to show; 0.35 starts them near 30%.
@@ -131,6 +133,7 @@ def _student(name: str, family: str, arch: str) -> ModelSpec:
         max_steps=800,
         eval_every=25,
         stop_at_val_accuracy=0.35,
+        task=task,
     )
 
 
@@ -140,6 +143,10 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     _student("student-llama3", "llama3", "llama"),
     _student("student-qwen", "qwen", "qwen2"),
     _student("student-gemma", "gemma", "llama"),
+    # The two-task multi-teacher pair (recipes/teachers/zoo_two_tasks.yaml): a Gemma-style teacher of
+    # the max task only, and a student warmed up briefly on both tasks.
+    _teacher("teacher-gemma-max", "gemma", "llama", task="max"),
+    _student("student-llama3-mix", "llama3", "llama", task="arith+max"),
 )
 
 

@@ -1,8 +1,17 @@
-"""The built-in verifiable task (``data.train=zoo:arith``, the demo's): short multi-step arithmetic
-with a brief worked answer. The demo zoo (``tokenbridge_zoo``) trains its teachers and students on it.
+"""The built-in verifiable tasks: short multi-step chains with a brief worked answer. The demo zoo
+(``tokenbridge_zoo``) trains its teachers and students on them.
+
+``arith`` (``data.train=zoo:arith``, the demo's task): addition and subtraction.
 
     user:      "Compute 9 - 3 + 4 - 9."
     assistant: "9 - 3 = 6. 6 + 4 = 10. 10 - 9 = 1. Answer: 1"
+
+``max`` (``zoo:max``): the largest of a list, found pairwise. A second skill with its own zoo
+teacher, so a multi-teacher run (``zoo:arith+max``, half of each) has two domains that each need
+their own teacher (docs/design.md §5.6).
+
+    user:      "Find the largest of 7, 12, 3, 9."
+    assistant: "max(7, 12) = 12. max(12, 3) = 12. max(12, 9) = 12. Answer: 12"
 
 The worked answer makes the task learnable by tiny models in minutes (each step is one small
 addition or subtraction) while leaving room for a teacher/student gap. Digits and spaces are exactly
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import random
 import re
 from dataclasses import dataclass
@@ -30,6 +40,11 @@ FIRST_MAX = 19  # the first operand is drawn from [1, FIRST_MAX]
 OPERAND_MAX = 9  # every later operand from [1, OPERAND_MAX]
 VALUE_MAX = 19  # every running value stays in [0, VALUE_MAX]
 NUM_STEPS = 3  # number of operations per problem (NUM_STEPS + 1 operands)
+MAX_VALUE = 19  # the max task draws every operand from [1, MAX_VALUE] (NUM_STEPS + 1 of them)
+
+# The built-in tasks, and what a ``zoo:`` data source holds: one task, or half of each.
+TASKS: tuple[str, ...] = ("arith", "max")
+MIXES: dict[str, tuple[str, ...]] = {"arith": ("arith",), "max": ("max",), "arith+max": ("arith", "max")}
 
 # Share of problems per split, in hash buckets of 100.
 _SPLIT_BUCKETS: dict[str, range] = {"train": range(0, 80), "val": range(80, 90), "test": range(90, 100)}
@@ -43,10 +58,16 @@ class Problem:
     """``operands[0] op[0] operands[1] op[1] operands[2] ...`` evaluated left to right."""
 
     operands: tuple[int, ...]
-    ops: tuple[str, ...]  # each "+" or "-"
+    ops: tuple[str, ...]  # each "+" or "-" (task arith), or every one "max" (task max)
+
+    @property
+    def task(self) -> str:
+        return "max" if self.ops[0] == "max" else "arith"
 
     @property
     def expression(self) -> str:
+        if self.task == "max":
+            return ", ".join(map(str, self.operands))
         parts = [str(self.operands[0])]
         for op, value in zip(self.ops, self.operands[1:]):
             parts += [op, str(value)]
@@ -57,7 +78,7 @@ class Problem:
         value = self.operands[0]
         results = []
         for op, operand in zip(self.ops, self.operands[1:]):
-            value = value + operand if op == "+" else value - operand
+            value = _apply(op, value, operand)
             results.append(value)
         return results
 
@@ -67,17 +88,22 @@ class Problem:
 
     @property
     def key(self) -> str:
-        return self.expression.replace(" ", "")
+        return self.expression.replace(" ", "")  # "9-3+4-9" or "7,12,3,9": never equal across tasks
 
     @property
     def kind(self) -> str:
-        """``add`` when most operations are additions, else ``sub``: the two domains a multi-teacher
-        run routes on (``data.route_field=kind``). NUM_STEPS is odd, so there is no tie."""
+        """``add`` when most operations are additions, else ``sub`` (``max`` for the max task): the
+        domains a multi-teacher run may route on (``data.route_field=kind``). NUM_STEPS is odd, so
+        there is no tie."""
+        if self.task == "max":
+            return "max"
         return "add" if 2 * self.ops.count("+") > len(self.ops) else "sub"
 
     @property
     def question(self) -> str:
-        return f"Compute {self.expression}."
+        return (
+            f"Find the largest of {self.expression}." if self.task == "max" else f"Compute {self.expression}."
+        )
 
     def worked_answer(self) -> str:
         return _worked_answer(self, self.partial_results())
@@ -86,6 +112,12 @@ class Problem:
 def system_prompt() -> str | None:
     """The task uses no system prompt (family chat templates may add their own default)."""
     return None
+
+
+def _apply(op: str, value: int, operand: int) -> int:
+    if op == "max":
+        return max(value, operand)
+    return value + operand if op == "+" else value - operand
 
 
 def _split_of(problem: Problem) -> str:
@@ -123,21 +155,26 @@ def _problem_to_prompt(problem: Problem, split: str) -> Prompt:
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     return Prompt(
-        prompt_id=f"arith-{split}-{problem.key}",
+        prompt_id=f"{problem.task}-{split}-{problem.key}",
         messages=messages,
         answer=str(problem.answer),
-        meta={"task": "arith", "split": split, "operands": list(problem.operands), "ops": list(problem.ops),
+        meta={"task": problem.task, "split": split, "operands": list(problem.operands), "ops": list(problem.ops),
               "kind": problem.kind},
     )  # fmt: skip
 
 
-def all_problems() -> list[Problem]:
-    """Every distinct problem of the task, in a fixed order (a few thousand; enumerated once)."""
-    return list(_all_problems())
+def all_problems(task: str = "arith") -> list[Problem]:
+    """Every distinct problem of ``task``, in a fixed order (enumerated once)."""
+    return list(_all_problems(task))
 
 
-@functools.lru_cache(maxsize=1)
-def _all_problems() -> tuple[Problem, ...]:
+@functools.cache
+def _all_problems(task: str) -> tuple[Problem, ...]:
+    if task == "max":
+        values = range(1, MAX_VALUE + 1)
+        grid = itertools.product(values, repeat=NUM_STEPS + 1)
+        return tuple(Problem(operands, ("max",) * NUM_STEPS) for operands in grid)
+    _check_task(task)
     partial: list[tuple[tuple[int, ...], tuple[str, ...], int]] = [
         ((first,), (), first) for first in range(1, FIRST_MAX + 1)
     ]
@@ -151,14 +188,14 @@ def _all_problems() -> tuple[Problem, ...]:
 
 
 @functools.cache
-def _split_problems(split: str) -> tuple[Problem, ...]:
-    return tuple(p for p in _all_problems() if _split_of(p) == split)
+def _split_problems(split: str, task: str) -> tuple[Problem, ...]:
+    return tuple(p for p in _all_problems(task) if _split_of(p) == split)
 
 
-def split_size(split: str) -> int:
+def split_size(split: str, task: str = "arith") -> int:
     """How many distinct problems ``split`` holds (the most ``make_problems`` can return)."""
     _check_split(split)
-    return len(_split_problems(split))
+    return sum(len(_split_problems(split, t)) for t in _mix(task))
 
 
 def _check_split(split: str) -> None:
@@ -166,19 +203,40 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split={split!r} is unknown; use one of {SPLITS}")
 
 
-def make_problems(n: int, seed: int, split: str = "train") -> list[Prompt]:
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is unknown; use one of {TASKS}")
+
+
+def _mix(task: str) -> tuple[str, ...]:
+    if task not in MIXES:
+        raise ValueError(f"task={task!r} is unknown; use one of {tuple(MIXES)}")
+    return MIXES[task]
+
+
+def make_problems(n: int, seed: int, split: str = "train", task: str = "arith") -> list[Prompt]:
     """``n`` distinct problems of ``split`` ("train", "val" or "test"), deterministic per (seed, split).
 
     Problems are drawn uniformly without replacement from the split. Prompt ids are derived from the
-    problem content, so they are unique within and across splits.
+    problem content, so they are unique within and across splits. A mix (``arith+max``) takes
+    ``n // 2`` problems of its first task and the rest of its second, shuffled together.
     """
     _check_split(split)
-    pool = _split_problems(split)
+    tasks = _mix(task)
+    if len(tasks) > 1:
+        halves = [
+            make_problems(n // 2, seed, split, tasks[0]),
+            make_problems(n - n // 2, seed, split, tasks[1]),
+        ]
+        mixed = halves[0] + halves[1]
+        random.Random(f"{task}/{seed}/{split}").shuffle(mixed)
+        return mixed
+    pool = _split_problems(split, task)
     if not 0 <= n <= len(pool):
         raise ValueError(
-            f"n={n}: the {split!r} split has {len(pool)} distinct problems; ask for 0..{len(pool)}"
+            f"n={n}: the {split!r} split of {task} has {len(pool)} distinct problems; ask for 0..{len(pool)}"
         )
-    rng = random.Random(f"arith/{seed}/{split}")
+    rng = random.Random(f"{task}/{seed}/{split}")  # "arith/..." as before the max task existed
     return [_problem_to_prompt(problem, split) for problem in rng.sample(pool, n)]
 
 
@@ -192,7 +250,9 @@ def _problem_of(prompt: Prompt) -> Problem:
 def _worked_answer(problem: Problem, results: list[int]) -> str:
     steps, left = [], problem.operands[0]
     for op, operand, result in zip(problem.ops, problem.operands[1:], results):
-        steps.append(f"{left} {op} {operand} = {result}.")
+        steps.append(
+            f"max({left}, {operand}) = {result}." if op == "max" else f"{left} {op} {operand} = {result}."
+        )
         left = result
     return " ".join(steps) + f" Answer: {results[-1]}"
 
@@ -264,15 +324,19 @@ def task_settings() -> dict[str, object]:
         "operand_max": OPERAND_MAX,
         "value_max": VALUE_MAX,
         "num_steps": NUM_STEPS,
+        "max_value": MAX_VALUE,
         "splits": {k: [v.start, v.stop] for k, v in _SPLIT_BUCKETS.items()},
     }
 
 
 __all__ = [
     "FIRST_MAX",
+    "MAX_VALUE",
+    "MIXES",
     "NUM_STEPS",
     "OPERAND_MAX",
     "SPLITS",
+    "TASKS",
     "VALUE_MAX",
     "Problem",
     "all_problems",

@@ -29,6 +29,8 @@ from framework.types import Prompt
 ROLES = ("system", "user", "assistant")
 _RECORD_FIELDS = ("id", "messages", "prompt", "answer")
 ZOO_TASK = "zoo:arith"
+# the built-in task sources: zoo:arith, zoo:max, zoo:arith+max (half of each); see data/arith.py
+ZOO_SOURCES = ("zoo:arith", "zoo:max", "zoo:arith+max")
 PARQUET_MAGIC = b"PAR1"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 # leading bytes of formats that are neither JSONL nor Parquet (read as JSONL they are garbage lines)
@@ -218,13 +220,14 @@ def load_prompts(
     source: str, *, n: int, seed: int, split: str, max_bad_lines: int = 0
 ) -> tuple[list[Prompt], LoadReport]:
     """Prompts for ``split`` ("train" / "eval") from the zoo task or a file (at most ``n`` of them)."""
-    if source == ZOO_TASK:
+    if source in ZOO_SOURCES:
         from framework.data.arith import make_problems
 
-        prompts = make_problems(n, seed=seed, split={"eval": "test"}.get(split, split))
+        task = source.removeprefix("zoo:")
+        prompts = make_problems(n, seed=seed, split={"eval": "test"}.get(split, split), task=task)
         return prompts, LoadReport(source=source, loaded=len(prompts))
     if source.startswith("zoo:"):
-        raise DataError(f"unknown built-in dataset {source!r}. Fix: use {ZOO_TASK!r} or a file path")
+        raise DataError(f"unknown built-in dataset {source!r}. Fix: use one of {ZOO_SOURCES} or a file path")
     prompts, report = load_prompt_file(source, max_bad_lines=max_bad_lines)
     return prompts[:n], report
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from framework.data.prompts import ZOO_SOURCES
+
 Verifier = Callable[[str, str], bool]
 
 _BOXED = re.compile(r"\\boxed\s*\{")
@@ -67,7 +69,7 @@ def get_verifier(source: str | None) -> Verifier | None:
     """The verifier for a dataset source: the built-in task's own parser, else `answer_match`."""
     if source is None:
         return None
-    if source == "zoo:arith":
+    if source in ZOO_SOURCES:
         from framework.data.arith import verify
 
         return verify

@@ -196,22 +196,23 @@ def test_opd_with_a_task_reward_trains_on_both_signals(ray_local, tmp_path):
 
 
 def test_two_teachers_of_different_families_each_score_the_prompts_routed_to_them(ray_local, tmp_path):
-    """``teachers=zoo_by_kind`` on the real actors: the zoo task's mostly-addition problems go to the
-    Qwen-style teacher (its own tokenizer, so its own token mapping), the mostly-subtraction ones to
-    the Llama-3-style one (docs/design.md §5.6), each with options of its own: the second scores
-    with the Hugging Face backend instead of vLLM. Each teacher's replica scores only its domain's
-    samples, and the per-teacher metrics cover the batch between them."""
+    """``teachers=zoo_two_tasks`` on the real actors: the arithmetic prompts go to the Qwen-style
+    teacher, the find-the-largest prompts to the Gemma-style teacher of that task (docs/design.md
+    §5.6); the student is Llama-3-style, so each teacher has its own token mapping. Each teacher has
+    options of its own: the second scores with the Hugging Face backend instead of vLLM. Each
+    teacher's replica scores only its task's samples, and the per-teacher metrics cover the batch
+    between them."""
     import ray
 
     from framework.controller import Controller
 
     steps, out = 3, tmp_path / "two_teachers"
     cfg, stages, train, evals = start_run(
-        [*COMMON, "teachers=zoo_by_kind", "teachers.1.backend=hf", f"trainer.steps={steps}", "data.num_eval=32"],
+        [*COMMON, "teachers=zoo_two_tasks", "teachers.1.backend=hf", f"trainer.steps={steps}", "data.num_eval=32"],
         out,
     )  # fmt: skip
     try:
-        assert stages.teacher_names == ["add", "sub"] and stages.teacher_slots == [[0], [1]]
+        assert stages.teacher_names == ["arith", "max"] and stages.teacher_slots == [[0], [1]]
         assert [t.backend for t in cfg.teacher_list()] == ["vllm", "hf"]
         assert not ray.get(stages.mapping[0].is_identity.remote())  # qwen → llama3 is not the identity
         Controller(cfg, stages, train, evals, out).run()
@@ -221,21 +222,21 @@ def test_two_teachers_of_different_families_each_score_the_prompts_routed_to_the
     rows, eval_rows = _read_metrics(out)
     assert len(rows) == steps
     for r in rows:
-        assert r["teacher/add/share"] + r["teacher/sub/share"] == pytest.approx(1.0)
-        assert 0 < r["teacher/add/share"] < 1, "a batch of 8 zoo prompts mixes both kinds"
-        assert all(math.isfinite(r[f"teacher/{t}/reverse_kl"]) for t in ("add", "sub"))
-        assert r["busy/teacher/add"] > 0 and r["busy/teacher/sub"] > 0
-    assert set(busy) >= {"teacher/add", "teacher/sub"}
-    for r in eval_rows:  # the held-out prompts of each kind, against their own teacher
-        for t in ("add", "sub"):
+        assert r["teacher/arith/share"] + r["teacher/max/share"] == pytest.approx(1.0)
+        assert 0 < r["teacher/arith/share"] < 1, "a batch of 8 prompts of zoo:arith+max mixes both tasks"
+        assert all(math.isfinite(r[f"teacher/{t}/reverse_kl"]) for t in ("arith", "max"))
+        assert r["busy/teacher/arith"] > 0 and r["busy/teacher/max"] > 0
+    assert set(busy) >= {"teacher/arith", "teacher/max"}
+    for r in eval_rows:  # the held-out prompts of each task, against their own teacher
+        for t in ("arith", "max"):
             assert 0.0 <= r[f"teacher/{t}/eval_accuracy"] <= 1.0
             assert math.isfinite(r[f"teacher/{t}/eval_teacher_kl"])
-    # each step's share of teacher "add" is exactly the share of its samples whose prompt is of kind add
-    kinds = {p.prompt_id: p.meta["kind"] for p in train}
+    # each step's share of teacher "arith" is exactly the share of its samples whose prompt is arithmetic
+    tasks = {p.prompt_id: p.meta["task"] for p in train}
     ledger = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
     for r, entry in zip(rows, ledger):
-        of_add = [kinds[i.split("#")[0]] == "add" for i in entry["sample_ids"]]
-        assert r["teacher/add/share"] == pytest.approx(sum(of_add) / len(of_add)), (r["step"], entry)
+        of_arith = [tasks[i.split("#")[0]] == "arith" for i in entry["sample_ids"]]
+        assert r["teacher/arith/share"] == pytest.approx(sum(of_arith) / len(of_arith)), (r["step"], entry)
 
 
 @pytest.mark.parametrize(

@@ -48,10 +48,16 @@ def test_manifest_lists_every_model_with_measured_accuracy(records):
         "student-llama3",
         "student-qwen",
         "student-gemma",
+        "teacher-gemma-max",
+        "student-llama3-mix",
     }
     assert {r["family"] for r in records.values()} == set(FAMILIES)
     for record in records.values():
         assert 0.0 <= record["accuracy"] <= 1.0 and record["params"] > 0 and record["build_seconds"] > 0
+    assert {name: r["task"] for name, r in records.items() if r["task"] != "arith"} == {
+        "teacher-gemma-max": "max",
+        "student-llama3-mix": "arith+max",
+    }
     for teacher in ("teacher-qwen", "teacher-llama3"):
         for student in ("student-llama3", "student-qwen", "student-gemma"):
             assert records[teacher]["params"] > records[student]["params"]
@@ -78,8 +84,8 @@ def _hf_greedy(path: str, prompts, max_new_tokens: int = MAX_NEW_TOKENS) -> list
 
 
 def test_every_model_loads_in_transformers_and_generates(records):
-    prompts = make_problems(32, seed=0, split="test")
     for name, record in records.items():
+        prompts = make_problems(32, seed=0, split="test", task=record["task"])
         path = record["path"]
         for required in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
                          "tokenizer_config.json"):  # fmt: skip
