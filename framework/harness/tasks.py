@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from framework.data.prompts import ZOO_TASK, DataError, load_prompts
+from framework.data.prompts import ZOO_SOURCES, DataError, load_prompts
 from framework.data.verifiers import get_verifier
 
 DEFAULT_PROBLEMS = 512  # problems of a prompt source when no limit is given
@@ -69,7 +69,10 @@ def prompt_source_task(source: str, *, limit: int | None, seed: int, max_gen_tok
         "generation_kwargs": {"until": [], "do_sample": False, "max_gen_toks": max_gen_toks},
         "process_results": score,
         "metric_list": [{"metric": "accuracy", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1, "source": source if source == ZOO_TASK else str(Path(source).resolve())},
+        "metadata": {
+            "version": 1,
+            "source": source if source in ZOO_SOURCES else str(Path(source).resolve()),
+        },
     }
 
 

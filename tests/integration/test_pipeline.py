@@ -214,7 +214,7 @@ def test_two_teachers_of_different_families_each_score_the_prompts_routed_to_the
     try:
         assert stages.teacher_names == ["arith", "max"] and stages.teacher_slots == [[0], [1]]
         assert [t.backend for t in cfg.teacher_list()] == ["vllm", "hf"]
-        assert not ray.get(stages.mapping[0].is_identity.remote())  # qwen → llama3 is not the identity
+        assert not ray.get(stages.mapping[0].is_identity.remote())  # llama3 → qwen is not the identity
         Controller(cfg, stages, train, evals, out).run()
         busy = stages.stats()
     finally:

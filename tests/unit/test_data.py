@@ -165,4 +165,5 @@ def test_data_problems_at_start_up_name_their_config_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         _load_split(cfg, "eval")
     assert info.value.key == "data.eval" and "unknown built-in dataset" in str(info.value)
+    assert "zoo:arith+max" in str(info.value)  # the fix lists the built-in sources
     assert "\n" not in str(info.value)

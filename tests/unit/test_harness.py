@@ -116,6 +116,14 @@ def test_a_jsonl_task_is_judged_by_answer_extraction_not_exact_match(tmp_path):
     assert judge(docs[1], ["so 100."])["accuracy"] == 1.0
 
 
+def test_the_max_task_is_a_harness_task_too():
+    task = prompt_source_task("zoo:max", limit=8, seed=0, max_gen_toks=32)
+    docs = list(task["custom_dataset"]()["test"])
+    assert task["task"] == "zoo_max" and task["metadata"]["source"] == "zoo:max" and len(docs) == 8
+    assert all(d["question"].startswith("Find the largest of ") for d in docs)
+    assert task["process_results"](docs[0], [f"Answer: {docs[0]['answer']}"])["accuracy"] == 1.0
+
+
 def test_a_multi_turn_or_unanswered_record_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "chat.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."},

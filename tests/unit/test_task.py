@@ -120,3 +120,35 @@ def test_system_prompt_is_optional_text():
     assert system is None or isinstance(system, str)
     roles = [m["role"] for m in task.make_problems(1, seed=0)[0].messages]
     assert roles[-1] == "user" and (system is None) == (roles == ["user"])
+
+
+def test_max_task_worked_answer_is_the_running_maximum():
+    prompts = task.make_problems(50, seed=0, split="test", task="max")
+    for prompt in prompts:
+        operands = prompt.meta["operands"]
+        assert prompt.meta["task"] == "max" and prompt.meta["kind"] == "max"
+        assert prompt.answer == str(max(operands))
+        assert prompt.messages[-1]["content"] == f"Find the largest of {', '.join(map(str, operands))}."
+        response = task.reference_response(prompt)
+        assert response.startswith(f"max({operands[0]}, {operands[1]}) = {max(operands[:2])}. ")
+        assert task.verify(response, prompt.answer)
+    assert len({p.prompt_id for p in prompts}) == 50 and all(
+        p.prompt_id.startswith("max-test-") for p in prompts
+    )
+
+
+def test_the_two_tasks_share_the_splits_and_the_mix_is_half_of_each():
+    max_ids = {
+        s: {p.prompt_id for p in task.make_problems(300, seed=1, split=s, task="max")} for s in task.SPLITS
+    }
+    assert not (max_ids["train"] & max_ids["test"]) and not (max_ids["val"] & max_ids["test"])
+    mixed = task.make_problems(41, seed=2, split="val", task="arith+max")
+    assert [p.meta["task"] for p in mixed].count("arith") == 20 and len({p.prompt_id for p in mixed}) == 41
+    # each half is the single-task draw of the same seed, so the arith problems a model was trained on
+    # before the max task existed are unchanged
+    assert {p.prompt_id for p in mixed if p.meta["task"] == "arith"} == {
+        p.prompt_id for p in task.make_problems(20, seed=2, split="val")
+    }
+    assert task.split_size("test", "arith+max") == task.split_size("test") + task.split_size("test", "max")
+    with pytest.raises(ValueError, match="task='sort' is unknown"):
+        task.make_problems(1, seed=0, task="sort")

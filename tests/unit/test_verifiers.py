@@ -36,8 +36,11 @@ def test_a_worked_solution_is_right_when_its_final_answer_is():
     assert not answer_match("The answer is 41.", "42")
     assert not answer_match("I do not know", "42")
     assert get_verifier("data/tasks.jsonl") is answer_match and get_verifier(None) is None
-    arith = get_verifier("zoo:arith")
-    assert arith is not None and arith("3 + 4 = 7. Answer: 7", "7")
+    for source in ("zoo:arith", "zoo:max", "zoo:arith+max"):  # the built-in tasks' exact parser
+        verify = get_verifier(source)
+        assert (
+            verify is not None and verify("max(3, 4) = 4. Answer: 4", "4") and not verify("Answer: 41", "4")
+        )
 
 
 def test_a_task_reward_on_a_dataset_file_needs_an_answer_in_every_record():

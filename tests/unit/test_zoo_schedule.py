@@ -11,8 +11,9 @@ from tokenbridge_zoo.settings import DEFAULT_MODELS
 
 def test_teachers_start_first_then_students():
     order = longest_first(DEFAULT_MODELS)
-    assert order[:2] == ["teacher-qwen", "teacher-llama3"]  # equal cost: the settings' order is kept
-    assert sorted(order[2:]) == ["student-gemma", "student-llama3", "student-qwen"]
+    # equal cost: the settings' order is kept
+    assert order[:3] == ["teacher-qwen", "teacher-llama3", "teacher-gemma-max"]
+    assert sorted(order[3:]) == ["student-gemma", "student-llama3", "student-qwen", "student-qwen-mix"]
 
 
 def test_cost_grows_with_steps_depth_and_width():
