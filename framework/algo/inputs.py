@@ -16,7 +16,7 @@ micro-batches and ranks is the global mean.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
@@ -104,30 +104,6 @@ class LossInputs:
         if self.dense_mask_B_T is None:
             return torch.zeros_like(self.mask_B_T)
         return self.dense_mask_B_T * self.mask_B_T
-
-    def select_rows(self, rows: Sequence[int] | torch.Tensor) -> LossInputs:
-        """A shard holding the given rows (e.g. one data-parallel rank's or one micro-batch's share).
-
-        Preference pairs are kept when both their rows are selected and re-indexed; selecting only one
-        row of a pair is an error (a pair must live on one shard).
-        """
-        rows_R = torch.as_tensor(rows, dtype=torch.long, device=self.mask_B_T.device)
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None or f.name in ("chosen_index_N", "rejected_index_N"):
-                continue
-            out[f.name] = value.index_select(0, rows_R)
-        shard = replace(self, **out)
-        if self.chosen_index_N is not None and self.rejected_index_N is not None:
-            new_of_old = torch.full((self.num_rows,), -1, dtype=torch.long, device=rows_R.device)
-            new_of_old[rows_R] = torch.arange(rows_R.numel(), device=rows_R.device)
-            chosen, rejected = new_of_old[self.chosen_index_N], new_of_old[self.rejected_index_N]
-            keep = (chosen >= 0) & (rejected >= 0)
-            if bool(((chosen >= 0) ^ (rejected >= 0)).any()):
-                raise ValueError("select_rows split a preference pair across shards; select both rows")
-            shard.chosen_index_N, shard.rejected_index_N = chosen[keep], rejected[keep]
-        return shard
 
 
 @dataclass

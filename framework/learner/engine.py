@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +47,7 @@ from framework.learner.model import LogprobLM, load_student
 from framework.learner.settings import RankSettings
 from framework.learner.state import load_learner_state, save_learner_state
 from framework.learner.weights import (
-    NamedTensors,
     gather_state_dict,
-    iter_full_weights,
     save_hf_dir,
     save_weights_file,
 )
@@ -107,7 +105,6 @@ class LearnerRank:
         self.model_path = Path(model_path)
         self.rank, self.world_size = rank, world_size
         self.objective = make_objective(s.objective.name, **s.objective.options())  # a fresh copy
-        t0 = time.perf_counter()
         distributed.init_distributed(
             rank=rank,
             world_size=world_size,
@@ -147,7 +144,6 @@ class LearnerRank:
                 deepspeed.zero.register_external_parameter(module, p)
         self.device = self.engine.device
         self.version = 0
-        self.init_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ training
 
@@ -316,15 +312,6 @@ class LearnerRank:
     @property
     def _module(self) -> torch.nn.Module:
         return self.engine.module.model
-
-    def iter_named_weights(self, bucket_bytes: int | None = None) -> Iterator[NamedTensors]:
-        """Buckets of (HF name, full tensor) on rank 0, ``[]`` elsewhere; all ranks iterate to the end.
-
-        Under ZeRO-3 a bucket's tensors are valid only until the next bucket is requested.
-        """
-        return iter_full_weights(
-            self._module, rank=self.rank, bucket_bytes=bucket_bytes or self.settings.export_bucket_bytes
-        )
 
     def full_weights(self) -> dict[str, torch.Tensor]:
         """The full HF-named weights on rank 0 (``{}`` elsewhere); collective: every rank joins the

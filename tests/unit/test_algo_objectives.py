@@ -20,6 +20,7 @@ from framework.algo import (
     sft_loss,
 )
 from framework.types import DenseTarget, MappedSample
+from tests.unit.loss_shards import select_rows
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -99,7 +100,7 @@ def test_sharded_losses_sum_to_the_full_batch_loss(name, cfg, shards):
     full = objective(_student(logits, batch), batch)  # counts default to the (full) batch's own
     (grad_full,) = torch.autograd.grad(full.loss, logits)
 
-    parts = [batch.select_rows(rows) for rows in shards]
+    parts = [select_rows(batch, rows) for rows in shards]
     counts = LossCounts(0.0)
     for part in parts:
         counts = counts + LossCounts.of(part)
@@ -127,7 +128,9 @@ def test_per_rank_mean_would_differ():
     logits = torch.randn(B, T, V, dtype=F64, generator=torch.Generator().manual_seed(1))
     obj = make_objective("sft_teacher")
     full = obj(_student(logits, batch), batch).loss
-    local = [obj(_student(logits[r], batch.select_rows(r)), batch.select_rows(r)).loss for r in SHARDINGS[1]]
+    local = [
+        obj(_student(logits[r], select_rows(batch, r)), select_rows(batch, r)).loss for r in SHARDINGS[1]
+    ]
     assert abs(float(sum(local) / len(local)) - float(full)) > 1e-3
 
 
@@ -213,11 +216,11 @@ def test_chunked_logprobs_feed_the_objective_end_to_end():
 
 def test_select_rows_keeps_pairs_together():
     batch = _full_batch()
-    shard = batch.select_rows([5, 4])
+    shard = select_rows(batch, [5, 4])
     assert shard.chosen_index_N.tolist() == [0] and shard.rejected_index_N.tolist() == [1]
     torch.testing.assert_close(shard.mask_B_T, batch.mask_B_T[[5, 4]])
     with pytest.raises(ValueError, match="pair"):
-        batch.select_rows([0, 2])
+        select_rows(batch, [0, 2])
 
 
 def test_missing_field_error_names_it():

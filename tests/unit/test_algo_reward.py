@@ -10,6 +10,7 @@ from framework.algo import OPD, LossInputs, collate_mapped_samples
 from framework.algo.reward import attach_reward_groups, prompt_of, sequence_advantages
 from framework.learner.batching import padding_micro_batch
 from framework.types import MappedSample
+from tests.unit.loss_shards import select_rows
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -75,7 +76,7 @@ def test_groups_survive_sharding_into_micro_batches():
     samples = _step()
     attach_reward_groups(samples)
     whole = collate_mapped_samples(samples)
-    shard = whole.select_rows([1, 4, 6])
+    shard = select_rows(whole, [1, 4, 6])
     assert shard.group_reward_count_B.tolist() == [4.0, 1.0, 0.0]
     assert shard.group_reward_sum_B.tolist() == [2.0, 1.0, 0.0]
 

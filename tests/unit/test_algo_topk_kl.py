@@ -9,6 +9,7 @@ import torch
 
 from framework.algo import LossInputs, OPDTopK, TokenLogprobs, opd_loss, topk_kl_loss
 from framework.algo.topk_kl import log1mexp
+from tests.unit.loss_shards import select_rows
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -324,4 +325,4 @@ def test_group_fields_come_together_and_the_objective_uses_them():
     ).loss  # fmt: skip
     torch.testing.assert_close(got, want)
     # a shard keeps its rows' groups
-    torch.testing.assert_close(batch.select_rows([0]).group_end_B_T_G, end[None])
+    torch.testing.assert_close(select_rows(batch, [0]).group_end_B_T_G, end[None])
