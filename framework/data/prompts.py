@@ -28,7 +28,6 @@ from framework.types import Prompt
 
 ROLES = ("system", "user", "assistant")
 _RECORD_FIELDS = ("id", "messages", "prompt", "answer")
-ZOO_TASK = "zoo:arith"
 # the built-in task sources: zoo:arith, zoo:max, zoo:arith+max (half of each); see data/arith.py
 ZOO_SOURCES = ("zoo:arith", "zoo:max", "zoo:arith+max")
 PARQUET_MAGIC = b"PAR1"
