@@ -95,7 +95,8 @@ def opd_loss(
     branch is active, i.e. the token gets no gradient), ``opd/dual_clip_frac``, ``opd/ratio_mean``,
     ``opd/approx_kl`` (k3 estimator (r − 1) − log r of KL(π_behaviour || π_θ) on behaviour samples),
     ``opd/adv_mean`` (after clamping and weighting), ``opd/adv_clamp_frac``, ``opd/reward_adv_mean``
-    (the reward term λ (R − b) per token). ``sequence_advantage_B`` is ``R_b − baseline_b``
+    (the reward term λ (R − b) per token) and ``opd/reward_adv_abs_mean`` (its size: the mean can be
+    exactly 0 when a group's right and wrong answers have the same token count). ``sequence_advantage_B`` is ``R_b − baseline_b``
     (`framework.algo.reward.sequence_advantages`), used when ``reward_weight > 0``.
     """
     if not (logprobs_B_T.shape == behaviour_logprobs_B_T.shape == advantages_B_T.shape == mask_B_T.shape):
@@ -158,6 +159,7 @@ def opd_loss(
             "opd/adv_mean": masked_sum(adv, m) / n,
             "opd/adv_clamp_frac": masked_sum(clamped_B_T.to(m.dtype), m) / n,
             "opd/reward_adv_mean": masked_sum(reward_term, m) / n,
+            "opd/reward_adv_abs_mean": masked_sum(reward_term.abs(), m) / n,
         }
     return LossOutput(loss, metrics)
 

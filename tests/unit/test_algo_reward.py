@@ -105,6 +105,7 @@ def test_reward_weight_zero_is_opd_bit_for_bit():
         assert torch.equal(plain.loss, same.loss)
         assert torch.equal(grad_plain, grad_same)
     assert float(plain.metrics["opd/reward_adv_mean"]) == 0.0
+    assert float(plain.metrics["opd/reward_adv_abs_mean"]) == 0.0
 
 
 @pytest.mark.parametrize("baseline", ["group_mean", "leave_one_out"])
@@ -150,6 +151,8 @@ def test_mixed_advantage_is_the_weighted_sum():
     assert float(out.metrics["opd/adv_mean"]) == pytest.approx(total / n, abs=1e-5)
     reward_only = sum(lam * seq[b] * float(s.mask.sum()) for b, s in enumerate(samples)) / n
     assert float(out.metrics["opd/reward_adv_mean"]) == pytest.approx(reward_only, abs=1e-6)
+    size = sum(abs(lam * seq[b]) * float(s.mask.sum()) for b, s in enumerate(samples)) / n
+    assert float(out.metrics["opd/reward_adv_abs_mean"]) == pytest.approx(size, abs=1e-6) and size > 0
 
 
 def test_padding_micro_batch_carries_no_reward_signal():
