@@ -19,8 +19,8 @@ Throughput rows (same inputs for all; mixed arithmetic / prose / code / CJK+emoj
 samples/prompt, teacher top-k rows with the realised teacher token first and k-1 random ids):
   (a) teacher tokenization of the response texts alone (batched, `tokenizers`) — the floor;
   (b) our sampled path end to end: teacher input rendering (chat template, cached per conversation) +
-      response bytes + teacher tokenization + alignment + chunk credit + stop bridging, given random
-      teacher logprobs;
+      response bytes + teacher tokenization + alignment + chunk credit + the byte-prefix boundary term
+      (from the top-k rows, as every teacher returns them) + stop bridging, given random teacher scores;
   (c) the top-k projection at k = 20 as the mapper runs it (direct ids + byte-prefix groups, packed per
       sample), in positions/s: the extra time of map_samples with top-k over (b)'s map_samples; and
       the bare grouped kernel (`project_topk_groups`) on every teacher row;
@@ -299,7 +299,6 @@ def run_pair(student_dir: str, teacher_dir: str, args, gold: bool) -> dict:
     requests = sampled.teacher_requests(rollouts)
     req_batches = [requests[i : i + args.batch] for i in range(0, len(requests), args.batch)]
     scores_plain = random_scores(requests, sampled.teacher.table.vocab_size, None)
-    score_batches = [scores_plain[i : i + args.batch] for i in range(0, len(scores_plain), args.batch)]
     scores_k = random_scores(requests, dense.teacher.table.vocab_size, 20)
     score_k_batches = [scores_k[i : i + args.batch] for i in range(0, len(scores_k), args.batch)]
     rows_ids = np.concatenate([s.topk_ids for s in scores_k])
@@ -316,8 +315,9 @@ def run_pair(student_dir: str, teacher_dir: str, args, gold: bool) -> dict:
         for b in batches:
             sampled.teacher_requests(b)
 
-    def map_plain():  # (b, part 2)
-        return [sampled.map_samples(b, q, s) for b, q, s in zip(batches, req_batches, score_batches)]
+    def map_plain():  # (b, part 2), with the top-k rows a teacher returns (they feed the byte-prefix
+        # boundary term of the sampled path, framework/mapping/boundary.py)
+        return [sampled.map_samples(b, q, s) for b, q, s in zip(batches, req_batches, score_k_batches)]
 
     def map_dense():  # (c) the same with the grouped top-k projection
         return [dense.map_samples(b, q, s) for b, q, s in zip(batches, req_batches, score_k_batches)]
@@ -354,7 +354,7 @@ def run_pair(student_dir: str, teacher_dir: str, args, gold: bool) -> dict:
         ("(a) teacher tokenization (floor)", t_a, n_tokens / t_a),
         ("(b) ours: sampled path end to end", t_b, n_tokens / t_b),
         ("    - teacher_requests (render+bytes+tokenize)", t_req, n_tokens / t_req),
-        ("    - map_samples (align+credit+stop)", t_map, n_tokens / t_map),
+        ("    - map_samples (align+credit+boundary+stop)", t_map, n_tokens / t_map),
         ("(c) ours: map_samples with top-k k=20", t_dense, n_tokens / t_dense),
     ]
     gold_seconds = None

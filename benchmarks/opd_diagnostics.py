@@ -57,7 +57,9 @@ What is measured
 
 2. Advantage mass per token class. The same ``--class-samples`` student responses are scored by the
    same-tokenizer teacher and by the cross-tokenizer teacher (teacher-qwen, through ``TokenMapper``:
-   ``teacher_requests`` → ``HFTeacher.score`` → ``map_samples``). Each student token is classed by
+   ``teacher_requests`` → ``HFTeacher.score`` → ``map_samples``), the latter twice: with token-level
+   chunks (``cross``) and byte-prefix chunks (``cross_byte_prefix``, `framework.mapping.boundary`:
+   where a teacher token ends is charged to the student token that decides it). Each student token is classed by
    the response bytes it covers: ``answer`` (digits of the final "Answer: N"), ``result`` (digits right
    after "=" in a worked step), ``operand`` (any other digit), ``text`` (words, operators, spaces,
    punctuation) and ``stop`` (the stop token). Per class: share of tokens, share of Σ|A_t|, share of
@@ -90,6 +92,7 @@ from framework.algo import opd_loss
 from framework.types import Prompt, Rollout
 
 ADV_CLAMP = 5.0
+TOP_K = 20  # the teacher's top-k rows (teacher.top_k's default)
 CLASSES = ("answer", "result", "operand", "text", "stop")
 ANSWER, RESULT, OPERAND, TEXT, STOP = range(len(CLASSES))  # lower code wins inside one token
 
@@ -433,7 +436,10 @@ def advantage_classes(args, student, tokenizer, stop_ids, pairs) -> dict:
     per_pair_adv = {}
     for label, teacher_path, teacher, mapper in pairs:
         requests = mapper.teacher_requests(rollouts)
-        scores = [teacher.score([q], top_k=0)[0] for q in _progress(requests, f"classes: scoring {label}")]
+        # the top-k rows feed the byte-prefix boundary term (framework/mapping/boundary.py)
+        scores = [
+            teacher.score([q], top_k=TOP_K)[0] for q in _progress(requests, f"classes: scoring {label}")
+        ]
         mapped = mapper.map_samples(rollouts, requests, scores)
         keep = np.concatenate([m.mask > 0 for m in mapped])
         adv = np.concatenate([m.advantages for m in mapped]).astype(np.float64)
@@ -567,7 +573,9 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(student_path)
     stop_ids = stop_token_ids(tokenizer, student_path)
     same = (HFTeacher(teacher_path), TokenMapper.from_paths(student_path, teacher_path, topk=False))
-    cross = (HFTeacher(cross_path), TokenMapper.from_paths(student_path, cross_path, topk=False))
+    cross_teacher = HFTeacher(cross_path)
+    cross = (cross_teacher, TokenMapper.from_paths(student_path, cross_path, topk=False, boundary="token"))
+    cross_bp = (cross_teacher, TokenMapper.from_paths(student_path, cross_path, topk=False))
     config = {
         **{k: v for k, v in vars(args).items() if k != "out"},
         "student_path": student_path,
@@ -583,7 +591,11 @@ def main(argv: list[str] | None = None) -> dict:
         student,
         tokenizer,
         stop_ids,
-        [("same", args.teacher, *same), ("cross", args.cross_teacher, *cross)],
+        [
+            ("same", args.teacher, *same),
+            ("cross", args.cross_teacher, *cross),
+            ("cross_byte_prefix", args.cross_teacher, *cross_bp),
+        ],
     )
     t2, c2 = time.time(), time.process_time()
     result["timing"] = {

@@ -171,10 +171,14 @@ class MappingConfig:
 
     num_workers: int = 1
     credit: str = "proportional"  # proportional | uniform | last
+    # byte_prefix: a chunk's teacher log-probability is the byte-level conditional of its bytes, the
+    # "token ends here" factor charged to the next chunk (mapping/boundary.py); token: token sums
+    boundary: str = "byte_prefix"
 
     def check(self) -> None:
         _positive(self, "mapping", "num_workers")
         _choice("mapping.credit", self.credit, ("proportional", "uniform", "last"))
+        _choice("mapping.boundary", self.boundary, ("byte_prefix", "token"))
 
 
 @dataclass

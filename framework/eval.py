@@ -18,6 +18,12 @@ def accuracy(rollouts: Sequence[Rollout], verify: Callable[[str, str], bool] | N
     return float(np.mean([verify(r.response_text, r.prompt.answer) for r in rollouts]))  # type: ignore[arg-type]
 
 
+def length_cut_frac(rollouts: Sequence[Rollout]) -> float:
+    """Share of responses that ended at the token limit (vLLM finish reason "length") instead of a
+    stop token: answers cut before their end are wrong whatever the model knows."""
+    return float(np.mean([r.finish_reason == "length" for r in rollouts])) if rollouts else 0.0
+
+
 def sampled_reverse_kl(samples: Sequence[MappedSample]) -> dict[str, float]:
     """Per-token means over the masked tokens: ``reverse_kl`` = mean(log p_S(y) − log p_T(y)) on the
     sampled tokens, and the two log-probabilities it is made of.

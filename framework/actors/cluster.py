@@ -330,6 +330,7 @@ def _mapping_factory(cfg: Config, student_path: str, teacher_paths: list[str]) -
             verifier,
             cfg.data.max_prompt_tokens,
             names,
+            cfg.mapping.boundary,
         )
 
     return make

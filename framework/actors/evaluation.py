@@ -26,9 +26,11 @@ from framework.actors.pairs import PairBatches
 from framework.actors.streaming import SampleStream
 from framework.config import Config
 from framework.data.verifiers import get_verifier
-from framework.eval import accuracy, console_metrics, generation_rows, teacher_kl
+from framework.eval import accuracy, console_metrics, generation_rows, length_cut_frac, teacher_kl
 from framework.logging import RunLogger, say
 from framework.types import Prompt
+
+CUT_WARNING_FRAC = 0.05  # a larger share of held-out answers cut by the token limit is worth a warning
 
 
 class Evaluator:
@@ -39,6 +41,7 @@ class Evaluator:
         self.verify = get_verifier(cfg.data.eval)
         self.harness_tasks: list[Any] = []
         self._tokenizer: Any = None  # the student's, loaded at the first harness evaluation
+        self._warned_cut = False
         if cfg.harness.tasks:  # read and checked now, so a bad task file stops the run before step 1
             from framework.harness.tasks import harness_tasks
 
@@ -67,6 +70,9 @@ class Evaluator:
         acc = accuracy(greedy_out, self.verify)
         if acc is not None:
             metrics["eval/accuracy"] = acc
+        if greedy_out:
+            metrics["eval/length_cut_frac"] = length_cut_frac(greedy_out)
+            self._warn_if_cut(metrics["eval/length_cut_frac"])
         if sampled_out:
             mapped = self._score(sampled_out)
             metrics.update(teacher_kl([m for part in mapped.values() for m in part]))
@@ -82,6 +88,14 @@ class Evaluator:
         say(f"[eval step {step}] " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
         self._keep_best(step, metrics)
         return metrics
+
+    def _warn_if_cut(self, frac: float) -> None:
+        """Say once when answers are cut by the length limit: accuracy then measures the limit."""
+        if frac > CUT_WARNING_FRAC and not self._warned_cut:
+            self._warned_cut = True
+            n = self.cfg.rollout.max_new_tokens
+            say(f"[tokenbridge] warning: {frac:.0%} of the held-out answers stopped at rollout.max_new_tokens={n} "
+                f"before their end; raise rollout.max_new_tokens (training samples are cut the same way)")  # fmt: skip
 
     def _slot_of(self, rollouts: list) -> list[int]:
         return self.stream.route([r.prompt for r in rollouts])

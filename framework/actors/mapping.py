@@ -18,6 +18,7 @@ class MappingWorker(Health):
     def __init__(
         self, student_path: str, teacher_paths: str | list[str], credit: str, dense_topk: bool,
         verifier: str | None, max_prompt_tokens: int = 1 << 30, teacher_names: list[str] | None = None,
+        boundary: str = "byte_prefix",
     ):  # fmt: skip
         from transformers import AutoTokenizer
 
@@ -28,7 +29,8 @@ class MappingWorker(Health):
         paths = [teacher_paths] if isinstance(teacher_paths, str) else teacher_paths
         # one mapping per (student, teacher) pair, built once here (design §5.6); slot k = teacher k
         self.mappers = [
-            TokenMapper.from_paths(student_path, p, credit=credit, topk=dense_topk) for p in paths
+            TokenMapper.from_paths(student_path, p, credit=credit, topk=dense_topk, boundary=boundary)
+            for p in paths
         ]
         self.teacher_names = teacher_names  # None: one teacher, samples unlabelled
         self.student_tokenizer = AutoTokenizer.from_pretrained(student_path)

@@ -49,8 +49,12 @@ def chunk_credit(
     num_chunks: int,
     mode: str = "proportional",
     eps: float = 1e-6,
+    teacher_shift: np.ndarray | None = None,
 ) -> ChunkCredit:
     """Credit each chunk's advantage to its student tokens (see module docstring).
+
+    ``teacher_shift`` (float64[C]) is added to each chunk's teacher log-probability: the byte-prefix
+    boundary term ``d_c − d_{c−1}`` of `framework.mapping.boundary` (None: token-level chunks).
 
     ``student_chunk`` / ``teacher_chunk`` come from :func:`framework.mapping.align.align_flat`:
     chunk ids are non-decreasing along the tokens, -1 for tokens without a chunk.
@@ -66,6 +70,8 @@ def chunk_credit(
     lpT_C = np.bincount(t_c, weights=lp_t[t_idx], minlength=num_chunks)
     nS_C = np.bincount(s_c, minlength=num_chunks)
     nT_C = np.bincount(t_c, minlength=num_chunks)
+    if teacher_shift is not None:
+        lpT_C = lpT_C + teacher_shift
     adv_C = lpT_C - lpS_C
 
     share = np.zeros(s_idx.shape[0], dtype=np.float64)  # fraction of A_c given to each aligned token

@@ -26,6 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from framework.mapping.align import align_flat, boundary_pairs
+from framework.mapping.boundary import (
+    BOUNDARY_MODES,
+    chunk_boundary_shift,
+    extendable_tokens,
+    extension_logmass,
+    last_tokens,
+)
 from framework.mapping.credit import CREDIT_MODES, bridged_stop_logprob, chunk_credit
 from framework.mapping.render import (
     StudentResponse,
@@ -77,33 +84,43 @@ class TokenMapper:
         teacher: TokenizerInfo,
         credit: str = "proportional",
         topk: bool = True,
+        boundary: str = "byte_prefix",
     ) -> None:
         if credit not in CREDIT_MODES:
             raise ValueError(f"credit={credit!r}: choose one of {CREDIT_MODES}")
+        if boundary not in BOUNDARY_MODES:
+            raise ValueError(f"boundary={boundary!r}: choose one of {BOUNDARY_MODES}")
         self.student, self.teacher = student, teacher
-        self.credit, self.topk = credit, topk
+        self.credit, self.topk, self.boundary = credit, topk, boundary
         self.is_identity = student.fingerprint == teacher.fingerprint
         self.same_template = self.is_identity and student.chat_template == teacher.chat_template
         self.teacher_stop_array = np.array(sorted(teacher.stop_ids), dtype=np.int64)
         self._projection: ProjectionMap | None = None
+        self._student_extendable: np.ndarray | None = None  # bool[Vs], built on first use (boundary.py)
         # Student bytes of the rollouts whose teacher requests were built here, reused when their
         # scores come back (map_samples), keyed by sample id and checked against the response ids.
         self._recent_splits: OrderedDict[str, tuple[np.ndarray, StudentResponse]] = OrderedDict()
 
     @classmethod
     def from_paths(
-        cls, student_path: str, teacher_path: str, credit: str = "proportional", topk: bool = True
+        cls,
+        student_path: str,
+        teacher_path: str,
+        credit: str = "proportional",
+        topk: bool = True,
+        boundary: str = "byte_prefix",
     ) -> TokenMapper:
         """Build (or reuse, within this process) the mapper of a tokenizer pair."""
-        key = (str(student_path), str(teacher_path), credit, topk)
+        key = (str(student_path), str(teacher_path), credit, topk, boundary)
         if key not in _MAPPER_CACHE:
             student = load_tokenizer_info(str(student_path))
             teacher = student if student_path == teacher_path else load_tokenizer_info(str(teacher_path))
-            _MAPPER_CACHE[key] = cls(student, teacher, credit=credit, topk=topk)
+            _MAPPER_CACHE[key] = cls(student, teacher, credit=credit, topk=topk, boundary=boundary)
         return _MAPPER_CACHE[key]
 
     def __reduce__(self):
-        return (_rebuild_mapper, (self.student.path, self.teacher.path, self.credit, self.topk))
+        args = (self.student.path, self.teacher.path, self.credit, self.topk, self.boundary)
+        return (_rebuild_mapper, args)
 
     @property
     def projection(self) -> ProjectionMap:
@@ -115,6 +132,13 @@ class TokenMapper:
             else:
                 self._projection = _pair_projection(self.student, self.teacher)
         return self._projection
+
+    @property
+    def student_extendable(self) -> np.ndarray:
+        """bool[Vs]: student tokens that a longer student token extends (`boundary.extendable_tokens`)."""
+        if self._student_extendable is None:
+            self._student_extendable = extendable_tokens(self.student.table)
+        return self._student_extendable
 
     # ------------------------------------------------------------------ teacher input (§3.2-3.3)
     def _splits(self, rollouts: Sequence[Rollout]) -> tuple[list[StudentResponse], np.ndarray]:
@@ -184,6 +208,8 @@ class TokenMapper:
         self._recent_splits.pop(rollout.sample_id, None)
         if self.topk:
             _ = self.projection
+        if self.boundary == "byte_prefix" and not self.is_identity:
+            _ = self.student_extendable
 
     def teacher_request(self, rollout: Rollout) -> TeacherRequest:
         return self.teacher_requests([rollout])[0]
@@ -283,8 +309,16 @@ class TokenMapper:
         alignment = align_flat(s_lens, s_off, t_lens, t_off, covered)
         lp_s = np.concatenate([np.asarray(r.logprobs, dtype=np.float64) for r in rollouts])
         lp_t = np.concatenate([np.asarray(s.token_logprobs, dtype=np.float64) for s in scores])
+        d_C = self._boundary_logmass(alignment, s_flat, t_flat, lp_t, scores)
+        shift = None if d_C is None else chunk_boundary_shift(d_C, alignment.chunk_sample)
         credit = chunk_credit(
-            alignment.student_chunk, lp_s, alignment.teacher_chunk, lp_t, alignment.num_chunks, self.credit
+            alignment.student_chunk,
+            lp_s,
+            alignment.teacher_chunk,
+            lp_t,
+            alignment.num_chunks,
+            self.credit,
+            teacher_shift=shift,
         )
         teacher_lp = credit.teacher_logprobs
         advantages = credit.advantages
@@ -302,6 +336,10 @@ class TokenMapper:
                 np.stack([scores[b].topk_ids[-1] for b in bridged]) if has_topk else None,
                 np.stack([scores[b].topk_logprobs[-1] for b in bridged]) if has_topk else None,
             )
+            if d_C is not None and d_C.shape[0]:  # the stop decides whether the last token ended there
+                last = np.searchsorted(alignment.chunk_sample, bridged, side="right") - 1
+                last = np.maximum(last, 0)
+                stop_lp = stop_lp - np.where(alignment.chunk_sample[last] == bridged, d_C[last], 0.0)
             teacher_lp[s_stop] = stop_lp
             advantages[s_stop] = stop_lp - lp_s[s_stop]
             mask[s_stop] = 1.0
@@ -320,7 +358,27 @@ class TokenMapper:
             dense_rows,
             bridged,
             rewards,
+            d_C,
         )
+
+    def _boundary_logmass(self, alignment, s_flat, t_flat, lp_t, scores) -> np.ndarray | None:
+        """float64[C] ``d_c`` of every chunk (`framework.mapping.boundary`), or None when token-level
+        chunks are asked for or a sample came without its top-k rows. ``d_c`` is 0 where the
+        student's last token of the chunk has longer tokens in the student vocabulary: that token
+        itself decides where it ends, inside the chunk, like the teacher's token does."""
+        if self.boundary != "byte_prefix" or any(
+            s.topk_ids is None or s.topk_logprobs is None for s in scores
+        ):
+            return None
+        d_C = np.zeros(alignment.num_chunks, dtype=np.float64)
+        chunks, last = last_tokens(alignment.teacher_chunk)
+        if last.shape[0]:
+            topk_ids = np.concatenate([np.asarray(s.topk_ids) for s in scores])[last]
+            topk_lp = np.concatenate([np.asarray(s.topk_logprobs) for s in scores])[last]
+            d_C[chunks] = extension_logmass(self.teacher.table, t_flat[last], lp_t[last], topk_ids, topk_lp)
+            s_chunks, s_last = last_tokens(alignment.student_chunk)
+            d_C[s_chunks[self.student_extendable[s_flat[s_last]]]] = 0.0
+        return d_C
 
     def _dense_rows(self, alignment, s_lens, t_lens, phantom_rows, s_stop, t_stop, scores):
         """(student flat idx int64[P], support ids, support probs, group ids, other) sorted by student index."""
@@ -351,6 +409,7 @@ class TokenMapper:
         dense_rows,
         bridged,
         rewards,
+        d_C,
     ) -> list[MappedSample]:
         B = len(rollouts)
 
@@ -376,6 +435,8 @@ class TokenMapper:
             "map/cut_bytes": np.array([len(s.content) - s.valid_len for s in splits], dtype=np.float64),
             "map/teacher_mismatch": np.array([t.mismatch for t in sides], dtype=np.float64),
             "map/phantom_space": np.array([t.phantom for t in sides], dtype=np.float64),
+            # mean d_c: nats of "the teacher token ends here" moved to the next chunk (boundary.py)
+            "map/boundary_nats": per_sample(d_C) / chunks if d_C is not None else np.zeros(B),
         }
         if dense_rows is not None:
             dense_cuts = np.searchsorted(dense_rows[0], s_off)
@@ -466,5 +527,7 @@ def _pair_projection(student: TokenizerInfo, teacher: TokenizerInfo) -> Projecti
     return projection
 
 
-def _rebuild_mapper(student_path: str, teacher_path: str, credit: str, topk: bool) -> TokenMapper:
-    return TokenMapper.from_paths(student_path, teacher_path, credit=credit, topk=topk)
+def _rebuild_mapper(
+    student_path: str, teacher_path: str, credit: str, topk: bool, boundary: str
+) -> TokenMapper:
+    return TokenMapper.from_paths(student_path, teacher_path, credit=credit, topk=topk, boundary=boundary)

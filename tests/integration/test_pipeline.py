@@ -88,6 +88,8 @@ def test_cross_tokenizer_run_trains_and_teacher_kl_goes_down(cross):
     assert all(math.isfinite(r["loss"]) for r in steps)
     assert all(r["batch/staleness"] == 0 for r in steps)  # max_staleness=0: strictly on-policy
     assert all(0 < r["mapping/map/one_to_one_frac"] < 1 for r in steps)  # crossing, yet mostly 1:1
+    assert all(r["mapping/map/boundary_nats"] >= 0 for r in steps)  # byte-prefix chunks (the default)
+    assert all(0 <= r["eval/length_cut_frac"] <= 1 for r in eval_rows)
     first, last = eval_rows[0]["eval/teacher_kl"], eval_rows[-1]["eval/teacher_kl"]
     assert last < first * 0.9, f"teacher-KL did not go down enough: {first:.4f} -> {last:.4f}"
     assert final["eval/teacher_kl"] == pytest.approx(last)
@@ -211,7 +213,9 @@ def test_two_teachers_of_different_families_each_score_the_prompts_routed_to_the
 
     steps, out = 3, tmp_path / "two_teachers"
     cfg, stages, train, evals = start_run(
-        [*COMMON, "teachers=zoo_two_tasks", "teachers.1.backend=hf", f"trainer.steps={steps}", "data.num_eval=32"],
+        # 24 new tokens cut every worked answer short: the evaluation must say so (eval/length_cut_frac)
+        [*COMMON, "teachers=zoo_two_tasks", "teachers.1.backend=hf", f"trainer.steps={steps}", "data.num_eval=32",
+         "rollout.max_new_tokens=24"],
         out,
     )  # fmt: skip
     try:
@@ -230,6 +234,8 @@ def test_two_teachers_of_different_families_each_score_the_prompts_routed_to_the
         assert all(math.isfinite(r[f"teacher/{t}/reverse_kl"]) for t in ("arith", "max"))
         assert r["busy/teacher/arith"] > 0 and r["busy/teacher/max"] > 0
     assert set(busy) >= {"teacher/arith", "teacher/max"}
+    assert all(r["eval/length_cut_frac"] > 0.5 for r in eval_rows)
+    assert "stopped at rollout.max_new_tokens=24 before their end" in (out / "train.log").read_text()
     for r in eval_rows:  # the held-out prompts of each task, against their own teacher
         for t in ("arith", "max"):
             assert 0.0 <= r[f"teacher/{t}/eval_accuracy"] <= 1.0

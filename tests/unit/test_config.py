@@ -70,6 +70,7 @@ def test_every_algo_has_a_recipe():
         ("cluster.placement=colocated trainer.max_staleness=1", "trainer.max_staleness"),
         ("cluster.placement=colocated rollout.tensor_parallel_size=2", "rollout.tensor_parallel_size"),
         ("mapping.credit=random", "mapping.credit"),
+        ("mapping.boundary=bytes", "mapping.boundary"),
         ("learner.backend=nccl", "learner.backend"),
         ("rollout.dtype=fp32", "rollout.dtype"),
         ("teacher.dtype=half", "teacher.dtype"),

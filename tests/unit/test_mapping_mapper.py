@@ -28,6 +28,10 @@ K = 6
 
 
 def mapper_for(student: str, teacher: str, **kw) -> TokenMapper:
+    """The pair's mapper with token-level chunks (``boundary="token"``) unless asked otherwise: the
+    invariants below are the token-level ones (chunk sums equal the teacher's token sums);
+    test_mapping_boundary.py checks the byte-prefix chunks against a brute-force reference."""
+    kw.setdefault("boundary", "token")
     return TokenMapper.from_paths(tokenizer_dir(student), tokenizer_dir(teacher), **kw)
 
 
@@ -225,10 +229,10 @@ def test_student_bytes_kept_from_the_request_are_checked_against_the_rollout():
     assert first.sample_id == again.sample_id
     mapper.teacher_requests([first])  # remembers first's bytes under the shared sample id
     fresh = mapper_for("bl_group", "sp_plain")
-    request = TokenMapper(fresh.student, fresh.teacher).teacher_requests([again])[0]
+    request = TokenMapper(fresh.student, fresh.teacher, boundary="token").teacher_requests([again])[0]
     scores = random_scores(request, mapper.teacher.table.vocab_size, K, rng)
     reused = mapper.map_sample(again, request, scores)
-    expected = TokenMapper(fresh.student, fresh.teacher).map_sample(again, request, scores)
+    expected = TokenMapper(fresh.student, fresh.teacher, boundary="token").map_sample(again, request, scores)
     np.testing.assert_array_equal(reused.advantages, expected.advantages)
     assert reused.diagnostics["map/teacher_mismatch"] == 0.0
     check_invariants(mapper, again, request, scores, reused)

@@ -119,7 +119,7 @@ def mapper_for(dirs: dict[str, str], student: str, teacher: str) -> TokenMapper:
     if key not in _MAPPERS:
         s_info, t_info = info_for(dirs, student), info_for(dirs, teacher)
         start = time.perf_counter()
-        mapper = TokenMapper(s_info, t_info)
+        mapper = TokenMapper(s_info, t_info, boundary="token")  # the token-level invariants below
         _ = mapper.projection
         PREP_SECONDS[f"{student}->{teacher}"] = time.perf_counter() - start
         _MAPPERS[key] = mapper
