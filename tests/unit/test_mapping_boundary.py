@@ -3,6 +3,7 @@ written with plain ``bytes.startswith`` loops, on every ordered pair of test tok
 
 from __future__ import annotations
 
+import bisect
 import itertools
 
 import numpy as np
@@ -33,7 +34,29 @@ def brute_d(table, token: int, lp: float, ids, lps) -> float:
     return float(np.log(mass) - lp)
 
 
+_SORTED: dict[int, tuple[list[bytes], list[int]]] = {}
+
+
+def sorted_vocab(table) -> tuple[list[bytes], list[int]]:
+    """The non-special tokens with bytes, sorted by bytes (Python's own bytes order, cached)."""
+    if id(table) not in _SORTED:
+        pairs = sorted((b, i) for i, b in enumerate(table.token_bytes) if b and i not in table.special_ids)
+        _SORTED[id(table)] = ([b for b, _ in pairs], [i for _, i in pairs])
+    return _SORTED[id(table)]
+
+
+def extensions(table, own: bytes, limit: int = 64) -> list[int]:
+    """Up to ``limit`` token ids whose bytes start with ``own`` (``own`` itself included)."""
+    strings, ids = sorted_vocab(table)
+    out, k = [], bisect.bisect_left(strings, own)
+    while k < len(strings) and strings[k].startswith(own) and len(out) < limit:
+        out.append(ids[k])
+        k += 1
+    return out
+
+
 def brute_extendable(table, token: int) -> bool:
+    """Some non-special token's bytes strictly extend ``token``'s: a linear scan (small vocabularies)."""
     own = table.token_bytes[token]
     return bool(own) and any(
         len(b) > len(own) and b.startswith(own)
@@ -42,18 +65,22 @@ def brute_extendable(table, token: int) -> bool:
     )
 
 
+def sorted_extendable(table, token: int) -> bool:
+    """The same through the sorted vocabulary (large vocabularies)."""
+    own = table.token_bytes[token]
+    return bool(own) and any(
+        len(b) > len(own) for b in (table.token_bytes[i] for i in extensions(table, own))
+    )
+
+
 def extension_heavy_scores(request, table, rng) -> TeacherScores:
     """Teacher scores whose top-k rows hold tokens that extend the realised token (what makes d > 0),
     the realised token itself now and then, and random others."""
     ids_R = request.input_ids[request.response_start :]
-    by_prefix = {}
-    vocab = [table.token_bytes[i] for i in range(table.vocab_size)]
     rows_ids, rows_lp = [], []
     for t in ids_R.tolist():
-        own = vocab[t]
-        if own not in by_prefix:
-            by_prefix[own] = [i for i, b in enumerate(vocab) if own and b.startswith(own) and i != t]
-        ext = by_prefix[own]
+        own = table.token_bytes[t]
+        ext = [i for i in extensions(table, own) if i != t] if own else []
         picks = list(rng.choice(ext, size=min(len(ext), K // 2), replace=False)) if ext else []
         if rng.random() < 0.5:
             picks.append(t)
@@ -71,6 +98,50 @@ def extension_heavy_scores(request, table, rng) -> TeacherScores:
         np.asarray(rows_ids, dtype=np.int32).reshape(-1, K),
         np.asarray(rows_lp, dtype=np.float32).reshape(-1, K),
     )
+
+
+def check_byte_prefix_sample(mapper, token_level, rollout, rng, extendable=None) -> int:
+    """Map ``rollout`` with byte-prefix and token-level chunks under the same teacher scores and check
+    every chunk against the brute-force reference (returns the number of chunks checked).
+    ``extendable(id)`` says whether a longer student token extends a student token."""
+    extendable = extendable or (lambda token: brute_extendable(mapper.student.table, token))
+    request = mapper.teacher_request(rollout)
+    scores = extension_heavy_scores(request, mapper.teacher.table, rng)
+    sample = mapper.map_sample(rollout, request, scores)
+    flat = token_level.map_sample(rollout, token_level.teacher_request(rollout), scores)
+    split = split_student_response(
+        mapper.student.table, mapper.student.stop_ids, rollout.response_ids, rollout.finish_reason
+    )
+    t_ids = request.input_ids[request.response_start :]
+    appended = split.bridge_stop and mapper.teacher.stop_token_to_append is not None
+    t_content = t_ids[:-1] if appended else t_ids
+    s_lens = mapper.student.table.byte_lengths[rollout.response_ids[: split.num_content]]
+    t_lens = mapper.teacher.table.byte_lengths[t_content].astype(np.int64)
+    if sample.diagnostics["map/phantom_space"]:
+        t_lens[np.argmax(t_lens > 0)] -= 1
+    al = align_tokens(s_lens, t_lens, split.valid_len)
+    lp_t = scores.token_logprobs.astype(np.float64)
+    prev_d = 0.0
+    for c in range(al.num_chunks):
+        t_in = np.flatnonzero(al.teacher_chunk == c)
+        s_in = np.flatnonzero(al.student_chunk == c)
+        last = int(t_in[-1])
+        d = brute_d(mapper.teacher.table, int(t_content[last]), lp_t[last], scores.topk_ids[last],
+                    scores.topk_logprobs[last])  # fmt: skip
+        if extendable(int(rollout.response_ids[s_in[-1]])):
+            d = 0.0  # the student's own token decides where it ends
+        want = lp_t[t_in].sum() + d - prev_d
+        got = sample.teacher_logprobs[s_in].astype(np.float64).sum()
+        assert got == pytest.approx(want, abs=2e-4), c
+        prev_d = d
+    if appended and sample.mask[-1] > 0:  # the stop decides where the last teacher token ended
+        assert sample.teacher_logprobs[-1] == pytest.approx(flat.teacher_logprobs[-1] - prev_d, abs=2e-4)
+    np.testing.assert_array_equal(sample.mask, flat.mask)  # the alignment itself is unchanged
+    total = sample.teacher_logprobs.astype(np.float64)[sample.mask > 0].sum()
+    tail = 0.0 if (appended and sample.mask[-1] > 0) else prev_d
+    want_total = flat.teacher_logprobs.astype(np.float64)[flat.mask > 0].sum() + tail
+    assert total == pytest.approx(want_total, abs=1e-3)
+    return al.num_chunks
 
 
 def test_extension_logmass_matches_brute_force():
@@ -126,45 +197,7 @@ def test_byte_prefix_chunks_match_the_reference(student, teacher, finish):
         ids = mapper.student.continuation.encode(text).ids
         if finish == "stop":
             ids = [*ids, sorted(mapper.student.stop_ids)[0]]
-        rollout = make_rollout(mapper, ids, finish, rng)
-        request = mapper.teacher_request(rollout)
-        scores = extension_heavy_scores(request, mapper.teacher.table, rng)
-        sample = mapper.map_sample(rollout, request, scores)
-        flat = token_level.map_sample(rollout, token_level.teacher_request(rollout), scores)
-
-        split = split_student_response(
-            mapper.student.table, mapper.student.stop_ids, rollout.response_ids, rollout.finish_reason
-        )
-        t_ids = request.input_ids[request.response_start :]
-        appended = split.bridge_stop and mapper.teacher.stop_token_to_append is not None
-        t_content = t_ids[:-1] if appended else t_ids
-        s_lens = mapper.student.table.byte_lengths[rollout.response_ids[: split.num_content]]
-        t_lens = mapper.teacher.table.byte_lengths[t_content].astype(np.int64)
-        if sample.diagnostics["map/phantom_space"]:
-            t_lens[np.argmax(t_lens > 0)] -= 1
-        al = align_tokens(s_lens, t_lens, split.valid_len)
-        lp_t = scores.token_logprobs.astype(np.float64)
-        prev_d = 0.0
-        for c in range(al.num_chunks):
-            t_in = np.flatnonzero(al.teacher_chunk == c)
-            s_in = np.flatnonzero(al.student_chunk == c)
-            last = int(t_in[-1])
-            d = brute_d(mapper.teacher.table, int(t_content[last]), lp_t[last], scores.topk_ids[last],
-                        scores.topk_logprobs[last])  # fmt: skip
-            if brute_extendable(mapper.student.table, int(rollout.response_ids[s_in[-1]])):
-                d = 0.0  # the student's own token decides where it ends
-            want = lp_t[t_in].sum() + d - prev_d
-            got = sample.teacher_logprobs[s_in].astype(np.float64).sum()
-            assert got == pytest.approx(want, abs=2e-4), (text, c)
-            prev_d = d
-            checked += 1
-        if appended and sample.mask[-1] > 0:  # the stop decides where the last teacher token ended
-            assert sample.teacher_logprobs[-1] == pytest.approx(flat.teacher_logprobs[-1] - prev_d, abs=2e-4)
-        np.testing.assert_array_equal(sample.mask, flat.mask)  # the alignment itself is unchanged
-        total = sample.teacher_logprobs.astype(np.float64)[sample.mask > 0].sum()
-        tail = 0.0 if (appended and sample.mask[-1] > 0) else prev_d
-        want_total = flat.teacher_logprobs.astype(np.float64)[flat.mask > 0].sum() + tail
-        assert total == pytest.approx(want_total, abs=1e-3)
+        checked += check_byte_prefix_sample(mapper, token_level, make_rollout(mapper, ids, finish, rng), rng)
     assert checked > 0
 
 

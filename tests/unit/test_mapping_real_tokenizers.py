@@ -421,3 +421,37 @@ def test_zoo_style_against_real(real_dirs, student, teacher):
         _, sample = check_case(mapper, response, "stop" if stop else "length", int(stop))
         assert sample.diagnostics["map/masked_frac"] == 0.0
         assert sample.diagnostics["map/stop_bridged"] == float(stop)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_extendable_tokens_on_a_real_vocabulary(real_dirs, name):
+    """`extendable_tokens` (byte-prefix chunks) against Python's own sorted bytes, on every id."""
+    from framework.mapping.boundary import extendable_tokens
+    from tests.unit.test_mapping_boundary import sorted_extendable
+
+    table = info_for(real_dirs, name).table
+    got = extendable_tokens(table)
+    want = np.array([sorted_extendable(table, i) for i in range(table.vocab_size)])
+    assert np.array_equal(got, want), np.flatnonzero(got != want)[:10]
+
+
+@pytest.mark.parametrize(("student", "teacher"), [p for p in PAIRS if p[0] != p[1]])
+@pytest.mark.parametrize("finish", ["stop", "length"])
+def test_byte_prefix_chunks_on_real_vocabularies(real_dirs, student, teacher, finish):
+    """Byte-prefix chunks chunk by chunk against the brute-force reference of test_mapping_boundary.py,
+    with teacher top-k rows full of tokens that extend the realised ones."""
+    from tests.unit.test_mapping_boundary import check_byte_prefix_sample, sorted_extendable
+
+    s_info, t_info = info_for(real_dirs, student), info_for(real_dirs, teacher)
+    byte_prefix = TokenMapper(s_info, t_info, boundary="byte_prefix")
+    token_level = mapper_for(real_dirs, student, teacher)
+    rng = np.random.default_rng(11)
+    for category in ("math", "prose", "code"):
+        ids = byte_prefix.student.continuation.encode(TEXTS[category], add_special_tokens=False).ids
+        if finish == "stop":
+            ids = [*ids, sorted(byte_prefix.student.stop_ids)[0]]
+        rollout = make_rollout(byte_prefix, ids, finish, rng)
+        checked = check_byte_prefix_sample(
+            byte_prefix, token_level, rollout, rng, lambda t: sorted_extendable(s_info.table, t)
+        )
+        assert checked > 10
