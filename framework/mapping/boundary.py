@@ -30,16 +30,55 @@ to the sampled path rather than to the top-k target (`framework.mapping.topk`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from framework.mapping.token_bytes import TokenByteTable
+from framework.mapping.token_bytes import TokenByteTable, void_view
+from framework.mapping.topk import prefix_successors
 
 BOUNDARY_MODES = ("byte_prefix", "token")  # token: the token-level chunks, d = 0 everywhere
-_BLOCK_CELLS = 1 << 24  # bytes compared per block: bounds memory on long tokens
+
+
+@dataclass(frozen=True)
+class PrefixRanges:
+    """Every token's extensions as one range of the tokenizer's byte order (built once per tokenizer).
+
+    With the tokens that have bytes sorted by bytes, the strings that start with ``b`` form one
+    contiguous run: from the first string equal to ``b`` up to the first string above every
+    extension of ``b`` (its prefix successor). So "τ's bytes start with t's" is
+    ``0 <= rank[τ] − lo[t] < span[t]``: one unsigned comparison per top-k entry, no byte compared.
+    """
+
+    rank: np.ndarray  # int32[V] position in byte order, -1 for tokens without bytes
+    lo: np.ndarray  # int32[V] first position whose string equals the token's bytes
+    span: np.ndarray  # int32[V] length of the run of strings that start with the token's bytes
+
+
+def prefix_ranges(table: TokenByteTable) -> PrefixRanges:
+    """The `PrefixRanges` of a tokenizer (vectorised: one sort-key table and two binary searches)."""
+    order = table.byte_order.astype(np.int64)
+    V, N = table.vocab_size, order.shape[0]
+    rank = np.full(V, -1, dtype=np.int32)
+    lo = np.zeros(V, dtype=np.int32)
+    span = np.zeros(V, dtype=np.int32)
+    if N == 0:
+        return PrefixRanges(rank, lo, span)
+    lens = table.byte_lengths[order].astype(np.int64)
+    width = int(lens.max())
+    keys = table.sort_keys(order, width)
+    sorted_keys = void_view(keys)
+    rank[order] = np.arange(N)
+    starts = np.searchsorted(sorted_keys, sorted_keys, side="left")
+    succ, has_succ = prefix_successors(keys, lens, width)
+    ends = np.full(N, N, dtype=np.int64)
+    ends[has_succ] = np.searchsorted(sorted_keys, void_view(succ[has_succ]), side="left")
+    lo[order], span[order] = starts, ends - starts
+    return PrefixRanges(rank, lo, span)
 
 
 def extension_logmass(
-    table: TokenByteTable,
+    ranges: PrefixRanges,
     ids_R: np.ndarray,
     logprobs_R: np.ndarray,
     topk_ids_RK: np.ndarray,
@@ -51,33 +90,26 @@ def extension_logmass(
     entry extends it.
     """
     ids = np.asarray(ids_R, dtype=np.int64)
-    lp = np.asarray(logprobs_R, dtype=np.float64)
-    cand = np.asarray(topk_ids_RK, dtype=np.int64)
-    cand_lp = np.asarray(topk_logprobs_RK, dtype=np.float64)
-    R, K = cand.shape if cand.ndim == 2 else (ids.shape[0], 0)
-    d = np.zeros(R, dtype=np.float64)
-    lens = table.byte_lengths[ids].astype(np.int64) if R else np.zeros(0, np.int64)
-    rows = np.flatnonzero(lens > 0)
-    if rows.shape[0] == 0 or K == 0 or table.flat_bytes.shape[0] == 0:
+    d = np.zeros(ids.shape[0], dtype=np.float64)
+    cand = np.asarray(topk_ids_RK)
+    if cand.ndim != 2 or cand.shape[1] == 0 or ids.shape[0] == 0:
         return d
-    width = int(lens[rows].max())
-    step = max(1, _BLOCK_CELLS // (K * width))
-    last_byte = table.flat_bytes.shape[0] - 1
-    for lo in range(0, rows.shape[0], step):
-        r = rows[lo : lo + step]
-        cols = np.arange(width, dtype=np.int64)
-        n_r, c_r = lens[r], cand[r]
-        inside = cols[None, :] < n_r[:, None]  # [r, width]
-        own = table.flat_bytes[np.minimum(table.byte_starts[ids[r]][:, None] + cols, last_byte)]
-        other = table.flat_bytes[np.minimum(table.byte_starts[c_r][:, :, None] + cols, last_byte)]
-        same = ((other == own[:, None, :]) | ~inside[:, None, :]).all(axis=2)
-        extends = same & (table.byte_lengths[c_r] >= n_r[:, None]) & (c_r != ids[r][:, None])
-        if not extends.any():
-            continue
-        ext_lp = np.where(extends, cand_lp[r], -np.inf)
-        top = np.maximum(lp[r], ext_lp.max(axis=1))
-        total = np.exp(lp[r] - top) + np.exp(ext_lp - top[:, None]).sum(axis=1)
-        d[r] = np.maximum(top + np.log(total) - lp[r], 0.0)
+    # a row can have extensions only when its token's run holds more than the token itself
+    rows = np.flatnonzero(ranges.span[ids] > 1)
+    if rows.shape[0] == 0:
+        return d
+    t, c = ids[rows], cand[rows]
+    offset = (ranges.rank[c] - ranges.lo[t][:, None]).view(np.uint32)  # rank −1 wraps to a huge value
+    extends = (offset < ranges.span[t][:, None].view(np.uint32)) & (c != t[:, None])
+    hit = np.flatnonzero(extends.any(axis=1))
+    if hit.shape[0] == 0:
+        return d
+    rows, extends = rows[hit], extends[hit]
+    ext_lp = np.where(extends, np.asarray(topk_logprobs_RK)[rows].astype(np.float64), -np.inf)
+    own = np.asarray(logprobs_R, dtype=np.float64)[rows]
+    top = np.maximum(own, ext_lp.max(axis=1))
+    total = np.exp(own - top) + np.exp(ext_lp - top[:, None]).sum(axis=1)
+    d[rows] = np.maximum(top + np.log(total) - own, 0.0)
     return d
 
 

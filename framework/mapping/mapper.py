@@ -28,10 +28,12 @@ import numpy as np
 from framework.mapping.align import align_flat, boundary_pairs
 from framework.mapping.boundary import (
     BOUNDARY_MODES,
+    PrefixRanges,
     chunk_boundary_shift,
     extendable_tokens,
     extension_logmass,
     last_tokens,
+    prefix_ranges,
 )
 from framework.mapping.credit import CREDIT_MODES, bridged_stop_logprob, chunk_credit
 from framework.mapping.render import (
@@ -97,6 +99,7 @@ class TokenMapper:
         self.teacher_stop_array = np.array(sorted(teacher.stop_ids), dtype=np.int64)
         self._projection: ProjectionMap | None = None
         self._student_extendable: np.ndarray | None = None  # bool[Vs], built on first use (boundary.py)
+        self._teacher_ranges: PrefixRanges | None = None  # built on first use (boundary.py)
         # Student bytes of the rollouts whose teacher requests were built here, reused when their
         # scores come back (map_samples), keyed by sample id and checked against the response ids.
         self._recent_splits: OrderedDict[str, tuple[np.ndarray, StudentResponse]] = OrderedDict()
@@ -139,6 +142,13 @@ class TokenMapper:
         if self._student_extendable is None:
             self._student_extendable = extendable_tokens(self.student.table)
         return self._student_extendable
+
+    @property
+    def teacher_prefix_ranges(self) -> PrefixRanges:
+        """Each teacher token's extensions as a range of the teacher's byte order (`boundary.py`)."""
+        if self._teacher_ranges is None:
+            self._teacher_ranges = prefix_ranges(self.teacher.table)
+        return self._teacher_ranges
 
     # ------------------------------------------------------------------ teacher input (§3.2-3.3)
     def _splits(self, rollouts: Sequence[Rollout]) -> tuple[list[StudentResponse], np.ndarray]:
@@ -209,7 +219,7 @@ class TokenMapper:
         if self.topk:
             _ = self.projection
         if self.boundary == "byte_prefix" and not self.is_identity:
-            _ = self.student_extendable
+            _ = self.student_extendable, self.teacher_prefix_ranges
 
     def teacher_request(self, rollout: Rollout) -> TeacherRequest:
         return self.teacher_requests([rollout])[0]
@@ -372,12 +382,24 @@ class TokenMapper:
             return None
         d_C = np.zeros(alignment.num_chunks, dtype=np.float64)
         chunks, last = last_tokens(alignment.teacher_chunk)
+        s_chunks, s_last = last_tokens(alignment.student_chunk)
+        # d_c counts only where the student's last token cannot extend itself and some teacher token
+        # extends the chunk's last one: select those chunks before touching any top-k row
+        open_end = np.zeros(alignment.num_chunks, dtype=bool)
+        open_end[s_chunks] = ~self.student_extendable[s_flat[s_last]]
+        keep = open_end[chunks] & (self.teacher_prefix_ranges.span[t_flat[last]] > 1)
+        chunks, last = chunks[keep], last[keep]
         if last.shape[0]:
-            topk_ids = np.concatenate([np.asarray(s.topk_ids) for s in scores])[last]
-            topk_lp = np.concatenate([np.asarray(s.topk_logprobs) for s in scores])[last]
-            d_C[chunks] = extension_logmass(self.teacher.table, t_flat[last], lp_t[last], topk_ids, topk_lp)
-            s_chunks, s_last = last_tokens(alignment.student_chunk)
-            d_C[s_chunks[self.student_extendable[s_flat[s_last]]]] = 0.0
+            # gather the needed rows sample by sample rather than concatenating every top-k row of
+            # the batch (tens of MB on long batches)
+            t_off = np.concatenate(([0], np.cumsum([s.token_logprobs.shape[0] for s in scores])))
+            cuts = np.searchsorted(last, t_off)
+            used = [b for b in range(len(scores)) if cuts[b + 1] > cuts[b]]
+            rows = [last[cuts[b] : cuts[b + 1]] - t_off[b] for b in used]
+            topk_ids = np.concatenate([np.asarray(scores[b].topk_ids)[r] for b, r in zip(used, rows)])
+            topk_lp = np.concatenate([np.asarray(scores[b].topk_logprobs)[r] for b, r in zip(used, rows)])
+            ranges = self.teacher_prefix_ranges
+            d_C[chunks] = extension_logmass(ranges, t_flat[last], lp_t[last], topk_ids, topk_lp)
         return d_C
 
     def _dense_rows(self, alignment, s_lens, t_lens, phantom_rows, s_stop, t_stop, scores):

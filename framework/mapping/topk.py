@@ -150,7 +150,7 @@ def build_projection_map(
     # groups: E(t) = [lo, hi) of the byte order, with hi the position of the prefix successor of bytes(t)
     ext = np.flatnonzero(extended)
     lo = np.searchsorted(s_void, t_void[ext], side="left")
-    succ, has_succ = _prefix_successors(t_keys[ext], t_len[ext], width)
+    succ, has_succ = prefix_successors(t_keys[ext], t_len[ext], width)
     hi = np.full(ext.shape[0], N, dtype=np.int64)
     hi[has_succ] = np.searchsorted(s_void, void_view(succ[has_succ]), side="left")
     fits = hi - lo <= max_group_size
@@ -224,7 +224,7 @@ def _starts_with(
     return same & (lens > prefix_lens)
 
 
-def _prefix_successors(keys: np.ndarray, lens: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+def prefix_successors(keys: np.ndarray, lens: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Keys of the smallest byte string above every string that starts with each row's bytes (strip
     trailing 0xFF bytes, add one to the last byte), and whether it exists (not for all-0xFF rows)."""
     body = keys[:, :width]

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from framework.mapping import TokenMapper, align_tokens, split_student_response
-from framework.mapping.boundary import chunk_boundary_shift, extendable_tokens, extension_logmass
+from framework.mapping.boundary import (
+    chunk_boundary_shift,
+    extendable_tokens,
+    extension_logmass,
+    prefix_ranges,
+)
 from framework.types import TeacherScores
 from tests.unit.mapping_fixtures import make_rollout, tokenizer_dir, tokenizer_names
 
@@ -159,7 +164,7 @@ def test_extension_logmass_matches_brute_force():
         ext = [i for i in with_bytes if own and table.token_bytes[i].startswith(own)]
         topk[r, : min(3, len(ext))] = rng.choice(ext, size=min(3, len(ext)), replace=False) if ext else []
     topk_lp = np.log(rng.dirichlet(np.ones(K + 1), size=R)[:, :K])
-    got = extension_logmass(table, ids, lp, topk, topk_lp)
+    got = extension_logmass(prefix_ranges(table), ids, lp, topk, topk_lp)
     want = [brute_d(table, int(ids[r]), lp[r], topk[r], topk_lp[r]) for r in range(R)]
     np.testing.assert_allclose(got, want, atol=1e-9)
     assert (got[:5] == 0).all() and (got > 1e-3).sum() > R // 4  # the planted extensions count
