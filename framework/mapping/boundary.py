@@ -9,8 +9,8 @@ number is 12 and stops": its probability is
 A Qwen-style student writing "1", "2", "." decides the second factor at its "." token. With chunk
 credit over the aligned chunks "12" | "." the end-of-number decision lands on the wrong chunk: a
 student that stops one digit early ("12." for 123) sees its correct digits punished (p_T("12") ≈ 0)
-and its wrong "." rewarded (p_T("." | "12") ≈ 1). Measured on the zoo, that drove a weak Qwen-style
-student away from a Llama-3-style teacher (README, Known problems).
+and its wrong "." rewarded (p_T("." | "12") ≈ 1). Measured on the zoo, that drove a Gemma-style
+student away from a Llama-3-style teacher (README, "Where a teacher token ends").
 
 The fix is the byte-level chain rule. Chunk c covers bytes [a_c, b_c) and ends with teacher token
 t_c; the byte-level conditional of its bytes is
