@@ -201,9 +201,9 @@ def test_opd_with_a_task_reward_trains_on_both_signals(ray_local, tmp_path):
 
 
 def test_two_teachers_of_different_families_each_score_the_prompts_routed_to_them(ray_local, tmp_path):
-    """``teachers=zoo_two_tasks`` on the real actors: the arithmetic prompts go to the Qwen-style
+    """``teachers=zoo_two_tasks`` on the real actors: the arithmetic prompts go to the Llama-3-style
     teacher, the find-the-largest prompts to the Gemma-style teacher of that task (docs/design.md
-    §5.6); the student is Llama-3-style, so each teacher has its own token mapping. Each teacher has
+    §5.6); the student is Qwen-style, so each teacher has its own cross-tokenizer mapping. Each teacher has
     options of its own: the second scores with the Hugging Face backend instead of vLLM. Each
     teacher's replica scores only its task's samples, and the per-teacher metrics cover the batch
     between them."""
@@ -221,7 +221,7 @@ def test_two_teachers_of_different_families_each_score_the_prompts_routed_to_the
     try:
         assert stages.teacher_names == ["arith", "max"] and stages.teacher_slots == [[0], [1]]
         assert [t.backend for t in cfg.teacher_list()] == ["vllm", "hf"]
-        assert not ray.get(stages.mapping[0].is_identity.remote())  # llama3 → qwen is not the identity
+        assert not ray.get(stages.mapping[0].is_identity.remote())  # neither teacher shares the tokenizer
         Controller(cfg, stages, train, evals, out).run()
         busy = stages.stats()
     finally:
