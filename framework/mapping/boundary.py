@@ -53,6 +53,7 @@ class PrefixRanges:
     rank: np.ndarray  # int32[V] position in byte order, -1 for tokens without bytes
     lo: np.ndarray  # int32[V] first position whose string equals the token's bytes
     span: np.ndarray  # int32[V] length of the run of strings that start with the token's bytes
+    equal: np.ndarray  # int32[V] how many of them equal the token's bytes (the token included)
 
 
 def prefix_ranges(table: TokenByteTable) -> PrefixRanges:
@@ -62,8 +63,9 @@ def prefix_ranges(table: TokenByteTable) -> PrefixRanges:
     rank = np.full(V, -1, dtype=np.int32)
     lo = np.zeros(V, dtype=np.int32)
     span = np.zeros(V, dtype=np.int32)
+    equal = np.zeros(V, dtype=np.int32)
     if N == 0:
-        return PrefixRanges(rank, lo, span)
+        return PrefixRanges(rank, lo, span, equal)
     lens = table.byte_lengths[order].astype(np.int64)
     width = int(lens.max())
     keys = table.sort_keys(order, width)
@@ -74,7 +76,8 @@ def prefix_ranges(table: TokenByteTable) -> PrefixRanges:
     ends = np.full(N, N, dtype=np.int64)
     ends[has_succ] = np.searchsorted(sorted_keys, void_view(succ[has_succ]), side="left")
     lo[order], span[order] = starts, ends - starts
-    return PrefixRanges(rank, lo, span)
+    equal[order] = np.searchsorted(sorted_keys, sorted_keys, side="right") - starts
+    return PrefixRanges(rank, lo, span, equal)
 
 
 def extension_logmass(
@@ -124,33 +127,10 @@ def last_tokens(chunk_of_token: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def extendable_tokens(table: TokenByteTable) -> np.ndarray:
-    """bool[V]: some other non-special token's bytes strictly extend this token's bytes.
-
-    In byte order the smallest string above ``b`` that differs from it extends ``b`` if any string
-    does (a string above ``b`` that does not start with ``b`` is above all of ``b``'s extensions),
-    so one comparison with the next distinct neighbour decides."""
-    order = table.byte_order.astype(np.int64)
-    if table.special_ids:
-        order = order[~np.isin(order, np.fromiter(table.special_ids, np.int64))]
-    out = np.zeros(table.vocab_size, dtype=bool)
-    if order.shape[0] < 2:
-        return out
-    lens = table.byte_lengths[order].astype(np.int64)
-    width = int(lens.max())
-    keys = table.sort_keys(order, width)[:, :width]
-    same_as_next = (lens[:-1] == lens[1:]) & (keys[:-1] == keys[1:]).all(axis=1)
-    # the next distinct string after position i: past the end of i's run of equal strings
-    new_run = np.concatenate(([True], ~same_as_next))
-    run_last = np.flatnonzero(np.concatenate((new_run[1:], [True])))
-    run_end = run_last[np.cumsum(new_run) - 1]
-    nxt = run_end + 1
-    has_next = nxt < order.shape[0]
-    rows = np.flatnonzero(has_next)
-    n = nxt[rows]
-    cols = np.arange(width)[None, :]
-    prefix_ok = ((keys[n] == keys[rows]) | (cols >= lens[rows][:, None])).all(axis=1)
-    out[order[rows]] = prefix_ok & (lens[n] > lens[rows])
-    return out
+    """bool[V]: some other token's bytes strictly extend this token's bytes (its run of the byte
+    order holds more than the strings equal to it)."""
+    ranges = prefix_ranges(table)
+    return ranges.span > ranges.equal
 
 
 def chunk_boundary_shift(d_C: np.ndarray, chunk_sample: np.ndarray) -> np.ndarray:
