@@ -319,7 +319,7 @@ class TokenMapper:
         alignment = align_flat(s_lens, s_off, t_lens, t_off, covered)
         lp_s = np.concatenate([np.asarray(r.logprobs, dtype=np.float64) for r in rollouts])
         lp_t = np.concatenate([np.asarray(s.token_logprobs, dtype=np.float64) for s in scores])
-        d_C = self._boundary_logmass(alignment, s_flat, t_flat, lp_t, scores)
+        d_C = self._boundary_logmass(alignment, s_flat, t_flat, t_off, lp_t, scores)
         shift = None if d_C is None else chunk_boundary_shift(d_C, alignment.chunk_sample)
         credit = chunk_credit(
             alignment.student_chunk,
@@ -371,7 +371,7 @@ class TokenMapper:
             d_C,
         )
 
-    def _boundary_logmass(self, alignment, s_flat, t_flat, lp_t, scores) -> np.ndarray | None:
+    def _boundary_logmass(self, alignment, s_flat, t_flat, t_off, lp_t, scores) -> np.ndarray | None:
         """float64[C] ``d_c`` of every chunk (`framework.mapping.boundary`), or None when token-level
         chunks are asked for or a sample came without its top-k rows. ``d_c`` is 0 where the
         student's last token of the chunk has longer tokens in the student vocabulary: that token
@@ -392,7 +392,6 @@ class TokenMapper:
         if last.shape[0]:
             # gather the needed rows sample by sample rather than concatenating every top-k row of
             # the batch (tens of MB on long batches)
-            t_off = np.concatenate(([0], np.cumsum([s.token_logprobs.shape[0] for s in scores])))
             cuts = np.searchsorted(last, t_off)
             used = [b for b in range(len(scores)) if cuts[b + 1] > cuts[b]]
             rows = [last[cuts[b] : cuts[b + 1]] - t_off[b] for b in used]
