@@ -192,6 +192,9 @@ class LearnerConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
     warmup_steps: int = 0
+    # after the warm-up: none keeps lr; cosine decays it to lr * min_lr_ratio at trainer.steps
+    lr_decay: str = "none"
+    min_lr_ratio: float = 0.1
     micro_batch_tokens: int = 8192
     logprob_chunk_size: int = 256
     dtype: str = "float32"
@@ -207,6 +210,13 @@ class LearnerConfig:
         _positive(self, "learner", "weight_decay", "grad_clip", allow_zero=True)
         _choice("learner.backend", self.backend, ("auto", "gloo", "nccl"))
         _positive(self, "learner", "warmup_steps", "lora_rank", allow_zero=True)
+        _choice("learner.lr_decay", self.lr_decay, ("none", "cosine"))
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(
+                "learner.min_lr_ratio",
+                f"{self.min_lr_ratio} is outside [0, 1]",
+                "use a fraction of learner.lr, e.g. 0.1",
+            )
         _positive(self, "learner", "lora_alpha")
         if self.lora_rank > 512:  # vLLM's largest max_lora_rank (framework/learner/lora.py)
             raise ConfigError(

@@ -172,7 +172,7 @@ def _build_model(
 
     from framework.data.arith import make_problems, split_size
     from tokenbridge_zoo.models import create_model, make_config, num_parameters
-    from tokenbridge_zoo.training import accuracy, train_sft
+    from tokenbridge_zoo.training import accuracy_by_task, train_sft
 
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -192,7 +192,9 @@ def _build_model(
         num_train = settings.train_problems
         if num_train is None:
             num_train = split_size("train", spec.task)
-        train_prompts = make_problems(num_train, seed=spec.seed, split="train", task=spec.task)
+        train_prompts = make_problems(
+            num_train, seed=spec.seed, split="train", task=spec.task, shares=spec.train_shares
+        )
         val_prompts = make_problems(settings.val_problems, seed=spec.seed, split="val", task=spec.task)
         test_prompts = make_problems(settings.eval_problems, seed=0, split="test", task=spec.task)
         if progress is not None:
@@ -215,7 +217,9 @@ def _build_model(
             on_step=functools.partial(progress.step, spec.name) if progress is not None else None,
             on_eval=functools.partial(progress.eval, spec.name) if progress is not None else None,
         )
-        test_accuracy = accuracy(model, tokenizer, test_prompts, stop_ids, settings.eval_max_new_tokens)
+        by_task = accuracy_by_task(model, tokenizer, test_prompts, stop_ids, settings.eval_max_new_tokens)
+        # the test split of a mix is equal parts of each task, so the plain mean is the overall share
+        test_accuracy = sum(by_task.values()) / len(by_task)
         if progress is not None:
             progress.finish(spec.name, result.steps, test_accuracy)
         with _atomic_dir(final) as tmp:
@@ -235,6 +239,7 @@ def _build_model(
                 "vocab_size": len(tokenizer),
                 "accuracy": round(test_accuracy, 4),
                 "accuracy_problems": len(test_prompts),
+                "accuracy_by_task": {task: round(value, 4) for task, value in by_task.items()},
                 "val_accuracy": round(result.val_accuracy, 4),
                 "train_steps": result.steps,
                 "train_loss": round(result.final_loss, 4),

@@ -146,6 +146,21 @@ def accuracy(
     return sum(verify(text, p.answer or "") for text, p in zip(responses, prompts)) / max(1, len(prompts))
 
 
+def accuracy_by_task(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Prompt],
+    stop_ids: list[int],
+    max_new_tokens: int,
+) -> dict[str, float]:
+    """``accuracy`` per task of the prompts (``meta["task"]``); a mixed model is judged per domain."""
+    responses = greedy_generate(model, tokenizer, prompts, stop_ids, max_new_tokens)
+    passed: dict[str, list[bool]] = {}
+    for text, prompt in zip(responses, prompts):
+        passed.setdefault(str(prompt.meta.get("task", "arith")), []).append(verify(text, prompt.answer or ""))
+    return {task: sum(flags) / len(flags) for task, flags in sorted(passed.items())}
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -209,6 +224,7 @@ __all__ = [
     "EncodedExample",
     "TrainResult",
     "accuracy",
+    "accuracy_by_task",
     "collate",
     "encode_examples",
     "greedy_generate",

@@ -358,5 +358,5 @@ def _teacher_kwargs(cfg: Config, t: TeacherEntry, teacher_path: str) -> dict:
 def _rank_settings(cfg: Config) -> RankSettings:
     return RankSettings(
         learner=cfg.learner, objective=cfg.algo, seed=cfg.trainer.seed, temperature=cfg.rollout.temperature,
-        trust_remote_code=cfg.pair.trust_remote_code, device=cfg.cluster.device,
+        trust_remote_code=cfg.pair.trust_remote_code, device=cfg.cluster.device, total_steps=cfg.trainer.steps,
     )  # fmt: skip

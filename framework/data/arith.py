@@ -214,21 +214,29 @@ def _mix(task: str) -> tuple[str, ...]:
     return MIXES[task]
 
 
-def make_problems(n: int, seed: int, split: str = "train", task: str = "arith") -> list[Prompt]:
+def make_problems(
+    n: int, seed: int, split: str = "train", task: str = "arith", shares: tuple[float, ...] | None = None
+) -> list[Prompt]:
     """``n`` distinct problems of ``split`` ("train", "val" or "test"), deterministic per (seed, split).
 
     Problems are drawn uniformly without replacement from the split. Prompt ids are derived from the
     problem content, so they are unique within and across splits. A mix (``arith+max``) takes
-    ``n // 2`` problems of its first task and the rest of its second, shuffled together.
+    ``round(n * share)`` problems of each task but the last, which gets the rest, shuffled together;
+    ``shares`` (one per task of the mix, summing to 1) defaults to equal parts (``n // 2`` of the first).
     """
     _check_split(split)
     tasks = _mix(task)
+    if shares is not None and (
+        len(shares) != len(tasks) or any(s < 0 for s in shares) or abs(sum(shares) - 1.0) > 1e-9
+    ):
+        raise ValueError(f"shares={shares}: give one non-negative share per task of {tasks}, summing to 1")
     if len(tasks) > 1:
-        halves = [
-            make_problems(n // 2, seed, split, tasks[0]),
-            make_problems(n - n // 2, seed, split, tasks[1]),
-        ]
-        mixed = halves[0] + halves[1]
+        if shares is None:
+            counts = [n // len(tasks)] * (len(tasks) - 1)
+        else:
+            counts = [round(n * share) for share in shares[:-1]]
+        counts.append(n - sum(counts))
+        mixed = [prompt for t, count in zip(tasks, counts) for prompt in make_problems(count, seed, split, t)]
         random.Random(f"{task}/{seed}/{split}").shuffle(mixed)
         return mixed
     pool = _split_problems(split, task)

@@ -17,6 +17,8 @@ gradients over the R data-parallel ranks, so each backward is scaled by R:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,11 +78,24 @@ def deepspeed_config(s: LearnerConfig) -> dict[str, Any]:
     }
 
 
-def _warmup(warmup_steps: int):
-    def factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+def lr_factor(
+    step: int, warmup_steps: int, decay: str = "none", total_steps: int = 0, floor: float = 0.1
+) -> float:
+    """The multiplier of ``learner.lr`` at optimizer update ``step`` (0-based).
 
-    return factor
+    Linear warm-up to 1 over ``warmup_steps``; then 1 (``decay="none"``) or the cosine schedule of
+    Loshchilov & Hutter (SGDR, 2017) down to ``floor``: the k-th update after the warm-up uses
+    ``floor + (1 − floor) · (1 + cos(π · k / (total − warmup))) / 2``, so the run's last update
+    (``step = total − 1``) runs at the floor, and any later one stays there. A constant lr at the
+    end of a short run keeps Adam's steps full size when the signal is noisiest, and the student
+    wanders (README, the multi-teacher recipe).
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay == "none" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps + 1) / (total_steps - warmup_steps))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class LearnerRank:
@@ -135,7 +150,11 @@ class LearnerRank:
         optimizer = torch.optim.AdamW(
             trained, lr=lc.lr, betas=betas, eps=ADAM_EPS, weight_decay=lc.weight_decay
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(lc.warmup_steps))
+        schedule = functools.partial(
+            lr_factor, warmup_steps=lc.warmup_steps, decay=lc.lr_decay, total_steps=s.total_steps,
+            floor=lc.min_lr_ratio,
+        )  # fmt: skip
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(lc)
         )

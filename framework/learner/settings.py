@@ -22,6 +22,7 @@ class RankSettings:
     device: str = "cpu"  # cluster.device: picks the process-group backend when learner.backend=auto
     pad_id: int | None = None  # None: the model config's pad_token_id, else 0
     export_bucket_bytes: int = 256 << 20
+    total_steps: int = 0  # trainer.steps: where learner.lr_decay=cosine reaches its floor
 
     @property
     def backend(self) -> str:

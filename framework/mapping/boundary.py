@@ -26,6 +26,20 @@ bound (extensions outside the top-k are missing), and ignores multi-token spelli
 (a model trained on canonical tokenizations gives them little mass). This is the byte-prefix
 marginal of "Cross-Tokenizer On-Policy Distillation via Byte-Prefix Marginalization" [4], applied
 to the sampled path rather than to the top-k target (`framework.mapping.topk`).
+
+The mirror case: the *student* token is the coarse one. A Llama-3-style student writing "12" has
+decided "the number ends after 2" (else it would have written "123"), while a Qwen-style teacher's
+"1", "2" say nothing about it: the teacher decides that at its next token. Where the chunk's last
+student token s has longer student tokens, the chunk takes the teacher's probability that the
+bytes stop continuing s there, and the next chunk gets it back:
+
+    d_c = log(1 − e_c),  e_c = Σ_{τ : bytes(s) + first byte of τ starts a student token} p_T(τ | t_≤c)
+
+read from the teacher's row at its next token (the first of chunk c+1, or the appended stop); e_c
+is a lower bound like the top-k mass above. Both cases use the same shift d_c − d_{c−1}: the first
+only where the student's last token has no longer student token, the second only where it has, so a
+chunk gets one or the other. d_c = 0 where the realised next teacher token itself continues s (a
+non-canonical student spelling: s did not decide the end) or no row follows (a cut sample).
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ import numpy as np
 
 from framework.mapping.token_bytes import TokenByteTable, void_view
 from framework.mapping.topk import prefix_successors
+from framework.types import TeacherScores
 
 BOUNDARY_MODES = ("byte_prefix", "token")  # token: the token-level chunks, d = 0 everywhere
 
@@ -140,3 +155,162 @@ def chunk_boundary_shift(d_C: np.ndarray, chunk_sample: np.ndarray) -> np.ndarra
     if d_C.shape[0] > 1:
         prev[1:] = np.where(chunk_sample[1:] == chunk_sample[:-1], d_C[:-1], 0.0)
     return d_C - prev
+
+
+NO_BYTE = 256  # the first-byte code of a token without bytes: no token continues with it
+
+
+def continuation_bytes(table: TokenByteTable) -> np.ndarray:
+    """uint8[V, 33], a 257-bit set per token: bit ``b`` of row ``s`` (``row[b >> 3] & (0x80 >> (b & 7))``)
+    is set when some token's bytes start with bytes(s) followed by byte ``b``; bit ``NO_BYTE`` (in
+    column 32, which is always 0) never is, so a token without bytes needs no special case."""
+    mask = np.zeros((table.vocab_size, 33), dtype=np.uint8)
+    ids_of: dict[bytes, list[int]] = {}
+    for i, b in enumerate(table.token_bytes):
+        if b and i not in table.special_ids:
+            ids_of.setdefault(b, []).append(i)
+    rows: list[int] = []
+    next_bytes: list[int] = []
+    for b in ids_of:  # each distinct string once: its proper prefixes that are tokens gain b[L]
+        for L in range(1, len(b)):
+            for s in ids_of.get(b[:L], ()):
+                rows.append(s)
+                next_bytes.append(b[L])
+    if rows:
+        r, nb = np.asarray(rows, dtype=np.int64), np.asarray(next_bytes, dtype=np.int64)
+        np.bitwise_or.at(mask, (r, nb >> 3), (0x80 >> (nb & 7)).astype(np.uint8))
+    return mask
+
+
+def first_bytes(table: TokenByteTable) -> np.ndarray:
+    """intp[V]: each token's first byte, ``NO_BYTE`` for tokens without bytes."""
+    out = np.full(table.vocab_size, NO_BYTE, dtype=np.intp)
+    has = np.flatnonzero(table.byte_lengths > 0)
+    out[has] = table.flat_bytes[table.byte_starts[has]]
+    return out
+
+
+def _continues(
+    continuations: np.ndarray, s: np.ndarray, teacher_ids: np.ndarray, first: np.ndarray
+) -> np.ndarray:
+    """bool[...]: the first byte of teacher token ``teacher_ids`` (codes ``first``) continues student
+    token ``s`` (broadcast together)."""
+    code = first[teacher_ids]
+    cell = continuations.ravel()[s * continuations.shape[1] + (code >> 3)]
+    return (cell & _BIT_OF_CODE[code & 7]) != 0
+
+
+_BIT_OF_CODE = (0x80 >> np.arange(8)).astype(np.uint8)
+
+
+def student_end_logprob(
+    continuations: np.ndarray,
+    teacher_first_byte: np.ndarray,
+    student_ids_R: np.ndarray,
+    next_ids_R: np.ndarray,
+    topk_ids_RK: np.ndarray,
+    topk_logprobs_RK: np.ndarray,
+) -> np.ndarray:
+    """float64[R]: ``log(1 − e)`` per row, e = the teacher's top-k mass on next tokens whose first byte
+    continues the student token (module docstring, the mirror case); 0 where the realised next
+    teacher token itself continues it."""
+    s = np.asarray(student_ids_R, dtype=np.int64)
+    out = np.zeros(s.shape[0], dtype=np.float64)
+    cand = np.asarray(topk_ids_RK, dtype=np.int64)
+    if s.shape[0] == 0 or cand.ndim != 2 or cand.shape[1] == 0:
+        return out
+    first = teacher_first_byte.astype(np.intp, copy=False)
+    realised = _continues(continuations, s, np.asarray(next_ids_R, dtype=np.int64), first)
+    cont = _continues(continuations, s[:, None], cand, first)
+    cont[realised] = False
+    rows, cols = np.nonzero(cont)  # usually a small share of the entries: exp only those
+    lp = np.asarray(topk_logprobs_RK)[rows, cols].astype(np.float64)
+    mass = np.bincount(rows, weights=np.exp(lp), minlength=s.shape[0])
+    # e < 1 whenever the realised token is not a continuation; the floor only guards rounding
+    out[:] = np.log1p(-np.minimum(mass, 1.0 - 1e-9))
+    return out
+
+
+def gather_topk_rows(
+    scores: list[TeacherScores], t_off: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k (ids, logprobs) rows at batch-flat teacher positions ``rows`` (ascending), sample by
+    sample rather than concatenating every row of the batch (tens of MB on long batches)."""
+    cuts = np.searchsorted(rows, t_off)
+    used = [b for b in range(len(scores)) if cuts[b + 1] > cuts[b]]
+    local = [rows[cuts[b] : cuts[b + 1]] - t_off[b] for b in used]
+    ids = [np.asarray(scores[b].topk_ids)[r] for b, r in zip(used, local)]
+    lps = [np.asarray(scores[b].topk_logprobs)[r] for b, r in zip(used, local)]
+    if not ids:
+        return np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(ids), np.concatenate(lps)
+
+
+@dataclass(frozen=True)
+class BoundaryTables:
+    """What the byte-prefix chunks need of a tokenizer pair (built once per pair, at warm-up)."""
+
+    student_extendable: np.ndarray  # bool[Vs] (extendable_tokens)
+    student_continuations: np.ndarray  # uint8[Vs, 33] (continuation_bytes)
+    teacher_ranges: PrefixRanges
+    teacher_first_byte: np.ndarray  # intp[Vt] (first_bytes)
+
+    @classmethod
+    def of_pair(cls, student: TokenByteTable, teacher: TokenByteTable) -> BoundaryTables:
+        continuations = continuation_bytes(student)
+        # a token is extendable exactly when some byte continues it (tests check both against a scan)
+        extendable = np.asarray(continuations.any(axis=1), dtype=bool)
+        return cls(extendable, continuations, prefix_ranges(teacher), first_bytes(teacher))
+
+
+def chunk_end_logmass(
+    tables: BoundaryTables,
+    student_chunk: np.ndarray,
+    teacher_chunk: np.ndarray,
+    num_chunks: int,
+    s_flat: np.ndarray,
+    t_flat: np.ndarray,
+    t_off: np.ndarray,
+    lp_t: np.ndarray,
+    scores: list[TeacherScores],
+    stop_rows: np.ndarray,
+) -> np.ndarray:
+    """float64[C] ``d_c`` of every chunk of a batch: the teacher's extension mass where the student's
+    last token cannot extend itself, ``log(1 − e_c)`` where it can (module docstring).
+
+    ``student_chunk`` / ``teacher_chunk``: chunk id per flat token (-1 = not aligned); ``t_off``: the
+    samples' offsets into the teacher tokens; ``stop_rows``: flat positions of appended teacher stop
+    tokens (a row that may follow a sample's last chunk).
+    """
+    d_C = np.zeros(num_chunks, dtype=np.float64)
+    chunks, last = last_tokens(teacher_chunk)
+    s_chunks, s_last = last_tokens(student_chunk)
+    student_last = np.full(num_chunks, -1, dtype=np.int64)
+    student_last[s_chunks] = s_flat[s_last]
+    s_ids = student_last[chunks]
+    self_ending = (s_ids >= 0) & tables.student_extendable[np.maximum(s_ids, 0)]
+    # the teacher's token decides the end: only rows whose token some longer teacher token extends
+    keep = ~self_ending & (s_ids >= 0) & (tables.teacher_ranges.span[t_flat[last]] > 1)
+    if keep.any():
+        ids, lps = gather_topk_rows(scores, t_off, last[keep])
+        d_C[chunks[keep]] = extension_logmass(
+            tables.teacher_ranges, t_flat[last[keep]], lp_t[last[keep]], ids, lps
+        )
+    # the student's token decides it: the teacher's next row, where it starts the next chunk (or is
+    # the appended stop) inside the same sample
+    nxt = last + 1
+    inside = nxt < t_off[np.searchsorted(t_off, last, side="right")]
+    safe = np.minimum(nxt, teacher_chunk.shape[0] - 1)
+    follows = inside & ((teacher_chunk[safe] == chunks + 1) | np.isin(safe, stop_rows))
+    mirror = self_ending & follows
+    if mirror.any():
+        ids, lps = gather_topk_rows(scores, t_off, nxt[mirror])
+        d_C[chunks[mirror]] = student_end_logprob(
+            tables.student_continuations,
+            tables.teacher_first_byte,
+            s_ids[mirror],
+            t_flat[nxt[mirror]],
+            ids,
+            lps,
+        )
+    return d_C

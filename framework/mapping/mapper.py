@@ -26,15 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from framework.mapping.align import align_flat, boundary_pairs
-from framework.mapping.boundary import (
-    BOUNDARY_MODES,
-    PrefixRanges,
-    chunk_boundary_shift,
-    extendable_tokens,
-    extension_logmass,
-    last_tokens,
-    prefix_ranges,
-)
+from framework.mapping.boundary import BOUNDARY_MODES, BoundaryTables, chunk_boundary_shift, chunk_end_logmass
 from framework.mapping.credit import CREDIT_MODES, bridged_stop_logprob, chunk_credit
 from framework.mapping.render import (
     StudentResponse,
@@ -98,8 +90,7 @@ class TokenMapper:
         self.same_template = self.is_identity and student.chat_template == teacher.chat_template
         self.teacher_stop_array = np.array(sorted(teacher.stop_ids), dtype=np.int64)
         self._projection: ProjectionMap | None = None
-        self._student_extendable: np.ndarray | None = None  # bool[Vs], built on first use (boundary.py)
-        self._teacher_ranges: PrefixRanges | None = None  # built on first use (boundary.py)
+        self._boundary_tables: BoundaryTables | None = None  # built on first use (boundary.py)
         # Student bytes of the rollouts whose teacher requests were built here, reused when their
         # scores come back (map_samples), keyed by sample id and checked against the response ids.
         self._recent_splits: OrderedDict[str, tuple[np.ndarray, StudentResponse]] = OrderedDict()
@@ -137,18 +128,11 @@ class TokenMapper:
         return self._projection
 
     @property
-    def student_extendable(self) -> np.ndarray:
-        """bool[Vs]: student tokens that a longer student token extends (`boundary.extendable_tokens`)."""
-        if self._student_extendable is None:
-            self._student_extendable = extendable_tokens(self.student.table)
-        return self._student_extendable
-
-    @property
-    def teacher_prefix_ranges(self) -> PrefixRanges:
-        """Each teacher token's extensions as a range of the teacher's byte order (`boundary.py`)."""
-        if self._teacher_ranges is None:
-            self._teacher_ranges = prefix_ranges(self.teacher.table)
-        return self._teacher_ranges
+    def boundary_tables(self) -> BoundaryTables:
+        """The pair's byte-order tables for byte-prefix chunks (`boundary.BoundaryTables`)."""
+        if self._boundary_tables is None:
+            self._boundary_tables = BoundaryTables.of_pair(self.student.table, self.teacher.table)
+        return self._boundary_tables
 
     # ------------------------------------------------------------------ teacher input (§3.2-3.3)
     def _splits(self, rollouts: Sequence[Rollout]) -> tuple[list[StudentResponse], np.ndarray]:
@@ -219,7 +203,7 @@ class TokenMapper:
         if self.topk:
             _ = self.projection
         if self.boundary == "byte_prefix" and not self.is_identity:
-            _ = self.student_extendable, self.teacher_prefix_ranges
+            _ = self.boundary_tables
 
     def teacher_request(self, rollout: Rollout) -> TeacherRequest:
         return self.teacher_requests([rollout])[0]
@@ -319,7 +303,9 @@ class TokenMapper:
         alignment = align_flat(s_lens, s_off, t_lens, t_off, covered)
         lp_s = np.concatenate([np.asarray(r.logprobs, dtype=np.float64) for r in rollouts])
         lp_t = np.concatenate([np.asarray(s.token_logprobs, dtype=np.float64) for s in scores])
-        d_C = self._boundary_logmass(alignment, s_flat, t_flat, t_off, lp_t, scores)
+        bridged = np.array([b for b in range(B) if sides[b].bridged], dtype=np.int64)
+        s_stop, t_stop = s_off[bridged + 1] - 1, t_off[bridged + 1] - 1
+        d_C = self._boundary_logmass(alignment, s_flat, t_flat, t_off, lp_t, scores, t_stop)
         shift = None if d_C is None else chunk_boundary_shift(d_C, alignment.chunk_sample)
         credit = chunk_credit(
             alignment.student_chunk,
@@ -335,8 +321,6 @@ class TokenMapper:
         mask = (alignment.student_chunk >= 0).astype(np.float32)
 
         # Stop-token bridging: student stop token ↔ appended teacher stop token (its own 1:1 chunk).
-        bridged = np.array([b for b in range(B) if sides[b].bridged], dtype=np.int64)
-        s_stop, t_stop = s_off[bridged + 1] - 1, t_off[bridged + 1] - 1
         if bridged.shape[0]:
             has_topk = all(scores[b].topk_ids is not None for b in bridged)
             stop_lp = bridged_stop_logprob(
@@ -371,35 +355,25 @@ class TokenMapper:
             d_C,
         )
 
-    def _boundary_logmass(self, alignment, s_flat, t_flat, t_off, lp_t, scores) -> np.ndarray | None:
-        """float64[C] ``d_c`` of every chunk (`framework.mapping.boundary`), or None when token-level
-        chunks are asked for or a sample came without its top-k rows. ``d_c`` is 0 where the
-        student's last token of the chunk has longer tokens in the student vocabulary: that token
-        itself decides where it ends, inside the chunk, like the teacher's token does."""
+    def _boundary_logmass(self, alignment, s_flat, t_flat, t_off, lp_t, scores, t_stop) -> np.ndarray | None:
+        """float64[C] ``d_c`` of every chunk (`boundary.chunk_end_logmass`), or None when token-level
+        chunks are asked for or a sample came without its top-k rows."""
         if self.boundary != "byte_prefix" or any(
             s.topk_ids is None or s.topk_logprobs is None for s in scores
         ):
             return None
-        d_C = np.zeros(alignment.num_chunks, dtype=np.float64)
-        chunks, last = last_tokens(alignment.teacher_chunk)
-        s_chunks, s_last = last_tokens(alignment.student_chunk)
-        # d_c counts only where the student's last token cannot extend itself and some teacher token
-        # extends the chunk's last one: select those chunks before touching any top-k row
-        open_end = np.zeros(alignment.num_chunks, dtype=bool)
-        open_end[s_chunks] = ~self.student_extendable[s_flat[s_last]]
-        keep = open_end[chunks] & (self.teacher_prefix_ranges.span[t_flat[last]] > 1)
-        chunks, last = chunks[keep], last[keep]
-        if last.shape[0]:
-            # gather the needed rows sample by sample rather than concatenating every top-k row of
-            # the batch (tens of MB on long batches)
-            cuts = np.searchsorted(last, t_off)
-            used = [b for b in range(len(scores)) if cuts[b + 1] > cuts[b]]
-            rows = [last[cuts[b] : cuts[b + 1]] - t_off[b] for b in used]
-            topk_ids = np.concatenate([np.asarray(scores[b].topk_ids)[r] for b, r in zip(used, rows)])
-            topk_lp = np.concatenate([np.asarray(scores[b].topk_logprobs)[r] for b, r in zip(used, rows)])
-            ranges = self.teacher_prefix_ranges
-            d_C[chunks] = extension_logmass(ranges, t_flat[last], lp_t[last], topk_ids, topk_lp)
-        return d_C
+        return chunk_end_logmass(
+            self.boundary_tables,
+            alignment.student_chunk,
+            alignment.teacher_chunk,
+            alignment.num_chunks,
+            s_flat,
+            t_flat,
+            t_off,
+            lp_t,
+            scores,
+            t_stop,
+        )
 
     def _dense_rows(self, alignment, s_lens, t_lens, phantom_rows, s_stop, t_stop, scores):
         """(student flat idx int64[P], support ids, support probs, group ids, other) sorted by student index."""
@@ -456,8 +430,15 @@ class TokenMapper:
             "map/cut_bytes": np.array([len(s.content) - s.valid_len for s in splits], dtype=np.float64),
             "map/teacher_mismatch": np.array([t.mismatch for t in sides], dtype=np.float64),
             "map/phantom_space": np.array([t.phantom for t in sides], dtype=np.float64),
-            # mean d_c: nats of "the teacher token ends here" moved to the next chunk (boundary.py)
-            "map/boundary_nats": per_sample(d_C) / chunks if d_C is not None else np.zeros(B),
+            # mean d_c per chunk (boundary.py): nats of "the teacher token ends here" moved to the
+            # next chunk (>= 0), and of "the bytes stop continuing the student's token" moved into
+            # the chunk whose student token decided it (<= 0)
+            "map/boundary_nats": per_sample(np.maximum(d_C, 0.0)) / chunks
+            if d_C is not None
+            else np.zeros(B),
+            "map/student_end_nats": per_sample(np.minimum(d_C, 0.0)) / chunks
+            if d_C is not None
+            else np.zeros(B),
         }
         if dense_rows is not None:
             dense_cuts = np.searchsorted(dense_rows[0], s_off)

@@ -33,10 +33,13 @@ SETTINGS = dict(  # learner.* config values
     betas=(0.9, 0.95),
     grad_clip=1.0,
     warmup_steps=2,
+    lr_decay="cosine",  # with TOTAL_STEPS: step 3 (the one replayed after load_state) runs at the floor
+    min_lr_ratio=0.25,
     micro_batch_tokens=48,
     logprob_chunk_size=7,
 )
 OBJECTIVE = ("opd_topk", {"clip_eps": 0.2, "topk_weight": 0.5})
+TOTAL_STEPS = 3  # trainer.steps as the learner sees it (RankSettings.total_steps)
 # name -> (zero stage, world size, gradient checkpointing)
 RUNS = {"z2_r1": (2, 1, False), "z2_r2": (2, 2, False), "z3_r2": (3, 2, True)}
 WORKER_TIMEOUT_S = 420
@@ -125,6 +128,7 @@ def worker(spec: dict) -> None:
             ),
             objective=make_objective(OBJECTIVE[0], **OBJECTIVE[1]),  # type: ignore[arg-type]
             seed=0,
+            total_steps=TOTAL_STEPS,
         ),
     )
     report: dict = {"process_to_ready_s": time.perf_counter() - t0}
@@ -277,7 +281,7 @@ def reference(tiny_model_dir) -> dict:
         lm.parameters(), lr=SETTINGS["lr"], betas=SETTINGS["betas"], weight_decay=SETTINGS["weight_decay"]
     )
     warm = SETTINGS["warmup_steps"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))  # steps 1-2: warm-up
     steps = []
     for step in (1, 2):
         mb = collate_micro_batch(make_samples(step, 10), with_dense=True)
@@ -406,6 +410,8 @@ def test_save_load_state_resumes_identically(runs, name):
         assert r["version_after_load"] == 2 and r["versions"] == [3, 3]
         for key in ("loss", "grad_norm", "lr", "opd/ratio_mean", "topk/kl"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
+        # the cosine schedule's last update runs at the floor, also after a reload of its state
+        assert a["lr"] == pytest.approx(SETTINGS["lr"] * SETTINGS["min_lr_ratio"], rel=1e-9)
     out = runs[name]["out"]
     first, again = (
         load_weights(out / "weights3.safetensors"),

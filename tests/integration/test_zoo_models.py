@@ -18,6 +18,7 @@ import torch
 from framework.data.arith import make_problems, verify
 from tokenbridge_zoo import FAMILIES, build_zoo
 from tokenbridge_zoo.families import style
+from tokenbridge_zoo.settings import ZooSettings
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 VLLM_MODELS = ("teacher-qwen", "student-gemma")
 EVAL_PROBLEMS = 200  # the same held-out test problems the manifest accuracy uses
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = ZooSettings().eval_max_new_tokens  # as the manifest accuracy was measured
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,16 @@ def test_the_two_task_teachers_each_know_only_their_own_task(records):
         responses = _hf_greedy(records[name]["path"], prompts)
         correct = sum(verify(r, p.answer) for r, p in zip(responses, prompts)) / len(prompts)
         assert correct <= 0.25 < records[name]["accuracy"] - 0.5, (name, other, correct, responses[:2])
+
+
+def test_the_mixed_student_is_weak_on_both_domains_and_blank_on_neither(records):
+    """The multi-teacher recipe needs both domains to have room: the manifest measures a mix per task."""
+    mix = records["student-qwen-mix"]["accuracy_by_task"]
+    assert set(mix) == {"arith", "max"}
+    arith_teacher = records["teacher-llama3"]["accuracy_by_task"]["arith"]
+    max_teacher = records["teacher-gemma-max"]["accuracy_by_task"]["max"]
+    assert 0.05 < mix["arith"] <= arith_teacher - 0.15, (mix, arith_teacher)
+    assert 0.05 < mix["max"] <= max_teacher - 0.25, (mix, max_teacher)
 
 
 def _vllm_run(path: str, prompts) -> tuple[list, float, float]:

@@ -66,6 +66,8 @@ def test_every_algo_has_a_recipe():
         ("algo=opd_topk algo.topk_weight=0 algo.with_sampled=false", "algo.topk_weight"),
         ("learner.dtype=float16", "learner.dtype"),
         ("learner.warmup_steps=-1", "learner.warmup_steps"),
+        ("learner.lr_decay=linear", "learner.lr_decay"),
+        ("learner.lr_decay=cosine learner.min_lr_ratio=1.5", "learner.min_lr_ratio"),
         ("cluster.gpus_per_learner_rank=1", "cluster.gpus_per_learner_rank"),
         ("cluster.placement=colocated trainer.max_staleness=1", "trainer.max_staleness"),
         ("cluster.placement=colocated rollout.tensor_parallel_size=2", "rollout.tensor_parallel_size"),

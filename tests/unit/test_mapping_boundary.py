@@ -12,9 +12,12 @@ import pytest
 from framework.mapping import TokenMapper, align_tokens, split_student_response
 from framework.mapping.boundary import (
     chunk_boundary_shift,
+    continuation_bytes,
     extendable_tokens,
     extension_logmass,
+    first_bytes,
     prefix_ranges,
+    student_end_logprob,
 )
 from framework.types import TeacherScores
 from tests.unit.mapping_fixtures import make_rollout, tokenizer_dir, tokenizer_names
@@ -37,6 +40,40 @@ def brute_d(table, token: int, lp: float, ids, lps) -> float:
         np.exp(q) for i, q in zip(ids, lps) if int(i) != token and table.token_bytes[int(i)].startswith(own)
     )
     return float(np.log(mass) - lp)
+
+
+_NEXT_BYTES: dict[tuple[int, int], set[int]] = {}
+
+
+def next_bytes(table, token: int) -> set[int]:
+    """Bytes b such that some non-special token's bytes start with bytes(token) + b: a scan of the
+    sorted vocabulary from bytes(token) while the strings start with it."""
+    key = (id(table), token)
+    if key not in _NEXT_BYTES:
+        own, found = table.token_bytes[token], set()
+        strings, _ = sorted_vocab(table)
+        k = bisect.bisect_left(strings, own) if own else len(strings)
+        while k < len(strings) and strings[k].startswith(own):
+            if len(strings[k]) > len(own):
+                found.add(strings[k][len(own)])
+            k += 1
+        _NEXT_BYTES[key] = found
+    return _NEXT_BYTES[key]
+
+
+def brute_mirror(student_table, teacher_table, s: int, next_t: int, ids, lps) -> float:
+    """log(1 − Σ p of the top-k teacher tokens whose first byte continues student token s); 0 when
+    the realised next teacher token's first byte continues it."""
+    cont = next_bytes(student_table, s)
+    first = teacher_table.token_bytes[next_t][:1]
+    if first and first[0] in cont:
+        return 0.0
+    e = sum(
+        np.exp(float(q))
+        for i, q in zip(ids, lps)
+        if teacher_table.token_bytes[int(i)][:1] and teacher_table.token_bytes[int(i)][0] in cont
+    )
+    return float(np.log1p(-min(e, 1.0 - 1e-9)))
 
 
 _SORTED: dict[int, tuple[list[bytes], list[int]]] = {}
@@ -80,8 +117,10 @@ def sorted_extendable(table, token: int) -> bool:
 
 def extension_heavy_scores(request, table, rng) -> TeacherScores:
     """Teacher scores whose top-k rows hold tokens that extend the realised token (what makes d > 0),
-    the realised token itself now and then, and random others."""
+    the realised token itself now and then, a token starting with a letter or digit (what may
+    continue the student's previous token: the mirror case), and random others."""
     ids_R = request.input_ids[request.response_start :]
+    starters = [i for i, b in enumerate(table.token_bytes) if b[:1].isalnum() and i not in table.special_ids]
     rows_ids, rows_lp = [], []
     for t in ids_R.tolist():
         own = table.token_bytes[t]
@@ -89,6 +128,9 @@ def extension_heavy_scores(request, table, rng) -> TeacherScores:
         picks = list(rng.choice(ext, size=min(len(ext), K // 2), replace=False)) if ext else []
         if rng.random() < 0.5:
             picks.append(t)
+        starter = int(rng.choice(starters))
+        if starter not in picks:
+            picks.append(starter)
         while len(picks) < K:
             other = int(rng.integers(table.vocab_size))
             if other not in picks:
@@ -105,9 +147,10 @@ def extension_heavy_scores(request, table, rng) -> TeacherScores:
     )
 
 
-def check_byte_prefix_sample(mapper, token_level, rollout, rng, extendable=None) -> int:
+def check_byte_prefix_sample(mapper, token_level, rollout, rng, extendable=None) -> tuple[int, int]:
     """Map ``rollout`` with byte-prefix and token-level chunks under the same teacher scores and check
-    every chunk against the brute-force reference (returns the number of chunks checked).
+    every chunk against the brute-force reference (returns the number of chunks checked, and of
+    chunks with a mirror-case term below zero).
     ``extendable(id)`` says whether a longer student token extends a student token."""
     extendable = extendable or (lambda token: brute_extendable(mapper.student.table, token))
     request = mapper.teacher_request(rollout)
@@ -126,15 +169,24 @@ def check_byte_prefix_sample(mapper, token_level, rollout, rng, extendable=None)
         t_lens[np.argmax(t_lens > 0)] -= 1
     al = align_tokens(s_lens, t_lens, split.valid_len)
     lp_t = scores.token_logprobs.astype(np.float64)
-    prev_d = 0.0
+    prev_d, mirrored = 0.0, 0
     for c in range(al.num_chunks):
         t_in = np.flatnonzero(al.teacher_chunk == c)
         s_in = np.flatnonzero(al.student_chunk == c)
         last = int(t_in[-1])
         d = brute_d(mapper.teacher.table, int(t_content[last]), lp_t[last], scores.topk_ids[last],
                     scores.topk_logprobs[last])  # fmt: skip
-        if extendable(int(rollout.response_ids[s_in[-1]])):
-            d = 0.0  # the student's own token decides where it ends
+        s_last = int(rollout.response_ids[s_in[-1]])
+        if extendable(s_last):  # the student's own token decides where it ends: the mirror case
+            nxt = last + 1
+            follows = (nxt < t_content.shape[0] and al.teacher_chunk[nxt] == c + 1) or (
+                appended and nxt == t_content.shape[0]
+            )
+            d = 0.0
+            if follows:
+                d = brute_mirror(mapper.student.table, mapper.teacher.table, s_last, int(t_ids[nxt]),
+                                 scores.topk_ids[nxt], scores.topk_logprobs[nxt])  # fmt: skip
+                mirrored += d < -1e-6
         want = lp_t[t_in].sum() + d - prev_d
         got = sample.teacher_logprobs[s_in].astype(np.float64).sum()
         assert got == pytest.approx(want, abs=2e-4), c
@@ -146,7 +198,7 @@ def check_byte_prefix_sample(mapper, token_level, rollout, rng, extendable=None)
     tail = 0.0 if (appended and sample.mask[-1] > 0) else prev_d
     want_total = flat.teacher_logprobs.astype(np.float64)[flat.mask > 0].sum() + tail
     assert total == pytest.approx(want_total, abs=1e-3)
-    return al.num_chunks
+    return al.num_chunks, mirrored
 
 
 def test_extension_logmass_matches_brute_force():
@@ -179,6 +231,36 @@ def test_extendable_tokens_matches_brute_force(name):
     assert 0 < sum(want) < table.vocab_size
 
 
+@pytest.mark.parametrize("name", tokenizer_names())
+def test_continuation_bytes_match_a_scan_of_the_sorted_vocabulary(name):
+    table = TokenMapper.from_paths(tokenizer_dir(name), tokenizer_dir(name)).student.table
+    bits = np.unpackbits(continuation_bytes(table), axis=1)
+    assert not bits[:, 256:].any()  # the no-byte code never continues anything
+    for token in range(table.vocab_size):
+        assert set(np.flatnonzero(bits[token]).tolist()) == next_bytes(table, token), token
+    assert bits.any(axis=1).tolist() == extendable_tokens(table).tolist()  # one notion of "longer token"
+
+
+def test_student_end_logprob_matches_brute_force():
+    pair = TokenMapper.from_paths(tokenizer_dir("bl_group"), tokenizer_dir("sp_plain"))
+    s_table, t_table = pair.student.table, pair.teacher.table
+    rng = np.random.default_rng(1)
+    R = 300
+    students = rng.choice(np.flatnonzero(extendable_tokens(s_table)), size=R)
+    realised = rng.choice(t_table.vocab_size, size=R)
+    topk = rng.choice(t_table.vocab_size, size=(R, K))
+    topk_lp = np.log(rng.dirichlet(np.ones(K + 1), size=R)[:, :K])
+    got = student_end_logprob(
+        continuation_bytes(s_table), first_bytes(t_table), students, realised, topk, topk_lp
+    )
+    want = [
+        brute_mirror(s_table, t_table, int(students[r]), int(realised[r]), topk[r], topk_lp[r])
+        for r in range(R)
+    ]
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert (got < -1e-3).sum() > R // 10 and (got == 0).sum() > 0
+
+
 def test_chunk_boundary_shift_moves_d_within_a_sample_only():
     d_C = np.array([0.5, 1.0, 0.0, 2.0, 3.0])
     sample = np.array([0, 0, 0, 1, 1])
@@ -197,13 +279,15 @@ def test_byte_prefix_chunks_match_the_reference(student, teacher, finish):
     mapper = TokenMapper.from_paths(tokenizer_dir(student), tokenizer_dir(teacher), boundary="byte_prefix")
     token_level = TokenMapper.from_paths(tokenizer_dir(student), tokenizer_dir(teacher), boundary="token")
     rng = np.random.default_rng(len(student) * 31 + len(teacher))
-    checked = 0
+    checked = mirrored = 0
     for text in TEXTS:
         ids = mapper.student.continuation.encode(text).ids
         if finish == "stop":
             ids = [*ids, sorted(mapper.student.stop_ids)[0]]
-        checked += check_byte_prefix_sample(mapper, token_level, make_rollout(mapper, ids, finish, rng), rng)
-    assert checked > 0
+        rollout = make_rollout(mapper, ids, finish, rng)
+        chunks, mirror_chunks = check_byte_prefix_sample(mapper, token_level, rollout, rng)
+        checked, mirrored = checked + chunks, mirrored + mirror_chunks
+    assert checked > 0 and mirrored > 0
 
 
 def test_an_early_stop_is_blamed_on_the_token_that_stopped():
@@ -233,4 +317,37 @@ def test_an_early_stop_is_blamed_on_the_token_that_stopped():
     adv = {m: by_mode[m].map_sample(rollout, request, scores).advantages for m in by_mode}
     assert adv["token"][:2].sum() < -3 and adv["token"][2] > 0  # the wrong credit
     assert adv["byte_prefix"][:2].sum() > 0 and adv["byte_prefix"][2] < -3  # the "." pays
+    assert adv["byte_prefix"].sum() == pytest.approx(adv["token"].sum(), abs=1e-5)
+
+
+def test_a_coarse_student_token_pays_for_the_end_it_decided():
+    """The mirror case: student "12", "." (a digit-grouping tokenizer), teacher "1", "2", "." (single
+    digits) expecting "123". The student's "12" decided that the number ends; the teacher decides it
+    at its next token. Token-level chunks reward "12" and punish the "."; byte-prefix chunks charge
+    the teacher's "not here" (its mass on a next digit) to the "12"."""
+    student, teacher = tokenizer_dir("bl_group"), tokenizer_dir("bl_single")
+    by_mode = {m: TokenMapper.from_paths(student, teacher, boundary=m) for m in ("token", "byte_prefix")}
+    mapper = by_mode["token"]
+    ids = mapper.student.continuation.encode("12.").ids
+    assert [mapper.student.table.token_bytes[i] for i in ids] == [b"12", b"."]
+    assert next_bytes(mapper.student.table, ids[0]) & set(b"0123456789")  # "12x" is a student token
+    rng = np.random.default_rng(0)
+    rollout = make_rollout(mapper, ids, "length", rng)
+    rollout.logprobs[:] = np.log(0.9)
+    request = mapper.teacher_request(rollout)
+    t_ids = request.input_ids[request.response_start :]
+    vocab = mapper.teacher.table.token_bytes
+    assert [vocab[i] for i in t_ids] == [b"1", b"2", b"."]
+    three = vocab.index(b"3")
+    topk = np.tile(t_ids[:, None], (1, K)).astype(np.int32)
+    topk[2, :2] = [three, t_ids[2]]  # after "12" the teacher says "3" (0.95), "." (0.01)
+    topk_lp = np.full((3, K), -30.0, dtype=np.float32)
+    topk_lp[:, 0] = 0.0
+    topk_lp[2, :2] = np.log([0.95, 0.01])
+    scores = TeacherScores(rollout.sample_id, np.log([1.0, 1.0, 0.01]).astype(np.float32), topk, topk_lp)
+    adv = {m: by_mode[m].map_sample(rollout, request, scores).advantages for m in by_mode}
+    assert adv["token"][0] > 0 and adv["token"][1] < -4  # the wrong credit
+    # the "12" pays log(1 − 0.95); the "." keeps log(0.01 / 0.05), the teacher's "." among the ends
+    assert adv["byte_prefix"][0] == pytest.approx(np.log(0.05) - np.log(0.9), abs=1e-4)
+    assert adv["byte_prefix"][1] == pytest.approx(np.log(0.2) - np.log(0.9), abs=1e-4)
     assert adv["byte_prefix"].sum() == pytest.approx(adv["token"].sum(), abs=1e-5)

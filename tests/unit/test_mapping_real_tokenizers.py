@@ -451,7 +451,7 @@ def test_byte_prefix_chunks_on_real_vocabularies(real_dirs, student, teacher, fi
         if finish == "stop":
             ids = [*ids, sorted(byte_prefix.student.stop_ids)[0]]
         rollout = make_rollout(byte_prefix, ids, finish, rng)
-        checked = check_byte_prefix_sample(
+        checked, _ = check_byte_prefix_sample(
             byte_prefix, token_level, rollout, rng, lambda t: sorted_extendable(s_info.table, t)
         )
         assert checked > 10

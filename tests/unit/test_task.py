@@ -152,3 +152,19 @@ def test_the_two_tasks_share_the_splits_and_the_mix_is_half_of_each():
     assert task.split_size("test", "arith+max") == task.split_size("test") + task.split_size("test", "max")
     with pytest.raises(ValueError, match="task='sort' is unknown"):
         task.make_problems(1, seed=0, task="sort")
+
+
+def test_a_mix_can_be_weighted_and_bad_shares_are_refused():
+    even = task.make_problems(40, seed=3, split="train", task="arith+max")
+    assert task.make_problems(40, seed=3, split="train", task="arith+max", shares=(0.5, 0.5)) == even
+    skewed = task.make_problems(40, seed=3, split="train", task="arith+max", shares=(0.9, 0.1))
+    kinds = [p.meta["task"] for p in skewed]
+    assert kinds.count("arith") == 36 and kinds.count("max") == 4 and len({p.prompt_id for p in skewed}) == 40
+    # the max part is the single-task draw of the same seed
+    assert {p.prompt_id for p in skewed if p.meta["task"] == "max"} == {
+        p.prompt_id for p in task.make_problems(4, seed=3, split="train", task="max")
+    }
+    assert kinds != sorted(kinds)  # shuffled together, not all arith then all max
+    for bad in ((0.9,), (0.8, 0.1), (1.1, -0.1)):
+        with pytest.raises(ValueError, match="shares="):
+            task.make_problems(40, seed=3, split="train", task="arith+max", shares=bad)
