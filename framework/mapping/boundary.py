@@ -68,7 +68,6 @@ class PrefixRanges:
     rank: np.ndarray  # int32[V] position in byte order, -1 for tokens without bytes
     lo: np.ndarray  # int32[V] first position whose string equals the token's bytes
     span: np.ndarray  # int32[V] length of the run of strings that start with the token's bytes
-    equal: np.ndarray  # int32[V] how many of them equal the token's bytes (the token included)
 
 
 def prefix_ranges(table: TokenByteTable) -> PrefixRanges:
@@ -78,9 +77,8 @@ def prefix_ranges(table: TokenByteTable) -> PrefixRanges:
     rank = np.full(V, -1, dtype=np.int32)
     lo = np.zeros(V, dtype=np.int32)
     span = np.zeros(V, dtype=np.int32)
-    equal = np.zeros(V, dtype=np.int32)
     if N == 0:
-        return PrefixRanges(rank, lo, span, equal)
+        return PrefixRanges(rank, lo, span)
     lens = table.byte_lengths[order].astype(np.int64)
     width = int(lens.max())
     keys = table.sort_keys(order, width)
@@ -91,8 +89,7 @@ def prefix_ranges(table: TokenByteTable) -> PrefixRanges:
     ends = np.full(N, N, dtype=np.int64)
     ends[has_succ] = np.searchsorted(sorted_keys, void_view(succ[has_succ]), side="left")
     lo[order], span[order] = starts, ends - starts
-    equal[order] = np.searchsorted(sorted_keys, sorted_keys, side="right") - starts
-    return PrefixRanges(rank, lo, span, equal)
+    return PrefixRanges(rank, lo, span)
 
 
 def extension_logmass(
@@ -141,11 +138,10 @@ def last_tokens(chunk_of_token: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c[last], aligned[last]
 
 
-def extendable_tokens(table: TokenByteTable) -> np.ndarray:
-    """bool[V]: some other token's bytes strictly extend this token's bytes (its run of the byte
-    order holds more than the strings equal to it)."""
-    ranges = prefix_ranges(table)
-    return ranges.span > ranges.equal
+def extendable_tokens(continuations: np.ndarray) -> np.ndarray:
+    """bool[V]: some other token's bytes strictly extend this token's bytes, i.e. some byte continues
+    it (a row of ``continuation_bytes`` with a bit set)."""
+    return np.asarray(continuations.any(axis=1), dtype=bool)
 
 
 def chunk_boundary_shift(d_C: np.ndarray, chunk_sample: np.ndarray) -> np.ndarray:
@@ -258,9 +254,9 @@ class BoundaryTables:
     @classmethod
     def of_pair(cls, student: TokenByteTable, teacher: TokenByteTable) -> BoundaryTables:
         continuations = continuation_bytes(student)
-        # a token is extendable exactly when some byte continues it (tests check both against a scan)
-        extendable = np.asarray(continuations.any(axis=1), dtype=bool)
-        return cls(extendable, continuations, prefix_ranges(teacher), first_bytes(teacher))
+        return cls(
+            extendable_tokens(continuations), continuations, prefix_ranges(teacher), first_bytes(teacher)
+        )
 
 
 def chunk_end_logmass(

@@ -426,11 +426,11 @@ def test_zoo_style_against_real(real_dirs, student, teacher):
 @pytest.mark.parametrize("name", REAL)
 def test_extendable_tokens_on_a_real_vocabulary(real_dirs, name):
     """`extendable_tokens` (byte-prefix chunks) against Python's own sorted bytes, on every id."""
-    from framework.mapping.boundary import extendable_tokens
+    from framework.mapping.boundary import continuation_bytes, extendable_tokens
     from tests.unit.test_mapping_boundary import sorted_extendable
 
     table = info_for(real_dirs, name).table
-    got = extendable_tokens(table)
+    got = extendable_tokens(continuation_bytes(table))
     want = np.array([sorted_extendable(table, i) for i in range(table.vocab_size)])
     assert np.array_equal(got, want), np.flatnonzero(got != want)[:10]
 
