@@ -186,6 +186,9 @@ def first_bytes(table: TokenByteTable) -> np.ndarray:
     return out
 
 
+_BIT_OF_CODE = (0x80 >> np.arange(8)).astype(np.uint8)  # the bit of a byte code in its cell
+
+
 def _continues(
     continuations: np.ndarray, s: np.ndarray, teacher_ids: np.ndarray, first: np.ndarray
 ) -> np.ndarray:
@@ -194,9 +197,6 @@ def _continues(
     code = first[teacher_ids]
     cell = continuations.ravel()[s * continuations.shape[1] + (code >> 3)]
     return (cell & _BIT_OF_CODE[code & 7]) != 0
-
-
-_BIT_OF_CODE = (0x80 >> np.arange(8)).astype(np.uint8)
 
 
 def student_end_logprob(
@@ -215,9 +215,8 @@ def student_end_logprob(
     cand = np.asarray(topk_ids_RK, dtype=np.int64)
     if s.shape[0] == 0 or cand.ndim != 2 or cand.shape[1] == 0:
         return out
-    first = teacher_first_byte.astype(np.intp, copy=False)
-    realised = _continues(continuations, s, np.asarray(next_ids_R, dtype=np.int64), first)
-    cont = _continues(continuations, s[:, None], cand, first)
+    realised = _continues(continuations, s, np.asarray(next_ids_R, dtype=np.int64), teacher_first_byte)
+    cont = _continues(continuations, s[:, None], cand, teacher_first_byte)
     cont[realised] = False
     rows, cols = np.nonzero(cont)  # usually a small share of the entries: exp only those
     lp = np.asarray(topk_logprobs_RK)[rows, cols].astype(np.float64)
