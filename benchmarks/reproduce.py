@@ -6,13 +6,22 @@ compute of continued SFT (Thinking Machines' OPD write-up reports 9-30x; the cro
 paper, Niu et al. 2026, "significantly more compute-efficient than baselines"), and the
 cross-tokenizer variant keeps most of the same-tokenizer gain. Every run below is one
 ``python -m framework.train`` process on the real stack (vLLM rollouts, the teacher's scores,
-the token mapping, the DeepSpeed learner), on the zoo arithmetic task.
+the token mapping, the DeepSpeed learner), on a zoo task (``--task``):
+
+  arith   three-step chains; the teacher's samples are gold answers and a slip cannot be undone, so
+          imitating them is all there is to learn (the setting that favours SFT).
+  chain   five-step chains (a slip spoils every later value) whose models train on practice responses
+          (a slip, "Wait,", the step again; the slip out of the loss, framework/data/arith.py), so a
+          teacher's distribution carries a recheck its gold samples never show. Measured: the
+          teachers redo a step correctly after "Wait," but say it as often after a right value as
+          after a slip (README, the zoo). The 2-layer student is capacity-limited against the 4-layer
+          teachers and starts further below them (32.5 % against 93.5-97 %).
 
 Methods (each from the same student and with the same budget: steps x prompts x samples):
 
-  opd          cross-tokenizer OPD: zoo teacher-qwen (ChatML, other tokenizer) scores the samples
-  opd_same     the same-tokenizer reference: zoo teacher-llama3 (the student's own tokenizer)
-  sft_teacher  the mainstream baseline: teacher-qwen writes the responses, the student imitates (CE)
+  opd          cross-tokenizer OPD: the Qwen-style teacher (ChatML, other tokenizer) scores the samples
+  opd_same     the same-tokenizer reference: the Llama-3-style teacher (the student's own tokenizer)
+  sft_teacher  the mainstream baseline: the Qwen-style teacher writes the responses, the student imitates
   rl           a sparse-reward policy gradient: reward 1 for a right answer, group-mean baseline,
                no teacher signal in the loss (``algo=opd_reward algo.distill_weight=0``)
   opd_topk     (optional) OPD plus dense KL on the teacher's projected top-k
@@ -34,6 +43,7 @@ evaluation is not counted (it is the same for every method).
 
     python benchmarks/reproduce.py                       # the whole protocol (hours on 2 cores)
     python benchmarks/reproduce.py --stages sweep --methods opd sft_teacher --lrs 1e-4 3e-4
+    python benchmarks/reproduce.py --task chain --stages sweep seeds --methods opd opd_same sft_teacher rl opd_topk
 
 Writes ``OUT/results.json`` (``table.<method>.{final_accuracy, gap_closed, seeds}``,
 ``runs[].{method, seed, curve[].{flops, accuracy}}``), ``OUT/results.md`` and ``OUT/curves.png``.
@@ -53,14 +63,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STUDENT = "zoo:student-llama3"
-METHODS = {
-    "opd": {"overrides": ["pair=zoo_qwen_to_llama3", "algo=opd"], "teacher": "zoo:teacher-qwen"},
-    "opd_same": {"overrides": ["pair=zoo_llama3_same", "algo=opd"], "teacher": "zoo:teacher-llama3"},
-    "sft_teacher": {"overrides": ["pair=zoo_qwen_to_llama3", "algo=sft_teacher"], "teacher": "zoo:teacher-qwen"},
-    "rl": {"overrides": ["pair=zoo_qwen_to_llama3", "algo=opd_reward", "algo.distill_weight=0"], "teacher": None},
-    "opd_topk": {"overrides": ["pair=zoo_qwen_to_llama3", "algo=opd_topk"], "teacher": "zoo:teacher-qwen"},
+# per task: the student, the cross-tokenizer teacher, and the recipe groups (data, cross pair, same pair)
+SETUPS = {
+    "arith": {"student": "zoo:student-llama3", "teacher": "zoo:teacher-qwen", "same_teacher": "zoo:teacher-llama3",
+              "data": "zoo_arith", "cross": "zoo_qwen_to_llama3", "same": "zoo_llama3_same",
+              "out": "reproduce"},
+    "chain": {"student": "zoo:student-llama3-chain", "teacher": "zoo:teacher-qwen-chain",
+              "same_teacher": "zoo:teacher-llama3-chain", "data": "zoo_chain", "cross": "zoo_chain_qwen_to_llama3",
+              "same": "zoo_chain_llama3_same", "out": "reproduce_chain"},
 }  # fmt: skip
+METHOD_NAMES = ("opd", "opd_same", "sft_teacher", "rl", "opd_topk")
+
+
+def methods(task: str) -> dict[str, dict]:
+    """Each method's recipe overrides and the teacher its objective uses (None: no teacher)."""
+    s = SETUPS[task]
+    cross, data = [f"pair={s['cross']}", f"data={s['data']}"], f"data={s['data']}"
+    return {
+        "opd": {"overrides": [*cross, "algo=opd"], "teacher": s["teacher"]},
+        "opd_same": {"overrides": [f"pair={s['same']}", data, "algo=opd"], "teacher": s["same_teacher"]},
+        "sft_teacher": {"overrides": [*cross, "algo=sft_teacher"], "teacher": s["teacher"]},
+        "rl": {"overrides": [*cross, "algo=opd_reward", "algo.distill_weight=0"], "teacher": None},
+        "opd_topk": {"overrides": [*cross, "algo=opd_topk"], "teacher": s["teacher"]},
+    }  # fmt: skip
+
+
 # The teacher is scored in every run (teacher-KL is logged for all), but only counted as compute
 # where the objective's loss uses it: rl's gradient never sees it, sft_teacher's teacher generates.
 SCORES_WITH_TEACHER = {"opd", "opd_same", "opd_topk"}
@@ -82,7 +109,7 @@ def params(model: str) -> int:
         return total
 
 
-def mean_prompt_tokens(model: str, n: int = 64) -> float:
+def mean_prompt_tokens(model: str, task: str, n: int = 64) -> float:
     """Mean chat-templated prompt length of the zoo task under ``model``'s tokenizer and template."""
     from transformers import AutoTokenizer
 
@@ -92,7 +119,8 @@ def mean_prompt_tokens(model: str, n: int = 64) -> float:
 
     tok = AutoTokenizer.from_pretrained(resolve_model(model))
     lengths = [
-        render_prompt_ids(tok, p.messages, 10_000).size for p in make_problems(n, seed=0, split="train")
+        render_prompt_ids(tok, p.messages, 10_000).size
+        for p in make_problems(n, seed=0, split="train", task=task)
     ]
     return sum(lengths) / len(lengths)
 
@@ -128,6 +156,7 @@ class Study:
         self.data: dict = json.loads(self.path.read_text()) if self.path.exists() and not args.fresh else {}
         self.data.setdefault("runs", [])
         self._costs: dict[tuple, dict] = {}
+        self.methods = methods(args.task)
 
     def find(self, method: str, start: str, seed: int, lr: float, steps: int) -> dict | None:
         for r in self.data["runs"]:
@@ -138,14 +167,16 @@ class Study:
     def cost(self, method: str, student: str) -> dict:
         key = (method, student)
         if key not in self._costs:
-            teacher = METHODS[method]["teacher"] or "zoo:teacher-qwen"
+            teacher = self.methods[method]["teacher"] or SETUPS[self.args.task]["teacher"]
             generator = teacher if method == "sft_teacher" else student
             scorer = teacher if method in SCORES_WITH_TEACHER else None
+            task = self.args.task
             self._costs[key] = {
                 "n_student": params(student), "n_generator": params(generator),
                 "n_scorer": params(scorer) if scorer else 0,
-                "prompt_student": mean_prompt_tokens(student), "prompt_generator": mean_prompt_tokens(generator),
-                "prompt_scorer": mean_prompt_tokens(scorer) if scorer else 0.0,
+                "prompt_student": mean_prompt_tokens(student, task),
+                "prompt_generator": mean_prompt_tokens(generator, task),
+                "prompt_scorer": mean_prompt_tokens(scorer, task) if scorer else 0.0,
             }  # fmt: skip
         return self._costs[key]
 
@@ -157,7 +188,7 @@ class Study:
         a = self.args
         folder = self.out / "runs" / f"{start}_{method}_lr{lr:g}_s{seed}"
         overrides = [
-            *METHODS[method]["overrides"], f"pair.student={student}", f"learner.lr={lr}",
+            *self.methods[method]["overrides"], f"pair.student={student}", f"learner.lr={lr}",
             f"trainer.seed={seed}", f"trainer.steps={steps}", f"trainer.eval_every={a.eval_every}",
             f"data.num_eval={a.num_eval}", f"trainer.output_dir={folder}",
             "logging.progress_bar=false", "logging.wandb_mode=disabled",
@@ -269,8 +300,8 @@ def answers(table: dict, runs_of: dict, suffix: str = "") -> list[str]:
     return out
 
 
-def markdown(table: dict, sweep: dict, teacher_acc: float) -> str:
-    lines = [f"teacher-qwen accuracy {teacher_acc:.3f} (zoo test split)", "",
+def markdown(table: dict, sweep: dict, teacher_acc: float, teacher: str) -> str:
+    lines = [f"{teacher.removeprefix('zoo:')} accuracy {teacher_acc:.3f} (zoo test split)", "",
              "| method | start | lr | seeds | start acc | final acc (mean ± std) | best eval | gap closed | est. FLOPs | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, v in table.items():
@@ -290,7 +321,7 @@ def markdown(table: dict, sweep: dict, teacher_acc: float) -> str:
     return "\n".join(lines)
 
 
-def plot(groups: dict[str, list[dict]], path: Path) -> None:
+def plot(groups: dict[str, list[dict]], path: Path, title: str) -> None:
     """Mean accuracy against compute per method (band: min-max over seeds), one panel per start."""
     import matplotlib
 
@@ -323,15 +354,16 @@ def plot(groups: dict[str, list[dict]], path: Path) -> None:
         ax.set_ylabel("held-out greedy accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("tokenbridge reproduction: zoo teacher-qwen -> student-llama3 (cross-tokenizer)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="arith", choices=sorted(SETUPS), help="the zoo task (see above)")
     p.add_argument(
-        "--methods", nargs="+", default=["opd", "opd_same", "sft_teacher", "rl"], choices=sorted(METHODS)
+        "--methods", nargs="+", default=["opd", "opd_same", "sft_teacher", "rl"], choices=sorted(METHOD_NAMES)
     )
     p.add_argument("--lrs", nargs="+", type=float, default=[3e-5, 1e-4, 3e-4])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -341,13 +373,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plateau-steps", type=int, default=240)
     p.add_argument("--plateau-lrs", nargs="+", type=float, default=[],
                    help="also run the plateau methods at these learning rates (beside their sweep's best)")  # fmt: skip
-    p.add_argument("--plateau-methods", nargs="+", default=["opd", "sft_teacher"], choices=sorted(METHODS))
+    p.add_argument(
+        "--plateau-methods", nargs="+", default=["opd", "sft_teacher"], choices=sorted(METHOD_NAMES)
+    )
     p.add_argument(
         "--stages", nargs="+", default=["sweep", "seeds", "plateau"], choices=["sweep", "seeds", "plateau"]
     )
-    p.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
+    p.add_argument("--out", default=None, help="the study folder (default: results/reproduce[_chain])")
     p.add_argument("--fresh", action="store_true", help="ignore the runs already in OUT/results.json")
     args = p.parse_args(argv)
+    setup = SETUPS[args.task]
+    args.out = args.out or str(ROOT / "results" / setup["out"])
+    student_start = setup["student"]
     from tokenbridge_zoo import build_zoo
 
     manifest = build_zoo(progress=False)
@@ -357,31 +394,34 @@ def main(argv: list[str] | None = None) -> int:
         zoo_accuracy=zoo_acc, zoo_digest=manifest.get("settings_digest"), protocol=vars(args) | {"out": None}
     )
 
-    scores: dict[str, dict[str, float]] = {}
+    # a rerun with other --lrs extends each method's sweep (the runs already made are kept and scored)
+    earlier = study.data.get("sweep", {})
+    scores: dict[str, dict[str, float]] = {m: dict(v) for m, v in earlier.get("scores", {}).items()}
     for method in args.methods:
         for lr in args.lrs if "sweep" in args.stages else []:
-            run = study.run(method, start="weak", student=STUDENT, seed=0, lr=lr, steps=args.steps)
+            run = study.run(method, start="weak", student=student_start, seed=0, lr=lr, steps=args.steps)
             scores.setdefault(method, {})[str(lr)] = late_accuracy(run)
-    best = {m: float(max(s, key=s.get)) for m, s in scores.items()}
-    best = study.data.get("sweep", {}).get("best", {}) | best
+    best = earlier.get("best", {}) | {m: float(max(s, key=s.get)) for m, s in scores.items()}
     if scores:
-        study.data["sweep"] = {
-            "lrs": args.lrs,
-            "scores": study.data.get("sweep", {}).get("scores", {}) | scores,
-            "best": best,
-        }
+        lrs = sorted({float(lr) for by_lr in scores.values() for lr in by_lr})
+        study.data["sweep"] = {"lrs": lrs, "scores": scores, "best": best}
         study.save()
     groups: dict[str, list[dict]] = {}
     for method in args.methods if "seeds" in args.stages else []:
         lr = best.get(method, 1e-4)
         groups[method] = [
-            study.run(method, start="weak", student=STUDENT, seed=s, lr=lr, steps=args.steps)
+            study.run(method, start="weak", student=student_start, seed=s, lr=lr, steps=args.steps)
             for s in args.seeds
         ]
     if "plateau" in args.stages:
         lr = best.get("sft_teacher", 1e-4)
         base = study.run(
-            "sft_teacher", start="plateau-build", student=STUDENT, seed=0, lr=lr, steps=args.plateau_steps
+            "sft_teacher",
+            start="plateau-build",
+            student=student_start,
+            seed=0,
+            lr=lr,
+            steps=args.plateau_steps,
         )
         study.data["plateau"] = {"curve": base["curve"], "lr": lr, "steps": args.plateau_steps}
         student = str(
@@ -393,17 +433,21 @@ def main(argv: list[str] | None = None) -> int:
                 key = f"{method}@plateau" if lr == chosen else f"{method}@plateau lr={lr:g}"
                 groups[key] = [study.run(method, start="plateau", student=student, seed=s, lr=lr, steps=args.steps)
                                for s in args.seeds]  # fmt: skip
-    teacher_acc = zoo_acc["teacher-qwen"]
+    teacher = setup["teacher"]
+    teacher_acc = zoo_acc[teacher.removeprefix("zoo:")]
     table: dict[str, dict] = {}
     for key, rs in groups.items():
         table.update(summarise([dict(r, method=key) for r in rs], teacher_acc))
     lines = answers(table, groups) + answers(table, groups, "@plateau")
     study.data.update(table=table, answers=lines)
     study.save()
-    text = markdown(table, study.data.get("sweep", {}), teacher_acc) + "\n\n" + "\n".join(lines) + "\n"
+    text = (
+        markdown(table, study.data.get("sweep", {}), teacher_acc, teacher) + "\n\n" + "\n".join(lines) + "\n"
+    )
     (study.out / "results.md").write_text(text)
     if groups:
-        plot(groups, study.out / "curves.png")
+        title = f"tokenbridge reproduction ({args.task}): {teacher} -> {student_start} (cross-tokenizer)"
+        plot(groups, study.out / "curves.png", title)
     print(text)
     return 0
 

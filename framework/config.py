@@ -233,7 +233,7 @@ class LearnerConfig:
 class DataConfig:
     """Where prompts come from."""
 
-    train: str = "zoo:arith"  # zoo:arith | zoo:max | zoo:arith+max, or a local JSONL/Parquet path
+    train: str = "zoo:arith"  # zoo:arith | zoo:max | zoo:chain | zoo:arith+max, or a JSONL/Parquet path
     eval: str = "zoo:arith"
     num_train: int = 4096
     num_eval: int = 64

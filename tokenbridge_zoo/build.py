@@ -199,6 +199,7 @@ def _build_model(
         test_prompts = make_problems(settings.eval_problems, seed=0, split="test", task=spec.task)
         if progress is not None:
             progress.start(spec.name, spec.max_steps)
+        max_new_tokens = settings.max_new_tokens(spec)
         result = train_sft(
             model,
             tokenizer,
@@ -212,12 +213,13 @@ def _build_model(
             max_steps=spec.max_steps,
             eval_every=spec.eval_every,
             stop_at_val_accuracy=spec.stop_at_val_accuracy,
-            max_new_tokens=settings.eval_max_new_tokens,
+            max_new_tokens=max_new_tokens,
             seed=spec.seed,
+            slip_rate=spec.slip_rate,
             on_step=functools.partial(progress.step, spec.name) if progress is not None else None,
             on_eval=functools.partial(progress.eval, spec.name) if progress is not None else None,
         )
-        by_task = accuracy_by_task(model, tokenizer, test_prompts, stop_ids, settings.eval_max_new_tokens)
+        by_task = accuracy_by_task(model, tokenizer, test_prompts, stop_ids, max_new_tokens)
         # the test split of a mix is equal parts of each task, so the plain mean is the overall share
         test_accuracy = sum(by_task.values()) / len(by_task)
         if progress is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from framework.data.arith import task_settings
 from framework.home import tokenbridge_home
@@ -50,6 +50,9 @@ class ModelSpec:
     # share of each task of a mix in the training problems (None: equal parts); validation and the
     # manifest's test accuracy always use equal parts, so each domain counts the same
     train_shares: tuple[float, ...] | None = None
+    # practice responses: the share of steps that slip and then correct (arith.practice_response)
+    slip_rate: float = 0.0
+    eval_max_new_tokens: int | None = None  # None: the zoo setting (a longer task needs more)
 
     @property
     def head_dim(self) -> int:
@@ -74,6 +77,10 @@ class ZooSettings:
         TokenizerSpec("gemma", 768),
     )
     models: tuple[ModelSpec, ...] = field(default_factory=lambda: DEFAULT_MODELS)
+
+    def max_new_tokens(self, spec: ModelSpec) -> int:
+        """The greedy evaluation's token budget for ``spec`` (its own, else the zoo's)."""
+        return spec.eval_max_new_tokens or self.eval_max_new_tokens
 
     def model(self, name: str) -> ModelSpec:
         for spec in self.models:
@@ -151,6 +158,11 @@ def _student(
     )
 
 
+def _chain(spec: ModelSpec) -> ModelSpec:
+    # longer answers (a budget of 128 tokens) and more steps to learn a five-step chain
+    return replace(spec, slip_rate=0.15, eval_max_new_tokens=128, max_steps=2 * spec.max_steps)
+
+
 DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     _teacher("teacher-qwen", "qwen", "qwen2"),
     _teacher("teacher-llama3", "llama3", "llama"),
@@ -169,6 +181,13 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     # 19.5%; 20% max stopped at 40% gave 17% / 55%.
     _teacher("teacher-gemma-max", "gemma", "llama", task="max"),
     _student("student-qwen-mix", "qwen", "qwen2", task="arith+max", stop_at=0.4, train_shares=(0.85, 0.15)),
+    # The reproduction's task (benchmarks/reproduce.py --task chain): five-step chains, practice
+    # responses that slip at 15% of steps and correct the slip (the slip out of the loss), so each
+    # teacher knows how to recover from a student's mistake it never makes itself. 128 tokens: a
+    # Qwen-style answer is ~55 tokens clean and up to ~95 with slips.
+    _chain(_teacher("teacher-qwen-chain", "qwen", "qwen2", task="chain")),
+    _chain(_teacher("teacher-llama3-chain", "llama3", "llama", task="chain")),
+    _chain(_student("student-llama3-chain", "llama3", "llama", task="chain", stop_at=0.3)),
 )
 
 

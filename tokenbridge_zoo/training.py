@@ -4,7 +4,9 @@ SFT loss (assistant tokens only, the end-of-turn token included so the model lea
 
     L(θ) = − (1 / |A|) Σ_{t ∈ A} log p_θ(x_t | x_<t)
 
-over the assistant positions A of a batch. Plain torch, AdamW, linear warm-up then cosine decay.
+over the assistant positions A of a batch, less the tokens of a practice response's slips (a wrong
+intermediate value that the response then corrects, ``framework.data.arith.practice_response``): the
+model learns to correct a slip, never to make one. Plain torch, AdamW, linear warm-up then cosine decay.
 Each conversation is tokenized the way a chat model sees it: prompt = chat template with the
 generation prompt; response = the rest of the full rendered conversation up to and including the
 first stop token.
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from framework.data.arith import reference_response, verify
+from framework.data.arith import practice_response, reference_response, verify
 from framework.types import Prompt
 
 
@@ -29,6 +31,7 @@ from framework.types import Prompt
 class EncodedExample:
     prompt_ids: list[int]
     response_ids: list[int]  # ends with a stop id
+    trained: list[bool] | None = None  # per response token: in the loss (None: every one)
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
@@ -39,19 +42,27 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
 
 
 def encode_examples(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], responses: list[str], stop_ids: list[int]
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Prompt],
+    responses: list[str],
+    stop_ids: list[int],
+    untrained_spans: list[list[tuple[int, int]]] | None = None,
 ) -> list[EncodedExample]:
-    """Tokenize each (prompt, response) conversation (texts rendered one by one, tokenized in a batch)."""
+    """Tokenize each (prompt, response) conversation (texts rendered one by one, tokenized in a batch).
+
+    ``untrained_spans`` (character ranges of each response): every token that overlaps one is kept out
+    of the loss, found through the fast tokenizer's offsets into the rendered conversation."""
     prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
     full_texts = [
-        tokenizer.apply_chat_template([*p.messages, {"role": "assistant", "content": r}], tokenize=False)
+        str(tokenizer.apply_chat_template([*p.messages, {"role": "assistant", "content": r}], tokenize=False))
         for p, r in zip(prompts, responses)
     ]
     prompt_ids_list = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
-    full_ids_list = tokenizer(full_texts, add_special_tokens=False)["input_ids"]
+    full = tokenizer(full_texts, add_special_tokens=False, return_offsets_mapping=untrained_spans is not None)
+    full_ids_list = full["input_ids"]
     stop_set = set(stop_ids)
     examples = []
-    for prompt, prompt_ids, full_ids in zip(prompts, prompt_ids_list, full_ids_list):
+    for i, (prompt, prompt_ids, full_ids) in enumerate(zip(prompts, prompt_ids_list, full_ids_list)):
         if full_ids[: len(prompt_ids)] != prompt_ids:
             raise ValueError(
                 f"prompt {prompt.prompt_id!r}: the tokenized prompt is not a prefix of the tokenized "
@@ -61,7 +72,16 @@ def encode_examples(
         stop_positions = [i for i, token in enumerate(response_ids) if token in stop_set]
         if not stop_positions:
             raise ValueError(f"prompt {prompt.prompt_id!r}: rendered response has no stop token {stop_ids}")
-        examples.append(EncodedExample(prompt_ids, response_ids[: stop_positions[0] + 1]))
+        response_ids = response_ids[: stop_positions[0] + 1]
+        trained = None
+        if untrained_spans is not None and untrained_spans[i]:
+            at = full_texts[i].rindex(responses[i], len(prompt_texts[i]) - 1)
+            offsets = full["offset_mapping"][i][len(prompt_ids) : len(prompt_ids) + len(response_ids)]
+            trained = [
+                not any(a < at + end and at + start < b for start, end in untrained_spans[i])
+                for a, b in offsets
+            ]
+        examples.append(EncodedExample(prompt_ids, response_ids, trained))
     return examples
 
 
@@ -76,7 +96,12 @@ def collate(examples: list[EncodedExample], pad_id: int) -> tuple[torch.Tensor, 
         ids = example.prompt_ids + example.response_ids
         input_ids_B_L[row, :length] = torch.tensor(ids)
         attention_mask_B_L[row, :length] = 1
-        labels_B_L[row, len(example.prompt_ids) : length] = torch.tensor(example.response_ids)
+        labels_B_L[row, len(example.prompt_ids) : length] = torch.tensor(
+            [
+                t if example.trained is None or example.trained[j] else -100
+                for j, t in enumerate(example.response_ids)
+            ]
+        )
     return input_ids_B_L, attention_mask_B_L, labels_B_L
 
 
@@ -184,13 +209,26 @@ def train_sft(
     stop_at_val_accuracy: float,
     max_new_tokens: int,
     seed: int,
+    slip_rate: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
     on_eval: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """SFT on reference responses; stops early once greedy val accuracy reaches the target."""
-    examples = encode_examples(
-        tokenizer, train_prompts, [reference_response(p) for p in train_prompts], stop_ids
-    )
+    """SFT on reference responses (practice responses that slip and correct at ``slip_rate``, the slips
+    out of the loss); stops early once greedy val accuracy reaches the target."""
+    if slip_rate > 0:
+        slip_rng = random.Random(f"slips/{seed}")  # its own stream: the batch order stays seed's
+        practice = [practice_response(p, slip_rng, slip_rate) for p in train_prompts]
+        examples = encode_examples(
+            tokenizer,
+            train_prompts,
+            [text for text, _ in practice],
+            stop_ids,
+            [spans for _, spans in practice],
+        )
+    else:
+        examples = encode_examples(
+            tokenizer, train_prompts, [reference_response(p) for p in train_prompts], stop_ids
+        )
     pad_id = tokenizer.pad_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

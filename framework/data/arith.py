@@ -6,6 +6,16 @@
     user:      "Compute 9 - 3 + 4 - 9."
     assistant: "9 - 3 = 6. 6 + 4 = 10. 10 - 9 = 1. Answer: 1"
 
+``chain`` (``zoo:chain``): the same facts in longer chains (CHAIN_STEPS operations), the task of the
+reproduction (benchmarks/reproduce.py --task chain). A slip early in a chain spoils every later value,
+and the zoo models of this task are trained on worked answers that sometimes slip and then correct
+the slip (``practice_response``), with the wrong value itself kept out of the loss, so a model learns
+the correction and not the slip. (The zoo's chain teachers learned to redo a step after "Wait," but
+not to see when a slip calls for it; the README's zoo section has the measurement.)
+
+    user:      "Compute 9 - 3 + 4 - 9 + 5 + 2."
+    assistant: "9 - 3 = 6. 6 + 4 = 11. Wait, 6 + 4 = 10. 10 - 9 = 1. 1 + 5 = 6. 6 + 2 = 8. Answer: 8"
+
 ``max`` (``zoo:max``): the largest of a list, found pairwise. A second skill with its own zoo
 teacher, so a multi-teacher run (``zoo:arith+max``, half of each) has two domains that each need
 their own teacher (docs/design.md §5.6).
@@ -41,10 +51,14 @@ OPERAND_MAX = 9  # every later operand from [1, OPERAND_MAX]
 VALUE_MAX = 19  # every running value stays in [0, VALUE_MAX]
 NUM_STEPS = 3  # number of operations per problem (NUM_STEPS + 1 operands)
 MAX_VALUE = 19  # the max task draws every operand from [1, MAX_VALUE] (NUM_STEPS + 1 of them)
+CHAIN_STEPS = 5  # operations per problem of the chain task (~10.3M problems: drawn, not enumerated)
+SLIP_DELTAS = (-2, -1, 1, 2)  # how far a slip in a practice response is off
 
 # The built-in tasks, and what a ``zoo:`` data source holds: one task, or half of each.
-TASKS: tuple[str, ...] = ("arith", "max")
-MIXES: dict[str, tuple[str, ...]] = {"arith": ("arith",), "max": ("max",), "arith+max": ("arith", "max")}
+TASKS: tuple[str, ...] = ("arith", "max", "chain")
+MIXES: dict[str, tuple[str, ...]] = {
+    "arith": ("arith",), "max": ("max",), "chain": ("chain",), "arith+max": ("arith", "max")
+}  # fmt: skip
 
 # Share of problems per split, in hash buckets of 100.
 _SPLIT_BUCKETS: dict[str, range] = {"train": range(0, 80), "val": range(80, 90), "test": range(90, 100)}
@@ -58,11 +72,13 @@ class Problem:
     """``operands[0] op[0] operands[1] op[1] operands[2] ...`` evaluated left to right."""
 
     operands: tuple[int, ...]
-    ops: tuple[str, ...]  # each "+" or "-" (task arith), or every one "max" (task max)
+    ops: tuple[str, ...]  # each "+" or "-" (tasks arith, chain), or every one "max" (task max)
 
     @property
     def task(self) -> str:
-        return "max" if self.ops[0] == "max" else "arith"
+        if self.ops[0] == "max":
+            return "max"
+        return "chain" if len(self.ops) == CHAIN_STEPS else "arith"
 
     @property
     def expression(self) -> str:
@@ -88,13 +104,13 @@ class Problem:
 
     @property
     def key(self) -> str:
-        return self.expression.replace(" ", "")  # "9-3+4-9" or "7,12,3,9": never equal across tasks
+        return self.expression.replace(" ", "")  # "9-3+4-9", "7,12,3,9": never equal across tasks
 
     @property
     def kind(self) -> str:
         """``add`` when most operations are additions, else ``sub`` (``max`` for the max task): the
-        domains a multi-teacher run may route on (``data.route_field=kind``). NUM_STEPS is odd, so
-        there is no tie."""
+        domains a multi-teacher run may route on (``data.route_field=kind``). NUM_STEPS and
+        CHAIN_STEPS are odd, so there is no tie."""
         if self.task == "max":
             return "max"
         return "add" if 2 * self.ops.count("+") > len(self.ops) else "sub"
@@ -135,14 +151,14 @@ def _next_steps(value: int) -> list[tuple[str, int]]:
     return plus + minus
 
 
-def random_problem(rng: random.Random) -> Problem:
+def random_problem(rng: random.Random, steps: int = NUM_STEPS) -> Problem:
     """Draw a problem left to right: the op uniformly among those possible, then the operand (any split)."""
     value = rng.randint(1, FIRST_MAX)
     operands, ops = [value], []
-    for _ in range(NUM_STEPS):
-        steps = _next_steps(value)
-        op = rng.choice(sorted({op for op, _ in steps}))
-        operand = rng.choice([o for step_op, o in steps if step_op == op])
+    for _ in range(steps):
+        allowed = _next_steps(value)
+        op = rng.choice(sorted({op for op, _ in allowed}))
+        operand = rng.choice([o for step_op, o in allowed if step_op == op])
         value = value + operand if op == "+" else value - operand
         operands.append(operand)
         ops.append(op)
@@ -175,6 +191,8 @@ def _all_problems(task: str) -> tuple[Problem, ...]:
         grid = itertools.product(values, repeat=NUM_STEPS + 1)
         return tuple(Problem(operands, ("max",) * NUM_STEPS) for operands in grid)
     _check_task(task)
+    if task == "chain":
+        raise ValueError("the chain task has ~10.3M problems and is drawn, not enumerated: use make_problems")
     partial: list[tuple[tuple[int, ...], tuple[str, ...], int]] = [
         ((first,), (), first) for first in range(1, FIRST_MAX + 1)
     ]
@@ -193,9 +211,47 @@ def _split_problems(split: str, task: str) -> tuple[Problem, ...]:
 
 
 def split_size(split: str, task: str = "arith") -> int:
-    """How many distinct problems ``split`` holds (the most ``make_problems`` can return)."""
+    """How many distinct problems ``split`` holds (the most ``make_problems`` can return); for the
+    chain task, which is drawn rather than enumerated, the expected share of all its problems."""
     _check_split(split)
-    return sum(len(_split_problems(split, t)) for t in _mix(task))
+    return sum(
+        _chain_split_size(split) if t == "chain" else len(_split_problems(split, t)) for t in _mix(task)
+    )
+
+
+def count_chain_problems() -> int:
+    """How many distinct chain problems exist: running values counted step by step."""
+    ways = dict.fromkeys(range(1, FIRST_MAX + 1), 1)  # running value -> number of prefixes reaching it
+    for _ in range(CHAIN_STEPS):
+        after: dict[int, int] = {}
+        for value, count in ways.items():
+            for op, operand in _next_steps(value):
+                result = value + operand if op == "+" else value - operand
+                after[result] = after.get(result, 0) + count
+        ways = after
+    return sum(ways.values())
+
+
+def _chain_split_size(split: str) -> int:
+    return count_chain_problems() * len(_SPLIT_BUCKETS[split]) // 100
+
+
+def _drawn_chain_problems(n: int, seed: int, split: str) -> list[Problem]:
+    """``n`` distinct chain problems of ``split``, drawn left to right (``random_problem``) and kept when
+    their hash puts them in the split; the space (~10.3M) is too large to enumerate and sample from."""
+    if not 0 <= n <= _chain_split_size(split) // 2:  # far from the space's size: the draw stays fast
+        raise ValueError(
+            f"n={n}: ask for at most {_chain_split_size(split) // 2} chain problems of {split!r}"
+        )
+    rng = random.Random(f"chain/{seed}/{split}")
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    while len(problems) < n:
+        problem = random_problem(rng, CHAIN_STEPS)
+        if problem.key not in seen and _split_of(problem) == split:
+            seen.add(problem.key)
+            problems.append(problem)
+    return problems
 
 
 def _check_split(split: str) -> None:
@@ -239,6 +295,8 @@ def make_problems(
         mixed = [prompt for t, count in zip(tasks, counts) for prompt in make_problems(count, seed, split, t)]
         random.Random(f"{task}/{seed}/{split}").shuffle(mixed)
         return mixed
+    if task == "chain":
+        return [_problem_to_prompt(problem, split) for problem in _drawn_chain_problems(n, seed, split)]
     pool = _split_problems(split, task)
     if not 0 <= n <= len(pool):
         raise ValueError(
@@ -255,14 +313,45 @@ def _problem_of(prompt: Prompt) -> Problem:
     return Problem(tuple(meta["operands"]), tuple(meta["ops"]))
 
 
+def _step_text(op: str, left: int, operand: int, result: int) -> str:
+    return f"max({left}, {operand}) = {result}." if op == "max" else f"{left} {op} {operand} = {result}."
+
+
 def _worked_answer(problem: Problem, results: list[int]) -> str:
     steps, left = [], problem.operands[0]
     for op, operand, result in zip(problem.ops, problem.operands[1:], results):
-        steps.append(
-            f"max({left}, {operand}) = {result}." if op == "max" else f"{left} {op} {operand} = {result}."
-        )
+        steps.append(_step_text(op, left, operand, result))
         left = result
     return " ".join(steps) + f" Answer: {results[-1]}"
+
+
+def practice_response(
+    prompt: Prompt, rng: random.Random, slip_rate: float
+) -> tuple[str, list[tuple[int, int]]]:
+    """The worked answer in which each step, with probability ``slip_rate``, first states a wrong result
+    (off by one of SLIP_DELTAS, never negative) and then corrects it: ``"6 + 4 = 11. Wait, 6 + 4 = 10."``.
+
+    Returns the text and the character spans of the wrong results. A model trained on it with those
+    spans out of the loss is never taught to slip, only what follows a slip: "Wait," and the step
+    again. Whether it also learns to *see* a slip written by someone else (a student, on policy) is
+    another matter: the zoo's chain teachers did not (README, the zoo).
+    """
+    problem = _problem_of(prompt)
+    pieces: list[str] = []
+    slips: list[tuple[int, int]] = []
+    left, at = problem.operands[0], 0  # at: length of the text so far, " ".join included
+    for op, operand, result in zip(problem.ops, problem.operands[1:], problem.partial_results()):
+        if rng.random() < slip_rate:
+            wrong = next(w for w in (result + d for d in rng.sample(SLIP_DELTAS, len(SLIP_DELTAS))) if w >= 0)
+            slipped = _step_text(op, left, operand, wrong)
+            start = at + slipped.rindex(" ") + 1
+            slips.append((start, start + len(str(wrong))))
+            pieces.append(f"{slipped} Wait,")
+            at += len(pieces[-1]) + 1
+        pieces.append(_step_text(op, left, operand, result))
+        at += len(pieces[-1]) + 1
+        left = result
+    return " ".join(pieces) + f" Answer: {problem.answer}", slips
 
 
 def reference_response(prompt: Prompt) -> str:
@@ -333,11 +422,14 @@ def task_settings() -> dict[str, object]:
         "value_max": VALUE_MAX,
         "num_steps": NUM_STEPS,
         "max_value": MAX_VALUE,
+        "chain_steps": CHAIN_STEPS,
+        "slip_deltas": list(SLIP_DELTAS),
         "splits": {k: [v.start, v.stop] for k, v in _SPLIT_BUCKETS.items()},
     }
 
 
 __all__ = [
+    "CHAIN_STEPS",
     "FIRST_MAX",
     "MAX_VALUE",
     "MIXES",
@@ -348,9 +440,11 @@ __all__ = [
     "VALUE_MAX",
     "Problem",
     "all_problems",
+    "count_chain_problems",
     "make_preferences",
     "make_problems",
     "parse_answer",
+    "practice_response",
     "random_problem",
     "reference_response",
     "split_size",

@@ -28,8 +28,8 @@ from framework.types import Prompt
 
 ROLES = ("system", "user", "assistant")
 _RECORD_FIELDS = ("id", "messages", "prompt", "answer")
-# the built-in task sources: zoo:arith, zoo:max, zoo:arith+max (half of each); see data/arith.py
-ZOO_SOURCES = ("zoo:arith", "zoo:max", "zoo:arith+max")
+# the built-in task sources: zoo:arith, zoo:max, zoo:chain, zoo:arith+max (half of each); see data/arith.py
+ZOO_SOURCES = ("zoo:arith", "zoo:max", "zoo:chain", "zoo:arith+max")
 PARQUET_MAGIC = b"PAR1"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 # leading bytes of formats that are neither JSONL nor Parquet (read as JSONL they are garbage lines)

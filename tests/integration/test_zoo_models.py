@@ -51,6 +51,9 @@ def test_manifest_lists_every_model_with_measured_accuracy(records):
         "student-gemma",
         "teacher-gemma-max",
         "student-qwen-mix",
+        "teacher-qwen-chain",
+        "teacher-llama3-chain",
+        "student-llama3-chain",
     }
     assert {r["family"] for r in records.values()} == set(FAMILIES)
     for record in records.values():
@@ -58,14 +61,21 @@ def test_manifest_lists_every_model_with_measured_accuracy(records):
     assert {name: r["task"] for name, r in records.items() if r["task"] != "arith"} == {
         "teacher-gemma-max": "max",
         "student-qwen-mix": "arith+max",
+        "teacher-qwen-chain": "chain",
+        "teacher-llama3-chain": "chain",
+        "student-llama3-chain": "chain",
     }
     for teacher in ("teacher-qwen", "teacher-llama3"):
         for student in ("student-llama3", "student-qwen", "student-gemma"):
             assert records[teacher]["params"] > records[student]["params"]
             assert records[teacher]["accuracy"] > records[student]["accuracy"]
+    for teacher in ("teacher-qwen-chain", "teacher-llama3-chain"):
+        assert records[teacher]["params"] > records["student-llama3-chain"]["params"]
+        assert records[teacher]["accuracy"] >= records["student-llama3-chain"]["accuracy"] + 0.3
 
 
-def _hf_greedy(path: str, prompts, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
+def _hf_greedy(path: str, prompts, max_new_tokens: int = MAX_NEW_TOKENS, prefixes=None) -> list[str]:
+    """Greedy answers; ``prefixes`` (one per prompt) are the start of each answer, continued from."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -75,6 +85,7 @@ def _hf_greedy(path: str, prompts, max_new_tokens: int = MAX_NEW_TOKENS) -> list
     texts = [
         tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False) for p in prompts
     ]
+    texts = [t + prefix for t, prefix in zip(texts, prefixes or [""] * len(texts), strict=True)]
     batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     with torch.inference_mode():
         output = model.generate(
@@ -91,7 +102,7 @@ def test_every_model_loads_in_transformers_and_generates(records):
         for required in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
                          "tokenizer_config.json"):  # fmt: skip
             assert os.path.isfile(os.path.join(path, required)), (name, required)
-        responses = _hf_greedy(path, prompts)
+        responses = _hf_greedy(path, prompts, ZooSettings().max_new_tokens(ZooSettings().model(name)))
         assert all(r.strip() for r in responses), name
         correct = sum(verify(r, p.answer) for r, p in zip(responses, prompts)) / len(prompts)
         if record["role"] == "teacher":
@@ -108,6 +119,42 @@ def test_the_two_task_teachers_each_know_only_their_own_task(records):
         responses = _hf_greedy(records[name]["path"], prompts)
         correct = sum(verify(r, p.answer) for r, p in zip(responses, prompts)) / len(prompts)
         assert correct <= 0.25 < records[name]["accuracy"] - 0.5, (name, other, correct, responses[:2])
+
+
+@pytest.mark.parametrize("name", ["teacher-qwen-chain", "teacher-llama3-chain"])
+def test_a_chain_teacher_answers_cleanly_and_corrects_a_slip_once_it_rechecks(records, name):
+    """The chain teachers were trained on practice responses (a slip, "Wait,", the step again), with
+    the slip out of the loss. Their own greedy answers are clean; after a slip and "Wait," they restate
+    the step with the right value and reach the right answer. What they did not learn is *when* to
+    recheck: p("Wait") after a slipped value equals p("Wait") after a right one (README, the chain
+    task), so the test pins that too: if a rebuilt teacher learns to detect slips, the study's premise
+    changes and this test says so."""
+    import random
+
+    prompts = make_problems(32, seed=0, split="test", task="chain")
+    budget = ZooSettings().max_new_tokens(ZooSettings().model(name))
+    own = _hf_greedy(records[name]["path"], prompts, budget)
+    assert sum("Wait" in r for r in own) <= 2, own[:3]
+    assert sum(verify(r, p.answer) for r, p in zip(own, prompts)) / len(prompts) >= 0.8
+    rng = random.Random(0)
+    slipped = []
+    for p in prompts:
+        (a, b), op = p.meta["operands"][:2], p.meta["ops"][0]
+        right = a + b if op == "+" else a - b
+        wrong = next(w for w in (right + d for d in rng.sample([-2, -1, 1, 2], 4)) if w >= 0)
+        slipped.append(f"{a} {op} {b} = {wrong}.")
+    rechecked = _hf_greedy(records[name]["path"], prompts, budget, [s + " Wait," for s in slipped])
+    recovered = sum(verify(c, p.answer) for c, p in zip(rechecked, prompts)) / len(prompts)
+    carried_on = _hf_greedy(records[name]["path"], prompts, budget, slipped)
+    carried_right = sum(verify(c, p.answer) for c, p in zip(carried_on, prompts)) / len(prompts)
+    print(f"\n[measure] {name}: after a slip, right answers {recovered:.2f} with a recheck, "
+          f"{carried_right:.2f} without")  # fmt: skip
+    assert recovered >= 0.6 and carried_right <= 0.3, (
+        recovered,
+        carried_right,
+        rechecked[:2],
+        carried_on[:2],
+    )
 
 
 def test_the_mixed_student_is_weak_on_both_domains_and_blank_on_neither(records):

@@ -86,3 +86,45 @@ def test_answers_do_not_price_a_target_below_the_start():
     table = rep.summarise(runs_of["opd"], 1.0) | rep.summarise(runs_of["sft_teacher"], 1.0)
     (line,) = rep.answers(table, runs_of)
     assert line.startswith("- neither method gains from this start (0.800)")
+
+
+@pytest.mark.parametrize("task", sorted(rep.SETUPS))
+def test_every_method_of_every_task_composes_to_its_pair_and_data(task):
+    """The study's overrides are real recipes: each run's config validates, trains the task's student
+    on the task's data, and is scored by the teacher the compute ledger charges."""
+    from hydra import compose, initialize_config_dir
+
+    from framework.config import register_configs, to_config
+
+    register_configs()
+    setup = rep.SETUPS[task]
+    with initialize_config_dir(config_dir=str(rep.ROOT / "recipes"), version_base=None):
+        for name, method in rep.methods(task).items():
+            cfg = to_config(compose("config", overrides=method["overrides"]))
+            assert cfg.pair.student == setup["student"], name
+            assert cfg.data.train == cfg.data.eval == f"zoo:{task}", name
+            if method["teacher"] is not None:
+                assert cfg.pair.teacher == method["teacher"], name
+            if task == "chain":  # a five-step answer with corrected slips does not fit the default 48
+                assert cfg.rollout.max_new_tokens == 128, name
+    assert rep.methods(task)["opd_same"]["teacher"] == setup["same_teacher"] != setup["teacher"]
+
+
+def test_chain_positions_are_classed_by_what_they_predict():
+    """benchmarks/chain_kl_classes.py: digit-grouping (Llama-3-style) and single-digit (Qwen-style)
+    tokens of one answer with a recheck get the same classes, number by number."""
+    from tests.unit.benchmark_module import load_benchmark
+
+    kl = load_benchmark("chain_kl_classes")
+    grouped = ["13", " -", " ", "6", " =", " ", "8", ".", " Wait", ",", " ", "13", " -", " ", "6", " =", " ",
+               "7", ".", " Answer", ":", " ", "7"]  # fmt: skip
+    split = ["1", "3", " -", " ", "6", " =", " ", "8", ".", " Wait", ",", " ", "1", "3", " -", " ", "6", " =",
+             " ", "7", ".", " Answer", ":", " ", "7"]  # fmt: skip
+    for pieces in (grouped, split):
+        classes = [kl.position_class(pieces, j) for j in range(len(pieces))]
+        numbers = [c for piece, c in zip(pieces, classes) if piece.strip().isdigit()]
+        assert [n for i, n in enumerate(numbers) if i == 0 or numbers[i - 1] != n] == [
+            "left operand", "right operand", "result", "left operand", "right operand", "result", "final answer"
+        ]  # fmt: skip
+        assert classes[pieces.index(" Wait")] == "after '.'" == classes[pieces.index(" Answer")]
+        assert classes[pieces.index(" -")] == "format"

@@ -168,3 +168,67 @@ def test_a_mix_can_be_weighted_and_bad_shares_are_refused():
     for bad in ((0.9,), (0.8, 0.1), (1.1, -0.1)):
         with pytest.raises(ValueError, match="shares="):
             task.make_problems(40, seed=3, split="train", task="arith+max", shares=bad)
+
+
+# --- the chain task: drawn five-step chains, practice responses that slip and correct -----------
+
+
+def test_chain_problems_are_distinct_deterministic_and_in_their_split():
+    prompts = task.make_problems(300, seed=4, split="test", task="chain")
+    assert [p.prompt_id for p in prompts] == [
+        p.prompt_id for p in task.make_problems(300, 4, "test", "chain")
+    ]
+    assert len({p.prompt_id for p in prompts}) == 300
+    for prompt in prompts:
+        assert len(prompt.meta["ops"]) == task.CHAIN_STEPS and prompt.meta["task"] == "chain"
+        assert prompt.prompt_id.startswith("chain-test-")
+        problem = task.Problem(tuple(prompt.meta["operands"]), tuple(prompt.meta["ops"]))
+        assert problem.task == "chain" and task._split_of(problem) == "test"
+        assert min(problem.partial_results()) >= 0 and str(problem.answer) == prompt.answer
+    train_ids = {
+        p.prompt_id.split("-", 2)[2] for p in task.make_problems(3000, seed=4, split="train", task="chain")
+    }
+    assert not train_ids & {p.prompt_id.split("-", 2)[2] for p in prompts}
+
+
+def test_chain_count_matches_enumeration_at_arith_length(monkeypatch):
+    """The step-by-step count is the enumeration's size where enumerating is cheap (3 steps = arith)."""
+    monkeypatch.setattr(task, "CHAIN_STEPS", task.NUM_STEPS)
+    assert task.count_chain_problems() == len(task.all_problems("arith"))
+
+
+def test_chain_task_refuses_enumeration_and_oversized_requests():
+    with pytest.raises(ValueError, match="drawn, not enumerated"):
+        task.all_problems("chain")
+    with pytest.raises(ValueError, match="at most"):
+        task.make_problems(task.split_size("test", "chain"), seed=0, split="test", task="chain")
+
+
+def _without_slips(text: str, slips: list[tuple[int, int]]) -> str:
+    """The response with each slipped step and its "Wait," removed (what a clean answer says)."""
+    for start, _ in reversed(slips):
+        step_start = text.rfind(". ", 0, start) + 2 if text.rfind(". ", 0, start) >= 0 else 0
+        text = text[:step_start] + text[text.index("Wait, ", start) + len("Wait, ") :]
+    return text
+
+
+@pytest.mark.parametrize("slip_rate", [0.0, 0.3, 1.0])
+def test_practice_response_is_the_worked_answer_plus_corrected_slips(slip_rate):
+    import random
+
+    rng = random.Random(7)
+    total_slips = 0
+    for prompt in task.make_problems(60, seed=2, split="train", task="chain"):
+        text, slips = task.practice_response(prompt, rng, slip_rate)
+        assert task.verify(text, prompt.answer)
+        assert _without_slips(text, slips) == task.reference_response(prompt)
+        correct = task.Problem(tuple(prompt.meta["operands"]), tuple(prompt.meta["ops"])).partial_results()
+        for start, end in slips:
+            wrong = int(text[start:end])
+            assert text[end : end + len(". Wait, ")] == ". Wait, " and wrong >= 0
+            step = text[:start].count("=") - 1 - text[:start].count("Wait")  # earlier slips wrote "=" twice
+            assert wrong - correct[step] in task.SLIP_DELTAS
+        assert len(slips) == text.count("Wait,")
+        total_slips += len(slips)
+    expected = {0.0: 0, 1.0: 60 * task.CHAIN_STEPS}.get(slip_rate)
+    assert total_slips == expected if expected is not None else 0.15 * 300 < total_slips < 0.45 * 300
