@@ -6,7 +6,7 @@ SFT loss (assistant tokens only, the end-of-turn token included so the model lea
 
 over the assistant positions A of a batch, less the tokens of a practice response's slips (a wrong
 intermediate value that the response then corrects, ``framework.data.arith.practice_response``): the
-model learns to correct a slip, never to make one. Plain torch, AdamW, linear warm-up then cosine decay.
+model is taught what follows a slip, never to make one. Plain torch, AdamW, linear warm-up then cosine decay.
 Each conversation is tokenized the way a chat model sees it: prompt = chat template with the
 generation prompt; response = the rest of the full rendered conversation up to and including the
 first stop token.
@@ -62,23 +62,23 @@ def encode_examples(
     full_ids_list = full["input_ids"]
     stop_set = set(stop_ids)
     examples = []
-    for i, (prompt, prompt_ids, full_ids) in enumerate(zip(prompts, prompt_ids_list, full_ids_list)):
+    for row, (prompt, prompt_ids, full_ids) in enumerate(zip(prompts, prompt_ids_list, full_ids_list)):
         if full_ids[: len(prompt_ids)] != prompt_ids:
             raise ValueError(
                 f"prompt {prompt.prompt_id!r}: the tokenized prompt is not a prefix of the tokenized "
                 "conversation (a merge crosses the prompt/response boundary); change the chat template"
             )
         response_ids = full_ids[len(prompt_ids) :]
-        stop_positions = [i for i, token in enumerate(response_ids) if token in stop_set]
+        stop_positions = [j for j, token in enumerate(response_ids) if token in stop_set]
         if not stop_positions:
             raise ValueError(f"prompt {prompt.prompt_id!r}: rendered response has no stop token {stop_ids}")
         response_ids = response_ids[: stop_positions[0] + 1]
         trained = None
-        if untrained_spans is not None and untrained_spans[i]:
-            at = full_texts[i].rindex(responses[i], len(prompt_texts[i]) - 1)
-            offsets = full["offset_mapping"][i][len(prompt_ids) : len(prompt_ids) + len(response_ids)]
+        if untrained_spans is not None and untrained_spans[row]:
+            at = full_texts[row].rindex(responses[row], len(prompt_texts[row]) - 1)
+            offsets = full["offset_mapping"][row][len(prompt_ids) : len(prompt_ids) + len(response_ids)]
             trained = [
-                not any(a < at + end and at + start < b for start, end in untrained_spans[i])
+                not any(a < at + end and at + start < b for start, end in untrained_spans[row])
                 for a, b in offsets
             ]
         examples.append(EncodedExample(prompt_ids, response_ids, trained))
