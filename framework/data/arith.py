@@ -232,6 +232,7 @@ def count_chain_problems() -> int:
     return sum(ways.values())
 
 
+@functools.cache  # read on every chain draw; the count walks ~10M problems' running values once
 def _chain_split_size(split: str) -> int:
     return count_chain_problems() * len(_SPLIT_BUCKETS[split]) // 100
 
@@ -435,6 +436,7 @@ __all__ = [
     "MIXES",
     "NUM_STEPS",
     "OPERAND_MAX",
+    "SLIP_DELTAS",
     "SPLITS",
     "TASKS",
     "VALUE_MAX",

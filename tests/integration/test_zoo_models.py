@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from framework.data.arith import make_problems, verify
+from framework.data.arith import SLIP_DELTAS, make_problems, verify
 from tokenbridge_zoo import FAMILIES, build_zoo
 from tokenbridge_zoo.families import style
 from tokenbridge_zoo.settings import ZooSettings
@@ -141,7 +141,7 @@ def test_a_chain_teacher_answers_cleanly_and_corrects_a_slip_once_it_rechecks(re
     for p in prompts:
         (a, b), op = p.meta["operands"][:2], p.meta["ops"][0]
         right = a + b if op == "+" else a - b
-        wrong = next(w for w in (right + d for d in rng.sample([-2, -1, 1, 2], 4)) if w >= 0)
+        wrong = next(w for w in (right + d for d in rng.sample(SLIP_DELTAS, len(SLIP_DELTAS))) if w >= 0)
         slipped.append(f"{a} {op} {b} = {wrong}.")
     rechecked = _hf_greedy(records[name]["path"], prompts, budget, [s + " Wait," for s in slipped])
     recovered = sum(verify(c, p.answer) for c, p in zip(rechecked, prompts)) / len(prompts)
