@@ -14,8 +14,9 @@ the token mapping, the DeepSpeed learner), on a zoo task (``--task``):
           (a slip, "Wait,", the step again; the slip out of the loss, framework/data/arith.py), so a
           teacher's distribution carries a recheck its gold samples never show. Measured: the
           teachers redo a step correctly after "Wait," but say it as often after a right value as
-          after a slip (README, the zoo). The 2-layer student is capacity-limited against the 4-layer
-          teachers and starts further below them (32.5 % against 93.5-97 %).
+          after a slip (README, the zoo). The 2-layer student starts further below them (32.5 %
+          against 93.5-97 %); it was meant to be capacity-limited, but 400 SFT steps take it to
+          the teachers' level (the plateau stage measures it).
 
 Methods (each from the same student and with the same budget: steps x prompts x samples):
 
@@ -31,7 +32,9 @@ Protocol (the stages run in this order; finished runs are kept in ``OUT/results.
   1. sweep    each method at every ``--lrs`` value, seed 0, from the zoo student (the "weak start");
               the best learning rate is the one with the highest mean of the last two evaluations.
   2. seeds    each method at its best lr on every ``--seeds`` value (seed 0 is the sweep's run).
-  3. plateau  SFT-on-teacher at its best lr for ``--plateau-steps`` steps builds a student whose SFT
+  3. long     ``--long-methods`` at their best lr for ``--long-steps`` steps from the weak start, seed 0:
+              does OPD catch up with a budget four times longer?
+  4. plateau  SFT-on-teacher at its best lr for ``--plateau-steps`` steps builds a student whose SFT
               curve has flattened (its curve is reported, so the flattening is measured, not assumed);
               then ``--plateau-methods`` continue from that last checkpoint, every seed.
 
@@ -73,6 +76,7 @@ SETUPS = {
               "same": "zoo_chain_llama3_same", "out": "reproduce_chain"},
 }  # fmt: skip
 METHOD_NAMES = ("opd", "opd_same", "sft_teacher", "rl", "opd_topk")
+STAGES = ("sweep", "seeds", "long", "plateau")
 
 
 def methods(task: str) -> dict[str, dict]:
@@ -107,6 +111,26 @@ def params(model: str) -> int:
                 n *= int(d)
             total += n
         return total
+
+
+def model_hash(model: str) -> str:
+    """sha256 (16 hex digits) of a model's weights: the zoo's builds differ between machines."""
+    import hashlib
+
+    from tokenbridge_zoo import resolve_model
+
+    digest = hashlib.sha256((Path(resolve_model(model)) / "model.safetensors").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def other_models(data: dict, hashes: dict[str, str], accuracy: dict[str, float]) -> list[str]:
+    """The study's models whose build differs from the ones here (by weights hash, or, for a study
+    that predates the hashes, by the zoo accuracy it recorded): its runs cannot be extended here."""
+    if "model_hashes" in data:
+        return sorted(m for m, h in hashes.items() if data["model_hashes"].get(m, h) != h)
+    name = {m: m.removeprefix("zoo:") for m in hashes}
+    recorded = data.get("zoo_accuracy", {})
+    return sorted(m for m in hashes if name[m] in recorded and recorded[name[m]] != accuracy.get(name[m]))
 
 
 def mean_prompt_tokens(model: str, task: str, n: int = 64) -> float:
@@ -246,15 +270,17 @@ def flops_to_reach(runs: list[dict], target: float) -> tuple[float | None, int]:
 def summarise(runs: list[dict], teacher_acc: float) -> dict:
     """``table[method]``: final accuracy and gap closed (mean, std over seeds) and the compute spent.
 
-    gap closed = (final − start) / (teacher − start) per run, start = the run's own step-0 accuracy."""
+    gap closed = (final − start) / (teacher − start) per run, start = the run's own step-0 accuracy;
+    None where a start is at or above the teacher (no gap to close: a plateaued student can pass it)."""
     table: dict[str, dict] = {}
     for method in sorted({r["method"] for r in runs}):
         rs = [r for r in runs if r["method"] == method]
         finals = [r["curve"][-1]["accuracy"] for r in rs]
         starts = [r["curve"][0]["accuracy"] for r in rs]
-        gaps = [(f - s) / max(1e-9, teacher_acc - s) for f, s in zip(finals, starts, strict=True)]
+        gaps = [(f - s) / (teacher_acc - s) for f, s in zip(finals, starts, strict=True) if s < teacher_acc]
         best = [max(p["accuracy"] for p in r["curve"]) for r in rs]
-        (fm, fs), (gm, gs), (sm, _), (bm, _) = spread(finals), spread(gaps), spread(starts), spread(best)
+        (fm, fs), (sm, _), (bm, _) = spread(finals), spread(starts), spread(best)
+        gm, gs = spread(gaps) if len(gaps) == len(rs) else (None, None)
         table[method] = {
             "final_accuracy": fm, "final_accuracy_std": fs, "gap_closed": gm, "gap_closed_std": gs,
             "start_accuracy": sm, "best_accuracy": bm, "seeds": len(rs), "lr": rs[0]["lr"],
@@ -265,7 +291,7 @@ def summarise(runs: list[dict], teacher_acc: float) -> dict:
     return table
 
 
-def answers(table: dict, runs_of: dict, suffix: str = "") -> list[str]:
+def answers(table: dict, runs_of: dict, suffix: str = "", teacher_acc: float | None = None) -> list[str]:
     """The issue's questions, answered from the table (``suffix`` selects the plateau rows)."""
     out = []
     opd, sft, same = (
@@ -273,6 +299,9 @@ def answers(table: dict, runs_of: dict, suffix: str = "") -> list[str]:
         table.get("sft_teacher" + suffix),
         table.get("opd_same" + suffix),
     )
+    if opd and teacher_acc is not None and opd["start_accuracy"] >= teacher_acc:
+        out.append(f"- the start ({opd['start_accuracy']:.3f}) is at or above the teacher "
+                   f"({teacher_acc:.3f}): there is no gap left for the teacher to close")  # fmt: skip
     if opd and sft and max(opd["final_accuracy"], sft["final_accuracy"]) <= opd["start_accuracy"]:
         out.append(f"- neither method gains from this start ({opd['start_accuracy']:.3f}): OPD ends at "
                    f"{opd['final_accuracy']:.3f}, SFT-on-teacher at {sft['final_accuracy']:.3f}")  # fmt: skip
@@ -306,10 +335,11 @@ def markdown(table: dict, sweep: dict, teacher_acc: float, teacher: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, v in table.items():
         method, _, start = key.partition("@")
+        gap = "n/a" if v["gap_closed"] is None else f"{v['gap_closed']:.0%} ± {v['gap_closed_std']:.0%}"
         lines.append(
             f"| {method} | {start.split(' ')[0] or 'weak'} | {v['lr']:g} | {v['seeds']} | {v['start_accuracy']:.3f} "
             f"| {v['final_accuracy']:.3f} ± {v['final_accuracy_std']:.3f} | {v['best_accuracy']:.3f} "
-            f"| {v['gap_closed']:.0%} ± {v['gap_closed_std']:.0%} | {v['flops']:.3g} | {v['wall_s']:.0f} |"
+            f"| {gap} | {v['flops']:.3g} | {v['wall_s']:.0f} |"
         )
     if sweep:
         lines += ["", "Learning-rate sweep (seed 0, weak start; mean of the last two evaluations):", "",
@@ -359,7 +389,7 @@ def plot(groups: dict[str, list[dict]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="arith", choices=sorted(SETUPS), help="the zoo task (see above)")
     p.add_argument(
@@ -376,12 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--plateau-methods", nargs="+", default=["opd", "sft_teacher"], choices=sorted(METHOD_NAMES)
     )
-    p.add_argument(
-        "--stages", nargs="+", default=["sweep", "seeds", "plateau"], choices=["sweep", "seeds", "plateau"]
-    )
+    p.add_argument("--long-steps", type=int, default=240)
+    p.add_argument("--long-methods", nargs="+", default=["opd", "sft_teacher"], choices=sorted(METHOD_NAMES))
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--out", default=None, help="the study folder (default: results/reproduce[_chain])")
     p.add_argument("--fresh", action="store_true", help="ignore the runs already in OUT/results.json")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     setup = SETUPS[args.task]
     args.out = args.out or str(ROOT / "results" / setup["out"])
     student_start = setup["student"]
@@ -390,9 +424,16 @@ def main(argv: list[str] | None = None) -> int:
     manifest = build_zoo(progress=False)
     zoo_acc = {m["name"]: m["accuracy"] for m in manifest["models"]}
     study = Study(Path(args.out), args)
+    hashes = {m: model_hash(m) for m in (setup["student"], setup["teacher"], setup["same_teacher"])}
+    differ = other_models(study.data, hashes, zoo_acc) if study.data["runs"] else []
+    if differ:  # the same zoo digest builds other weights on another machine (README, the zoo)
+        raise SystemExit(f"[reproduce] the runs in {study.out} were made with other builds of {differ} "
+                         "(weights or zoo accuracy differ from this machine's); extend them where they "
+                         "were made, or start a new study with --out DIR or --fresh")  # fmt: skip
     study.data.update(
-        zoo_accuracy=zoo_acc, zoo_digest=manifest.get("settings_digest"), protocol=vars(args) | {"out": None}
-    )
+        zoo_accuracy=zoo_acc, zoo_digest=manifest.get("settings_digest"), model_hashes=hashes,
+        protocol=vars(args) | {"out": None},
+    )  # fmt: skip
 
     # a rerun with other --lrs extends each method's sweep (the runs already made are kept and scored)
     earlier = study.data.get("sweep", {})
@@ -413,6 +454,14 @@ def main(argv: list[str] | None = None) -> int:
             study.run(method, start="weak", student=student_start, seed=s, lr=lr, steps=args.steps)
             for s in args.seeds
         ]
+    for method in args.long_methods if "long" in args.stages else []:
+        lr = best.get(method, 1e-4)
+        # SFT's long run is the plateau stage's build when the two have the same length
+        build = (
+            study.find(method, "plateau-build", 0, lr, args.long_steps) if method == "sft_teacher" else None
+        )
+        groups[f"{method}@long"] = [build or study.run(method, start="long", student=student_start, seed=0,
+                                                       lr=lr, steps=args.long_steps)]  # fmt: skip
     if "plateau" in args.stages:
         lr = best.get("sft_teacher", 1e-4)
         base = study.run(
@@ -438,7 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     table: dict[str, dict] = {}
     for key, rs in groups.items():
         table.update(summarise([dict(r, method=key) for r in rs], teacher_acc))
-    lines = answers(table, groups) + answers(table, groups, "@plateau")
+    lines = answers(table, groups, teacher_acc=teacher_acc)
+    for start in ("long", "plateau"):
+        if any(key.endswith(f"@{start}") for key in groups):
+            lines += [f"{start} runs:", *answers(table, groups, f"@{start}", teacher_acc)]
     study.data.update(table=table, answers=lines)
     study.save()
     text = (

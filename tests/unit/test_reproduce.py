@@ -128,3 +128,56 @@ def test_chain_positions_are_classed_by_what_they_predict():
         ]  # fmt: skip
         assert classes[pieces.index(" Wait")] == "after '.'" == classes[pieces.index(" Answer")]
         assert classes[pieces.index(" -")] == "format"
+
+
+def test_answers_for_a_start_read_only_that_starts_rows():
+    # the weak rows say OPD wins; the long rows (suffix "@long") say it never reaches SFT
+    runs_of = {
+        "opd": [_run("opd", 0, [0.4, 0.6, 0.8])],
+        "sft_teacher": [_run("sft_teacher", 0, [0.4, 0.5, 0.6], flops_per_eval=30.0)],
+        "opd@long": [_run("opd@long", 0, [0.4, 0.42, 0.45])],
+        "sft_teacher@long": [_run("sft_teacher@long", 0, [0.4, 0.6, 0.7])],
+    }
+    table = {}
+    for runs in runs_of.values():
+        table |= rep.summarise(runs, teacher_acc=1.0)
+    assert "at 0.17x SFT's compute" in rep.answers(table, runs_of)[0]
+    long = rep.answers(table, runs_of, "@long")
+    assert "final accuracy (0.700) never within the budget" in long[0]
+
+
+def test_every_reproduce_command_the_readme_prints_parses():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    inline = re.findall(r"`python benchmarks/reproduce\.py([^`]*)`", readme)
+    blocks = re.findall(r"^ {4}python benchmarks/reproduce\.py(.*)$", readme, flags=re.M)
+    commands = inline + blocks
+    assert len(inline) >= 1 and len(blocks) >= 4
+    for command in commands:
+        args = rep.parser().parse_args(command.split())
+        assert set(args.stages) <= set(rep.STAGES)
+
+
+def test_gap_closed_is_undefined_from_a_start_above_the_teacher():
+    runs_of = {"opd": [_run("opd", 0, [0.98, 0.99])], "sft_teacher": [_run("sft_teacher", 0, [0.98, 0.97])]}
+    table = rep.summarise(runs_of["opd"], 0.9) | rep.summarise(runs_of["sft_teacher"], 0.9)
+    assert table["opd"]["gap_closed"] is None and table["opd"]["final_accuracy"] == pytest.approx(0.99)
+    assert "| n/a |" in rep.markdown(table, {}, 0.9, "zoo:t")
+    lines = rep.answers(table, runs_of, teacher_acc=0.9)
+    assert lines[0].startswith("- the start (0.980) is at or above the teacher (0.900)")
+
+
+def test_a_study_made_with_other_model_builds_is_not_extended():
+    here = {"zoo:student": "aa", "zoo:teacher": "bb"}
+    acc = {"student": 0.345, "teacher": 0.975}
+    assert rep.other_models({"model_hashes": dict(here)}, here, acc) == []
+    assert rep.other_models({"model_hashes": {"zoo:student": "cc", "zoo:teacher": "bb"}}, here, acc) == [
+        "zoo:student"
+    ]
+    # a study from before the hashes: the zoo accuracy it recorded tells the builds apart
+    assert rep.other_models({"zoo_accuracy": {"student": 0.42, "teacher": 0.975}}, here, acc) == [
+        "zoo:student"
+    ]
+    assert rep.other_models({"zoo_accuracy": {"student": 0.345}}, here, acc) == []
