@@ -75,7 +75,10 @@ def test_hf_teacher_on_cuda_matches_cpu(model_dir):
         # TF32 matmuls may be on by default on this GPU: allow 1e-3 for float32.
         np.testing.assert_allclose(g.token_logprobs, c.token_logprobs, atol=1e-3)
         np.testing.assert_allclose(g.topk_logprobs, c.topk_logprobs, atol=1e-3)
-        np.testing.assert_allclose(b.token_logprobs, c.token_logprobs, atol=0.15)
+        # bf16 keeps 8 mantissa bits (~0.4 % per logit of magnitude ~10 here): on an H200 (2026-12-04)
+        # the 15 logprobs of the first request differed from float32 CPU by 0.06 on average, 0.16 at most
+        diff = np.abs(b.token_logprobs - c.token_logprobs)
+        assert diff.max() < 0.3 and diff.mean() < 0.1, diff
         assert np.all(np.diff(g.topk_logprobs, axis=1) <= 0)
 
 
