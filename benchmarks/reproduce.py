@@ -33,7 +33,7 @@ Protocol (the stages run in this order; finished runs are kept in ``OUT/results.
               the best learning rate is the one with the highest mean of the last two evaluations.
   2. seeds    each method at its best lr on every ``--seeds`` value (seed 0 is the sweep's run).
   3. long     ``--long-methods`` at their best lr for ``--long-steps`` steps from the weak start, seed 0:
-              does OPD catch up with a budget four times longer?
+              does OPD catch up with a longer budget (240 steps: four times the weak-start one)?
   4. plateau  SFT-on-teacher at its best lr for ``--plateau-steps`` steps builds a student whose SFT
               curve has flattened (its curve is reported, so the flattening is measured, not assumed);
               then ``--plateau-methods`` continue from that last checkpoint, every seed.
