@@ -15,7 +15,8 @@ value it just read says it after a slip and not after a right value. The probe p
 every 500 steps. The zoo's teachers (4 layers, 1,150 steps at slip rate 0.15) gave the same p after a
 slip as after a right value (README, the zoo). Training follows the zoo's recipe (AdamW 3e-3, batch
 32, 20 warm-up steps, cosine to 10 %, the slip out of the loss, ``tokenbridge_zoo.training``).
-Thousands of steps of an 8-layer model take a GPU for minutes; on 2 CPU cores, hours.
+The model is the zoo's teacher-llama3-chain at another depth (``make_config``, ``create_model``).
+Thousands of steps of an 8-layer model take a GPU for minutes; 2 CPU cores far longer.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig
 
     from framework.data.arith import make_problems, practice_response, verify
+    from tokenbridge_zoo.models import create_model, make_config
+    from tokenbridge_zoo.settings import ZooSettings
     from tokenbridge_zoo.training import collate, encode_examples, greedy_generate, sft_loss
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,14 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     for layers in args.layers:
-        config = LlamaConfig(
-            vocab_size=len(tok), hidden_size=128, intermediate_size=344, num_hidden_layers=layers,
-            num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
-            rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=gen.bos_token_id, eos_token_id=stop,
-            pad_token_id=gen.pad_token_id,
-        )  # fmt: skip
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config).float().to(dev)
+        # the zoo's chain teacher (tokenbridge_zoo.settings) at another depth
+        spec = replace(ZooSettings().model("teacher-llama3-chain"), num_layers=layers)
+        special = {"bos_token_id": gen.bos_token_id, "eos_token_id": stop, "pad_token_id": gen.pad_token_id}
+        model = create_model(make_config(spec, len(tok), special, 512), seed=0).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01)
         draw, t0 = random.Random(1), time.time()
         for step in range(args.steps):
