@@ -22,7 +22,6 @@ Thousands of steps of an 8-layer model take a GPU for minutes; 2 CPU cores far l
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 import time
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from framework.data.arith import make_problems, practice_response, verify
     from tokenbridge_zoo.models import create_model, make_config
     from tokenbridge_zoo.settings import ZooSettings
-    from tokenbridge_zoo.training import collate, encode_examples, greedy_generate, sft_loss
+    from tokenbridge_zoo.training import _lr_factor, collate, encode_examples, greedy_generate, sft_loss
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", nargs="+", type=int, default=[8, 12, 4])
@@ -91,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01)
         draw, t0 = random.Random(1), time.time()
         for step in range(args.steps):
-            progress = min(1.0, max(0, step - 20) / max(1, args.steps - 20))
-            factor = (step + 1) / 20 if step < 20 else 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+            factor = _lr_factor(step, warmup=20, total=args.steps)  # the zoo's schedule
             for group in opt.param_groups:
                 group["lr"] = 3e-3 * factor
             ids, mask, labels = (t.to(dev) for t in collate(draw.sample(examples, 32), tok.pad_token_id))

@@ -115,12 +115,10 @@ def params(model: str) -> int:
 
 def model_hash(model: str) -> str:
     """sha256 (16 hex digits) of a model's weights: the zoo's builds differ between machines."""
-    import hashlib
-
     from tokenbridge_zoo import resolve_model
+    from tokenbridge_zoo.real_sources import _sha256
 
-    digest = hashlib.sha256((Path(resolve_model(model)) / "model.safetensors").read_bytes())
-    return digest.hexdigest()[:16]
+    return _sha256(Path(resolve_model(model)) / "model.safetensors")[:16]
 
 
 def other_models(data: dict, hashes: dict[str, str], accuracy: dict[str, float]) -> list[str]:
