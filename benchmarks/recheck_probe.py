@@ -39,7 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     from framework.data.arith import make_problems, practice_response, verify
     from tokenbridge_zoo.models import create_model, make_config
     from tokenbridge_zoo.settings import ZooSettings
-    from tokenbridge_zoo.training import _lr_factor, collate, encode_examples, greedy_generate, sft_loss
+    from tokenbridge_zoo.training import (
+        _lr_factor,
+        collate,
+        encode_examples,
+        greedy_generate,
+        recheck_probe,
+        sft_loss,
+    )
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", nargs="+", type=int, default=[8, 12, 4])
@@ -60,27 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random("slips/0")
     responses = [practice_response(q, rng, args.slip_rate) for q in train]
     examples = encode_examples(tok, train, [t for t, _ in responses], stop, [s for _, s in responses])
-    test = make_problems(256, 0, "test", "chain")
-    wait = tok(" Wait", add_special_tokens=False)["input_ids"][0]
-    tok.padding_side = "left"
+    test = make_problems(128, 0, "test", "chain")
 
     def p_wait(model) -> list[float]:
-        """Mean p("Wait") after a first step stated +1 off, -1 off and right."""
-        model.eval()
-        out = []
-        for delta in (1, -1, 0):
-            texts = []
-            for q in test:
-                (a, b), op = q.meta["operands"][:2], q.meta["ops"][0]
-                value = (a + b if op == "+" else a - b) + delta
-                prompt = tok.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=False)
-                texts.append(f"{prompt}{a} {op} {b} = {value}.")
-            batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(dev)
-            with torch.no_grad():
-                probs = model(**batch).logits[:, -1].float().softmax(-1)[:, wait]
-            out.append(round(probs.mean().item(), 4))
-        model.train()
-        return out
+        return list(recheck_probe(model, tok).values())  # after +1 off, -1 off, right
 
     for layers in args.layers:
         # the zoo's chain teacher (tokenbridge_zoo.settings) at another depth
@@ -102,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             if (step + 1) % 500 == 0:
                 print(f"layers {layers} slip {args.slip_rate} step {step + 1} loss {loss.item():.4f} "
                       f"p(Wait | +1, -1, right) {p_wait(model)} {time.time() - t0:.0f} s", flush=True)  # fmt: skip
-        answers = greedy_generate(model.cpu(), tok, test[:128], stop, 128)
+        answers = greedy_generate(model.cpu(), tok, test, stop, 128)
         right = sum(verify(a, q.answer) for a, q in zip(answers, test, strict=False))
         print(
             f"layers {layers}: greedy accuracy {right / len(answers):.3f} on {len(answers)} held-out problems"

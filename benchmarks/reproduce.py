@@ -17,6 +17,13 @@ the token mapping, the DeepSpeed learner), on a zoo task (``--task``):
           after a slip (README, the zoo). The 2-layer student starts further below them (32.5 %
           against 93.5-97 %); it was meant to be capacity-limited, but 400 SFT steps take it to
           the teachers' level (the plateau stage measures it).
+  recheck the chain task with 8-layer teachers that did learn when to recheck (p("Wait") ~0.9 after
+          a slipped value, <= 0.03 after a right one; on-demand zoo models, ``tokenbridge-zoo
+          --models teacher-qwen-recheck teacher-llama3-recheck``, minutes on a GPU with ``--device
+          cuda``, or ``--build-device`` here): OPD's teacher tells a student that slipped to go back,
+          SFT's samples never slip, so this is where OPD's dense signal says more than the samples.
+  recheck_1layer  the same teachers and a 1-layer student (19.5 % at the start), the capacity-limited
+          setting.
 
 Methods (each from the same student and with the same budget: steps x prompts x samples):
 
@@ -74,6 +81,14 @@ SETUPS = {
     "chain": {"student": "zoo:student-llama3-chain", "teacher": "zoo:teacher-qwen-chain",
               "same_teacher": "zoo:teacher-llama3-chain", "data": "zoo_chain", "cross": "zoo_chain_qwen_to_llama3",
               "same": "zoo_chain_llama3_same", "out": "reproduce_chain"},
+    "recheck": {"student": "zoo:student-llama3-chain", "teacher": "zoo:teacher-qwen-recheck",
+                "same_teacher": "zoo:teacher-llama3-recheck", "data": "zoo_chain",
+                "cross": "zoo_recheck_qwen_to_llama3", "same": "zoo_recheck_llama3_same",
+                "out": "reproduce_recheck"},
+    "recheck_1layer": {"student": "zoo:student-llama3-chain-1layer", "teacher": "zoo:teacher-qwen-recheck",
+                       "same_teacher": "zoo:teacher-llama3-recheck", "data": "zoo_chain",
+                       "cross": "zoo_recheck_qwen_to_llama3_1layer", "same": "zoo_recheck_llama3_same_1layer",
+                       "out": "reproduce_recheck_1layer"},
 }  # fmt: skip
 METHOD_NAMES = ("opd", "opd_same", "sft_teacher", "rl", "opd_topk")
 STAGES = ("sweep", "seeds", "long", "plateau")
@@ -131,6 +146,11 @@ def other_models(data: dict, hashes: dict[str, str], accuracy: dict[str, float])
     return sorted(m for m in hashes if name[m] in recorded and recorded[name[m]] != accuracy.get(name[m]))
 
 
+def prompt_task(task: str) -> str:
+    """The zoo task the study's prompts are drawn from (``recheck*`` studies run on ``chain``)."""
+    return SETUPS[task]["data"].removeprefix("zoo_")
+
+
 def mean_prompt_tokens(model: str, task: str, n: int = 64) -> float:
     """Mean chat-templated prompt length of the zoo task under ``model``'s tokenizer and template."""
     from transformers import AutoTokenizer
@@ -145,6 +165,19 @@ def mean_prompt_tokens(model: str, task: str, n: int = 64) -> float:
         for p in make_problems(n, seed=0, split="train", task=task)
     ]
     return sum(lengths) / len(lengths)
+
+
+def student_recheck(checkpoint: Path) -> dict[str, float]:
+    """``tokenbridge_zoo.training.recheck_probe`` on a run's final student: p("Wait") after a first step
+    stated +1 off, -1 off and right."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from tokenbridge_zoo.training import recheck_probe
+
+    hf_logging.disable_progress_bar()  # the study's console is one line per run
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint))
+    return recheck_probe(model, AutoTokenizer.from_pretrained(str(checkpoint)))
 
 
 def curve_from_rows(rows: list[dict], cost: dict) -> list[dict]:
@@ -192,7 +225,7 @@ class Study:
             teacher = self.methods[method]["teacher"] or SETUPS[self.args.task]["teacher"]
             generator = teacher if method == "sft_teacher" else student
             scorer = teacher if method in SCORES_WITH_TEACHER else None
-            task = self.args.task
+            task = prompt_task(self.args.task)
             self._costs[key] = {
                 "n_student": params(student), "n_generator": params(generator),
                 "n_scorer": params(scorer) if scorer else 0,
@@ -236,8 +269,11 @@ class Study:
             "curve": curve_from_rows(rows, self.cost(method, student)), "wall_s": round(time.time() - t0, 1),
             "folder": str(folder.relative_to(self.out)),
         }  # fmt: skip
+        if SETUPS[a.task]["data"] == "zoo_chain":  # did the student learn when to recheck?
+            record["p_wait_after"] = student_recheck(folder / "checkpoints" / f"step_{steps:06d}" / "student")
         curve = " -> ".join(f"{p['accuracy']:.3f}" for p in record["curve"])
-        print(f"[reproduce]   accuracy {curve} ({record['wall_s']:.0f} s)", flush=True)
+        recheck = f", p(Wait | +1, -1, right) {record['p_wait_after']}" if "p_wait_after" in record else ""
+        print(f"[reproduce]   accuracy {curve} ({record['wall_s']:.0f} s){recheck}", flush=True)
         self.data["runs"].append(record)
         self.save()
         return record
@@ -408,6 +444,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--long-methods", nargs="+", default=["opd", "sft_teacher"], choices=sorted(METHOD_NAMES))
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--out", default=None, help="the study folder (default: results/reproduce[_chain])")
+    p.add_argument("--build-device", default="cpu",
+                   help="torch device that builds a missing on-demand zoo model (--task recheck*)")  # fmt: skip
     p.add_argument("--fresh", action="store_true", help="ignore the runs already in OUT/results.json")
     return p
 
@@ -417,10 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     setup = SETUPS[args.task]
     args.out = args.out or str(ROOT / "results" / setup["out"])
     student_start = setup["student"]
-    from tokenbridge_zoo import build_zoo
+    from tokenbridge_zoo import build_zoo, model_path
 
     manifest = build_zoo(progress=False)
     zoo_acc = {m["name"]: m["accuracy"] for m in manifest["models"]}
+    for model in (setup["student"], setup["teacher"], setup["same_teacher"]):  # on-demand ones too
+        name = model.removeprefix("zoo:")
+        if name not in zoo_acc:
+            info = model_path(name, progress=True, device=args.build_device) / "zoo_info.json"
+            zoo_acc[name] = json.loads(info.read_text())["accuracy"]
     study = Study(Path(args.out), args)
     hashes = {m: model_hash(m) for m in (setup["student"], setup["teacher"], setup["same_teacher"])}
     differ = other_models(study.data, hashes, zoo_acc) if study.data["runs"] else []

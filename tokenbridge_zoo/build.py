@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from framework.checkpoint import write_json
 from tokenbridge_zoo.families import FAMILIES, style
-from tokenbridge_zoo.settings import ModelSpec, ZooSettings, tokenbridge_home
+from tokenbridge_zoo.settings import ON_DEMAND_MODELS, ModelSpec, ZooSettings, spec_digest, tokenbridge_home
 
 DEFAULT_SETTINGS = ZooSettings()
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -117,10 +117,27 @@ def _build_tokenizer(family: str, settings: ZooSettings, final: Path) -> None:
 # models
 
 
-def model_path(name: str, settings: ZooSettings | None = None, progress: bool = False) -> Path:
-    """Folder of zoo model ``name`` (e.g. ``"teacher-qwen"``); trains it first if missing (minutes)."""
+def model_path(
+    name: str, settings: ZooSettings | None = None, progress: bool = False, device: str = "cpu"
+) -> Path:
+    """Folder of zoo model ``name`` (e.g. ``"teacher-qwen"``); trains it first if missing (minutes),
+    on ``device`` (a torch device: the float kernels differ, so a CUDA build has other weights)."""
     with progress_bar(progress) as bar:
-        return ensure_model(name, settings, bar)
+        return ensure_model(name, settings, bar, device=device)
+
+
+def model_dir(name: str, settings: ZooSettings | None = None) -> Path:
+    """Where model ``name`` lives: ``models/NAME``, or ``models/NAME-<spec digest>`` for an on-demand
+    model (its spec is not part of the zoo digest, so its folder name carries it)."""
+    settings = settings or DEFAULT_SETTINGS
+    try:
+        spec = settings.model(name)
+    except KeyError as error:
+        raise ValueError(str(error.args[0])) from None
+    root = zoo_root(settings) / "models"
+    if spec in settings.models or spec not in ON_DEMAND_MODELS:
+        return root / name
+    return root / f"{name}-{spec_digest(spec, settings)}"
 
 
 def ensure_model(
@@ -128,23 +145,21 @@ def ensure_model(
     settings: ZooSettings | None = None,
     progress: BuildProgress | None = None,
     threads: int | None = None,
+    device: str = "cpu",
 ) -> Path:
     """``model_path`` with the progress sink and torch thread count chosen by the caller (the parallel
     build gives each worker its share of the cores; ``None`` keeps the process's setting).
     """
     settings = settings or DEFAULT_SETTINGS
-    try:
-        spec = settings.model(name)
-    except KeyError as error:
-        raise ValueError(str(error.args[0])) from None
-    root = zoo_root(settings)
-    final = root / "models" / name
+    final = model_dir(name, settings)
     if _is_complete(final, _INFO_FILE):
         return final
+    spec = settings.model(name)
     tok_dir = tokenizer_path(spec.family, settings)
+    root = zoo_root(settings)
     with _locked(root, f"model-{name}"):
         if not _is_complete(final, _INFO_FILE):
-            _build_model(spec, settings, tok_dir, final, progress, threads)
+            _build_model(spec, settings, tok_dir, final, progress, threads, device)
     return final
 
 
@@ -166,13 +181,14 @@ def _build_model(
     final: Path,
     progress: BuildProgress | None,
     threads: int | None,
+    device: str = "cpu",
 ) -> None:
     import torch
     from transformers import AutoTokenizer, GenerationConfig
 
     from framework.data.arith import make_problems, split_size
     from tokenbridge_zoo.models import create_model, make_config, num_parameters
-    from tokenbridge_zoo.training import accuracy_by_task, train_sft
+    from tokenbridge_zoo.training import accuracy_by_task, recheck_probe, train_sft
 
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -187,7 +203,8 @@ def _build_model(
             "pad_token_id": generation_config.pad_token_id,
         }
         config = make_config(spec, len(tokenizer), special_ids, settings.max_position_embeddings)
-        model = create_model(config, seed=spec.seed)
+        model = create_model(config, seed=spec.seed)  # initialised on the CPU: the same start anywhere
+        model.to(device)  # type: ignore[arg-type]  # (transformers' wrapper of `to` is mis-typed)
         model.generation_config = generation_config
         num_train = settings.train_problems
         if num_train is None:
@@ -222,6 +239,8 @@ def _build_model(
         by_task = accuracy_by_task(model, tokenizer, test_prompts, stop_ids, max_new_tokens)
         # the test split of a mix is equal parts of each task, so the plain mean is the overall share
         test_accuracy = sum(by_task.values()) / len(by_task)
+        recheck = recheck_probe(model, tokenizer) if spec.slip_rate > 0 else None
+        model.cpu()
         if progress is not None:
             progress.finish(spec.name, result.steps, test_accuracy)
         with _atomic_dir(final) as tmp:
@@ -246,7 +265,12 @@ def _build_model(
                 "train_steps": result.steps,
                 "train_loss": round(result.final_loss, 4),
                 "build_seconds": round(time.perf_counter() - start, 2),
+                "build_device": torch.device(device).type,
             }
+            if recheck is not None:  # p("Wait") after a first step stated +1 off, -1 off, right
+                info["p_wait_after"] = recheck
+            if spec in ON_DEMAND_MODELS:
+                info["spec_digest"] = spec_digest(spec, settings)
             write_json(tmp / _INFO_FILE, info)
     finally:
         torch.set_num_threads(previous_threads)
@@ -328,7 +352,7 @@ def read_manifest(settings: ZooSettings | None = None) -> dict[str, Any]:
         if _is_complete(path, _INFO_FILE):
             tokenizers.append({**json.loads((path / _INFO_FILE).read_text()), "path": str(path)})
     for spec in settings.models:
-        path = root / "models" / spec.name
+        path = model_dir(spec.name, settings)
         if _is_complete(path, _INFO_FILE):
             models.append({**json.loads((path / _INFO_FILE).read_text()), "path": str(path)})
     return {
@@ -353,7 +377,9 @@ def build_zoo(
     root = zoo_root(settings)
     for family in FAMILIES:
         tokenizer_path(family, settings)
-    missing = [spec for spec in settings.models if not _is_complete(root / "models" / spec.name, _INFO_FILE)]
+    missing = [
+        spec for spec in settings.models if not _is_complete(model_dir(spec.name, settings), _INFO_FILE)
+    ]
     build_models(missing, settings, jobs=jobs, progress=progress)
     manifest = read_manifest(settings)
     with _locked(root, "manifest"):
@@ -394,13 +420,10 @@ def resolve_model(spec: str, build: bool = True) -> str:
         return _resolve_real(name[len(REAL_PREFIX) :], build)
     if build:
         return str(model_path(name))
-    try:
-        DEFAULT_SETTINGS.model(name)
-    except KeyError as error:
-        raise ValueError(str(error.args[0])) from None
-    final = zoo_root() / "models" / name
+    final = model_dir(name)
     if not _is_complete(final, _INFO_FILE):
-        raise ZooModelMissing(name, final)
+        command = "tokenbridge-zoo" if final.name == name else f"tokenbridge-zoo --models {name}"
+        raise ZooModelMissing(name, final, command)
     return str(final)
 
 

@@ -34,6 +34,23 @@ def _build_real(tokenizers_only: bool, rebuild: bool, progress: bool) -> None:
     print(f"ready in {time.perf_counter() - start:.0f}s (built entries are reused; --rebuild starts over)")
 
 
+def _build_named(names: list[str], device: str, progress: bool) -> None:
+    import json
+
+    from tokenbridge_zoo.build import model_path
+
+    for name in names:
+        start = time.perf_counter()
+        try:
+            path = model_path(name, progress=progress, device=device)
+        except ValueError as err:  # an unknown name: the message lists the known ones
+            raise SystemExit(f"error: {err}") from None
+        info = json.loads((path / "zoo_info.json").read_text())
+        recheck = f"  p(Wait | +1, -1, right) {info['p_wait_after']}" if "p_wait_after" in info else ""
+        print(f"{name}: accuracy {info['accuracy']:.1%} after {info['train_steps']} steps{recheck}  "
+              f"({time.perf_counter() - start:.0f}s)  {path}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tokenbridge-zoo", description=__doc__)
     parser.add_argument(
@@ -47,6 +64,20 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=None,
         help="models built side by side in worker processes (default: one per core; 1 = one at a time)",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        help="build only these models (also the on-demand ones the default build leaves out, e.g. "
+        "teacher-qwen-recheck: ~5,000 steps of an 8-layer model)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device that trains --models (default cpu; cuda builds in minutes what 2 cores take "
+        "long for, with other float kernels, so other weights)",
     )
     real = parser.add_mutually_exclusive_group()
     real.add_argument(
@@ -68,6 +99,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     from tokenbridge_zoo import build_zoo, remove_zoo, zoo_root
 
+    if args.models:
+        if args.rebuild:
+            parser.error("--rebuild with --models: delete the model's folder instead (the path is printed)")
+        _build_named(args.models, args.device, progress=not args.quiet)
+        return
+    if args.device != "cpu":
+        parser.error("--device applies to --models only (the default zoo is built on the CPU)")
     if args.rebuild:
         remove_zoo()
     start = time.perf_counter()

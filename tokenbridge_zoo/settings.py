@@ -83,10 +83,12 @@ class ZooSettings:
         return spec.eval_max_new_tokens or self.eval_max_new_tokens
 
     def model(self, name: str) -> ModelSpec:
-        for spec in self.models:
+        """The spec of ``name``: one of ``models``, else one of the ``ON_DEMAND_MODELS``."""
+        for spec in (*self.models, *ON_DEMAND_MODELS):
             if spec.name == name:
                 return spec
-        raise KeyError(f"unknown zoo model {name!r}; known: {[m.name for m in self.models]}")
+        known = [m.name for m in (*self.models, *ON_DEMAND_MODELS)]
+        raise KeyError(f"unknown zoo model {name!r}; known: {known}")
 
     def tokenizer(self, family: str) -> TokenizerSpec:
         for spec in self.tokenizers:
@@ -191,4 +193,45 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
 )
 
 
-__all__ = ["DEFAULT_MODELS", "ModelSpec", "TokenizerSpec", "ZooSettings", "tokenbridge_home"]
+def _recheck(spec: ModelSpec, steps: int) -> ModelSpec:
+    # A chain teacher that learns *when* to recheck: at 4 layers and slip rate 0.15 the zoo's chain
+    # teachers say "Wait" as often after a right value as after a slip; on an H200 an 8-layer teacher
+    # at slip rate 0.3 learned the difference between step 2,500 and 4,000 of a 4,000-step run
+    # (benchmarks/recheck_probe.py, results/recheck_probe_h200.log). A fixed number of steps (no early
+    # stop: accuracy is reached long before the recheck is learned, and when varies by run).
+    return replace(
+        _chain(spec), num_layers=8, slip_rate=0.3, min_steps=steps, max_steps=steps, eval_every=steps
+    )
+
+
+# Built only when asked for (`tokenbridge-zoo --models NAME`, or a run that names ``zoo:NAME``), not by
+# `tokenbridge-zoo` itself: too slow for the default zoo on 2 cores. They live in the same zoo folder
+# (same tokenizers) and are not part of its digest; each records its own spec digest instead.
+ON_DEMAND_MODELS: tuple[ModelSpec, ...] = (
+    # benchmarks/reproduce.py --task recheck: the teachers whose distribution carries the recheck, and a
+    # 1-layer student that SFT cannot take to the teachers' level (the capacity-limited setting)
+    # Built on an H200 (`--device cuda`), p("Wait") after a +1 / -1 slip / a right value: the Qwen-style
+    # teacher 0.916 / 0.861 / 0.029 at 5,000 steps; the Llama-3-style one was still blind at 5,000
+    # (0.384 / 0.345 / 0.245; seed 2 too; seed 1 learned it at 87.5 % accuracy) and 0.992 / 1.000 / 0.000 at 8,000.
+    _recheck(_teacher("teacher-qwen-recheck", "qwen", "qwen2", task="chain"), steps=5000),
+    _recheck(_teacher("teacher-llama3-recheck", "llama3", "llama", task="chain"), steps=8000),
+    replace(_chain(_student("student-llama3-chain-1layer", "llama3", "llama", task="chain", stop_at=0.3)),
+            num_layers=1),
+)  # fmt: skip
+
+
+def spec_digest(spec: ModelSpec, settings: ZooSettings) -> str:
+    """12 hex digits naming one on-demand model's build (its spec, the zoo's settings digest)."""
+    payload = {"zoo": settings.digest(), "spec": asdict(spec)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "ON_DEMAND_MODELS",
+    "ModelSpec",
+    "TokenizerSpec",
+    "ZooSettings",
+    "spec_digest",
+    "tokenbridge_home",
+]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from framework.data.arith import practice_response, reference_response, verify
+from framework.data.arith import make_problems, practice_response, reference_response, verify
 from framework.types import Prompt
 
 
@@ -144,7 +144,9 @@ def greedy_generate(
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = [render_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-            batch = tokenizer(chunk, add_special_tokens=False, padding=True, return_tensors="pt")
+            batch = tokenizer(chunk, add_special_tokens=False, padding=True, return_tensors="pt").to(
+                model.device
+            )
             output_B_L = model.generate(  # type: ignore[operator]  # (mis-typed as a Tensor in the stubs)
                 **batch,
                 max_new_tokens=max_new_tokens,
@@ -184,6 +186,42 @@ def accuracy_by_task(
     for text, prompt in zip(responses, prompts):
         passed.setdefault(str(prompt.meta.get("task", "arith")), []).append(verify(text, prompt.answer or ""))
     return {task: sum(flags) / len(flags) for task, flags in sorted(passed.items())}
+
+
+@torch.no_grad()
+def recheck_probe(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int = 256
+) -> dict[str, float]:
+    """Does a chain-task model know *when* to recheck? The mean of
+
+        p(" Wait" | prompt, "a op b = v.")   for v = right + 1, right - 1, right
+
+    over the first step of ``n`` held-out chain problems (keys ``"+1"``, ``"-1"``, ``"right"``). A model
+    that learned only the practice responses' slip rate says "Wait" equally often after all three;
+    one that checks the value it just read says it after the two slips and not after the right one.
+    """
+    was_training = model.training
+    model.eval()
+    problems = make_problems(n, seed=0, split="test", task="chain")
+    wait = tokenizer(" Wait", add_special_tokens=False)["input_ids"][0]
+    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out = {}
+    try:
+        for key, delta in (("+1", 1), ("-1", -1), ("right", 0)):
+            texts = []
+            for p in problems:
+                (a, b), op = p.meta["operands"][:2], p.meta["ops"][0]
+                value = (a + b if op == "+" else a - b) + delta
+                texts.append(f"{render_prompt(tokenizer, p)}{a} {op} {b} = {value}.")
+            batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(
+                model.device
+            )
+            probs = model(**batch).logits[:, -1].float().softmax(-1)[:, wait]
+            out[key] = round(probs.mean().item(), 4)
+    finally:
+        tokenizer.padding_side = previous_side
+        model.train(was_training)
+    return out
 
 
 @dataclass
@@ -238,7 +276,7 @@ def train_sft(
     loss_value, val_accuracy, step = float("nan"), 0.0, 0
     for step in range(1, max_steps + 1):
         model.train()
-        batch = collate(rng.sample(examples, batch_size), pad_id)
+        batch = (t.to(model.device) for t in collate(rng.sample(examples, batch_size), pad_id))
         loss = sft_loss(model, *batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -266,6 +304,7 @@ __all__ = [
     "collate",
     "encode_examples",
     "greedy_generate",
+    "recheck_probe",
     "render_prompt",
     "sft_loss",
     "train_sft",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from framework.data.arith import make_problems
 from tests.unit.benchmark_module import load_benchmark
 
 rep = load_benchmark("reproduce")
@@ -102,12 +103,15 @@ def test_every_method_of_every_task_composes_to_its_pair_and_data(task):
         for name, method in rep.methods(task).items():
             cfg = to_config(compose("config", overrides=method["overrides"]))
             assert cfg.pair.student == setup["student"], name
-            assert cfg.data.train == cfg.data.eval == f"zoo:{task}", name
+            assert cfg.data.train == cfg.data.eval == f"zoo:{rep.prompt_task(task)}", name
             if method["teacher"] is not None:
                 assert cfg.pair.teacher == method["teacher"], name
-            if task == "chain":  # a five-step answer with corrected slips does not fit the default 48
+            if (
+                setup["data"] == "zoo_chain"
+            ):  # a five-step answer with corrected slips does not fit the default 48
                 assert cfg.rollout.max_new_tokens == 128, name
     assert rep.methods(task)["opd_same"]["teacher"] == setup["same_teacher"] != setup["teacher"]
+    assert make_problems(2, seed=0, split="train", task=rep.prompt_task(task))  # the cost ledger's prompts
 
 
 def test_chain_positions_are_classed_by_what_they_predict():
