@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -325,8 +326,16 @@ def summarise(runs: list[dict], teacher_acc: float) -> dict:
     return table
 
 
-def answers(table: dict, runs_of: dict, suffix: str = "", teacher_acc: float | None = None) -> list[str]:
-    """The issue's questions, answered from the table (``suffix`` selects the plateau rows)."""
+def answers(
+    table: dict,
+    runs_of: dict,
+    suffix: str = "",
+    teacher_acc: float | None = None,
+    num_eval: int | None = None,
+) -> list[str]:
+    """The issue's questions, answered from the table (``suffix`` selects the plateau rows). With
+    ``num_eval``, a gain within 2 binomial standard errors of the start, 2·sqrt(p(1-p)/num_eval), is
+    no gain (a flat curve's first noisy evaluation above SFT's final would read as "OPD reaches it")."""
     out = []
     opd, sft, same = (
         table.get("opd" + suffix),
@@ -336,8 +345,11 @@ def answers(table: dict, runs_of: dict, suffix: str = "", teacher_acc: float | N
     if opd and teacher_acc is not None and opd["start_accuracy"] >= teacher_acc:
         out.append(f"- the start ({opd['start_accuracy']:.3f}) is at or above the teacher "
                    f"({teacher_acc:.3f}): there is no gap left for the teacher to close")  # fmt: skip
-    if opd and sft and max(opd["final_accuracy"], sft["final_accuracy"]) <= opd["start_accuracy"]:
-        out.append(f"- neither method gains from this start ({opd['start_accuracy']:.3f}): OPD ends at "
+    start = opd["start_accuracy"] if opd else 0.0
+    noise = 2 * math.sqrt(start * (1 - start) / num_eval) if num_eval else 0.0
+    if opd and sft and max(opd["final_accuracy"], sft["final_accuracy"]) <= start + noise:
+        beyond = f" beyond evaluation noise (2 SE on {num_eval} problems: {noise:.3f})" if noise else ""
+        out.append(f"- neither method gains{beyond} from this start ({start:.3f}): OPD ends at "
                    f"{opd['final_accuracy']:.3f}, SFT-on-teacher at {sft['final_accuracy']:.3f}")  # fmt: skip
     elif opd and sft and sft["final_accuracy"] <= opd["start_accuracy"]:
         out.append(f"- SFT-on-teacher ends below the start ({opd['start_accuracy']:.3f} -> "
@@ -528,10 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     table: dict[str, dict] = {}
     for key, rs in groups.items():
         table.update(summarise([dict(r, method=key) for r in rs], teacher_acc))
-    lines = answers(table, groups, teacher_acc=teacher_acc)
+    lines = answers(table, groups, teacher_acc=teacher_acc, num_eval=args.num_eval)
     for start in ("long", "plateau"):
         if any(key.endswith(f"@{start}") for key in groups):
-            lines += [f"{start} runs:", *answers(table, groups, f"@{start}", teacher_acc)]
+            lines += [f"{start} runs:", *answers(table, groups, f"@{start}", teacher_acc, args.num_eval)]
     study.data.update(table=table, answers=lines)
     study.save()
     text = (

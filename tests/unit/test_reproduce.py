@@ -89,6 +89,21 @@ def test_answers_do_not_price_a_target_below_the_start():
     assert line.startswith("- neither method gains from this start (0.800)")
 
 
+def test_a_gain_within_evaluation_noise_is_no_gain():
+    """Flat curves (the 1-layer student): SFT ends 0.01 above the start, OPD's first evaluation 0.02
+    above it. Without the noise rule that read "OPD reaches SFT's final accuracy at 0.10x its compute"."""
+    runs_of = {"opd": [_run("opd", 0, [0.176, 0.197, 0.154])],
+               "sft_teacher": [_run("sft_teacher", 0, [0.176, 0.178, 0.186])]}  # fmt: skip
+    table = rep.summarise(runs_of["opd"], 1.0) | rep.summarise(runs_of["sft_teacher"], 1.0)
+    assert "OPD reaches" in rep.answers(table, runs_of)[0]
+    (line,) = rep.answers(table, runs_of, num_eval=512)
+    assert line.startswith("- neither method gains beyond evaluation noise (2 SE on 512 problems: 0.034)")
+    # a real gain still gets priced
+    runs_of["sft_teacher"] = [_run("sft_teacher", 0, [0.176, 0.3, 0.4])]
+    table = rep.summarise(runs_of["opd"], 1.0) | rep.summarise(runs_of["sft_teacher"], 1.0)
+    assert "never within the budget" in rep.answers(table, runs_of, num_eval=512)[0]
+
+
 @pytest.mark.parametrize("task", sorted(rep.SETUPS))
 def test_every_method_of_every_task_composes_to_its_pair_and_data(task):
     """The study's overrides are real recipes: each run's config validates, trains the task's student
@@ -185,3 +200,21 @@ def test_a_study_made_with_other_model_builds_is_not_extended():
         "zoo:student"
     ]
     assert rep.other_models({"zoo_accuracy": {"student": 0.345}}, here, acc) == []
+
+
+def test_chain_first_errors_are_classed_by_what_went_wrong():
+    """benchmarks/chain_errors.py: the first wrong step of an answer to 3 + 4 - 2 + 5 - 1 + 6."""
+    errors = load_benchmark("chain_errors")
+    operands, ops = [3, 4, 2, 5, 1, 6], ["+", "-", "+", "-", "+"]
+    clean = "3 + 4 = 7. 7 - 2 = 5. 5 + 5 = 10. 10 - 1 = 9. 9 + 6 = 15. Answer: 15"
+    assert errors.first_error(clean, operands, ops) == ("clean", 0)
+    # a value slip corrected after "Wait," is a recheck, not an error
+    rechecked = "3 + 4 = 8. Wait, 3 + 4 = 7. 7 - 2 = 5. 5 + 5 = 10. 10 - 1 = 9. 9 + 6 = 15. Answer: 15"
+    assert errors.first_error(rechecked, operands, ops) == ("clean", 1)
+    assert errors.first_error("3 + 4 = 7. 7 - 2 = 6. 6 + 5 = 11.", operands, ops) == ("arith", 0)
+    assert errors.first_error("3 + 4 = 7. 7 - 5 = 2. 2 + 5 = 7.", operands, ops) == ("lookup", 0)
+    assert errors.first_error("3 + 4 = 7. 7 + 2 = 9.", operands, ops) == ("lookup", 0)
+    assert errors.first_error("3 + 4 = 7. 6 - 2 = 4.", operands, ops) == ("copy", 0)
+    assert errors.first_error("3 + 4 = 7. Answer: 7", operands, ops) == ("other", 0)
+    # the step restated after "Wait," is the one judged
+    assert errors.first_error("3 + 4 = 8. Wait, 3 + 4 = 9. 9 - 2 = 7.", operands, ops) == ("arith", 1)
