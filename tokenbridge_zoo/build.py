@@ -418,9 +418,10 @@ def resolve_model(spec: str, build: bool = True) -> str:
     name = spec[len("zoo:") :]
     if name.startswith(REAL_PREFIX):
         return _resolve_real(name[len(REAL_PREFIX) :], build)
-    if build:
-        return str(model_path(name))
     final = model_dir(name)
+    if build:
+        # an on-demand model can take many minutes on the CPU: show its progress
+        return str(model_path(name, progress=final.name != name and not _is_complete(final, _INFO_FILE)))
     if not _is_complete(final, _INFO_FILE):
         command = "tokenbridge-zoo" if final.name == name else f"tokenbridge-zoo --models {name}"
         raise ZooModelMissing(name, final, command)
