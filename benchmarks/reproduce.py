@@ -21,9 +21,11 @@ the token mapping, the DeepSpeed learner), on a zoo task (``--task``):
           a slipped value, <= 0.03 after a right one; on-demand zoo models, ``tokenbridge-zoo
           --models teacher-qwen-recheck teacher-llama3-recheck``, minutes on a GPU with ``--device
           cuda``, or ``--build-device`` here): OPD's teacher tells a student that slipped to go back,
-          SFT's samples never slip, so this is where OPD's dense signal says more than the samples.
-  recheck_1layer  the same teachers and a 1-layer student (19.5 % at the start), the capacity-limited
-          setting.
+          SFT's samples never slip, so OPD's signal was expected to say more than the samples. It
+          did not: the students' own first errors are mostly operand lookups, not the value slips
+          the teachers learned to catch (README; ``benchmarks/chain_errors.py``).
+  recheck_1layer  the same teachers and a 1-layer student (19.5 % at the start, its SFT warm-up
+          already flat): the capacity-limited setting.
 
 Methods (each from the same student and with the same budget: steps x prompts x samples):
 
@@ -455,7 +457,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--long-steps", type=int, default=240)
     p.add_argument("--long-methods", nargs="+", default=["opd", "sft_teacher"], choices=sorted(METHOD_NAMES))
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    p.add_argument("--out", default=None, help="the study folder (default: results/reproduce[_chain])")
+    p.add_argument(
+        "--out", default=None, help="the study folder (default: results/reproduce, results/reproduce_<task>)"
+    )
     p.add_argument("--build-device", default="cpu",
                    help="torch device that builds a missing on-demand zoo model (--task recheck*)")  # fmt: skip
     p.add_argument("--fresh", action="store_true", help="ignore the runs already in OUT/results.json")
