@@ -69,9 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     examples = encode_examples(tok, train, [t for t, _ in responses], stop, [s for _, s in responses])
     test = make_problems(128, 0, "test", "chain")
 
-    def p_wait(model) -> list[float]:
-        return list(recheck_probe(model, tok).values())  # after +1 off, -1 off, right
-
     for layers in args.layers:
         # the zoo's chain teacher (tokenbridge_zoo.settings) at another depth
         spec = replace(ZooSettings().model("teacher-llama3-chain"), num_layers=layers)
@@ -91,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
             if (step + 1) % 500 == 0:
                 print(f"layers {layers} slip {args.slip_rate} step {step + 1} loss {loss.item():.4f} "
-                      f"p(Wait | +1, -1, right) {p_wait(model)} {time.time() - t0:.0f} s", flush=True)  # fmt: skip
+                      f"p(Wait | +1, -1, right) {list(recheck_probe(model, tok).values())} {time.time() - t0:.0f} s", flush=True)  # fmt: skip
         answers = greedy_generate(model.cpu(), tok, test, stop, 128)
         right = sum(verify(a, q.answer) for a, q in zip(answers, test, strict=False))
         print(
