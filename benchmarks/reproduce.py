@@ -222,6 +222,13 @@ class Study:
                 return r
         return None
 
+    def sft_build(self, lr: float, steps: int) -> dict | None:
+        """SFT's seed-0 run of ``steps`` from the weak start, made by the long or the plateau stage: the
+        two are the same run, so whichever stage comes second reuses the first one's."""
+        return self.find("sft_teacher", "long", 0, lr, steps) or self.find(
+            "sft_teacher", "plateau-build", 0, lr, steps
+        )
+
     def cost(self, method: str, student: str) -> dict:
         key = (method, student)
         if key not in self._costs:
@@ -513,15 +520,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
     for method in args.long_methods if "long" in args.stages else []:
         lr = best.get(method, 1e-4)
-        # SFT's long run is the plateau stage's build when the two have the same length
-        build = (
-            study.find(method, "plateau-build", 0, lr, args.long_steps) if method == "sft_teacher" else None
-        )
+        build = study.sft_build(lr, args.long_steps) if method == "sft_teacher" else None
         groups[f"{method}@long"] = [build or study.run(method, start="long", student=student_start, seed=0,
                                                        lr=lr, steps=args.long_steps)]  # fmt: skip
     if "plateau" in args.stages:
         lr = best.get("sft_teacher", 1e-4)
-        base = study.run(
+        base = study.sft_build(lr, args.plateau_steps) or study.run(
             "sft_teacher",
             start="plateau-build",
             student=student_start,

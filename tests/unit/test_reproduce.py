@@ -218,3 +218,18 @@ def test_chain_first_errors_are_classed_by_what_went_wrong():
     assert errors.first_error("3 + 4 = 7. Answer: 7", operands, ops) == ("other", 0)
     # the step restated after "Wait," is the one judged
     assert errors.first_error("3 + 4 = 8. Wait, 3 + 4 = 9. 9 - 2 = 7.", operands, ops) == ("arith", 1)
+
+
+def test_sfts_long_run_and_the_plateau_build_are_one_run(tmp_path):
+    """Whichever of the long and plateau stages runs first makes SFT's seed-0 run; the other reuses it
+    (found by start, method, seed, lr and length), so the study never trains it twice."""
+    args = rep.parser().parse_args(["--task", "recheck", "--out", str(tmp_path)])
+    study = rep.Study(tmp_path, args)
+    assert study.sft_build(3e-4, 240) is None
+    long_run = {"method": "sft_teacher", "start": "long", "seed": 0, "lr": 3e-4, "steps": 240}
+    study.data["runs"] = [dict(long_run, method="opd"), dict(long_run, seed=1), long_run]
+    assert study.sft_build(3e-4, 240) is long_run
+    assert study.sft_build(3e-4, 200) is None and study.sft_build(1e-4, 240) is None
+    build = dict(long_run, start="plateau-build")
+    study.data["runs"] = [build]
+    assert study.sft_build(3e-4, 240) is build
