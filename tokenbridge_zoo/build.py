@@ -419,11 +419,13 @@ def resolve_model(spec: str, build: bool = True) -> str:
     if name.startswith(REAL_PREFIX):
         return _resolve_real(name[len(REAL_PREFIX) :], build)
     final = model_dir(name)
+    on_demand = final.name != name  # model_dir names an on-demand model's folder by its spec digest
+    complete = _is_complete(final, _INFO_FILE)
     if build:
         # an on-demand model can take many minutes on the CPU: show its progress
-        return str(model_path(name, progress=final.name != name and not _is_complete(final, _INFO_FILE)))
-    if not _is_complete(final, _INFO_FILE):
-        command = "tokenbridge-zoo" if final.name == name else f"tokenbridge-zoo --models {name}"
+        return str(model_path(name, progress=on_demand and not complete))
+    if not complete:
+        command = f"tokenbridge-zoo --models {name}" if on_demand else "tokenbridge-zoo"
         raise ZooModelMissing(name, final, command)
     return str(final)
 
